@@ -1,0 +1,445 @@
+"""The backend contract: what a video LLM family must provide to stream.
+
+A backend wraps one transformers vision-language model, used as is through its
+public forward and the public ``Cache`` API. The session (``app.session``)
+owns the stream logic (window, chunks, memory bank); a backend only knows the
+model: how to turn frames into visual tokens, how to lay out a frame / text /
+question segment as input embeddings with explicit positions, and how to run
+the language model over a given KV context.
+
+Shapes used throughout (one stream, batch 1):
+
+* ``L`` decoder layers, ``H`` KV heads, ``D`` head dim, ``E`` hidden size.
+* visual tokens of a frame: ``(N, E)``, laid out on a ``rows x cols`` grid (row-major).
+* positions: ``(T,)`` int64 for 1D RoPE, ``(3, T)`` for M-RoPE.
+* KV of a segment: keys and values ``(L, H, T, D)``.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+class BackendError(RuntimeError):
+    """A model could not be loaded or run."""
+
+
+class ModelNotAvailable(BackendError):
+    """The requested weights are not cached locally and cannot be downloaded."""
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """Static facts about a loaded model that the session and memory need."""
+
+    family: str
+    name: str
+    num_layers: int
+    num_kv_heads: int
+    num_heads: int
+    head_dim: int
+    hidden_size: int
+    tokens_per_frame: int
+    token_grid: tuple[int, int]
+    frame_size: int
+    max_positions: int
+    position_dims: int = 1  # 1 for 1D RoPE, 3 for M-RoPE
+    frames_per_step: int = 1  # frames that enter the model together (2 for Qwen2.5-VL's temporal patch)
+    random_weights: bool = False
+
+    @property
+    def summary_dim(self) -> int:
+        """Length of a retrieval summary vector: ``L * H * D``."""
+        return self.num_layers * self.num_kv_heads * self.head_dim
+
+    def kv_bytes_per_token(self, bytes_per_element: float) -> float:
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * bytes_per_element
+
+
+@dataclass
+class KVSegment:
+    """KV of a contiguous piece of the stream, all layers.
+
+    Attributes:
+        keys: ``(L, H, T, D)`` post-RoPE keys, as the cache stores them.
+        values: ``(L, H, T, D)``.
+        positions: ``(T,)`` or ``(P, T)`` int64: the tokens' positions.
+    """
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    positions: torch.Tensor
+
+    @property
+    def length(self) -> int:
+        return int(self.keys.shape[2])
+
+    @property
+    def nbytes(self) -> int:
+        return self.keys.numel() * self.keys.element_size() * 2
+
+    def slice(self, start: int, stop: int) -> "KVSegment":
+        return KVSegment(
+            self.keys[:, :, start:stop].clone(),
+            self.values[:, :, start:stop].clone(),
+            self.positions[..., start:stop].clone(),
+        )
+
+    @staticmethod
+    def concat(segments: Sequence["KVSegment"]) -> "KVSegment":
+        return KVSegment(
+            torch.cat([s.keys for s in segments], dim=2),
+            torch.cat([s.values for s in segments], dim=2),
+            torch.cat([s.positions for s in segments], dim=-1),
+        )
+
+
+@dataclass(frozen=True)
+class SegmentInput:
+    """A piece of input ready for prefill.
+
+    Attributes:
+        embeds: ``(T, E)`` input embeddings.
+        positions: ``(T,)`` or ``(P, T)`` int64 explicit positions.
+        next_position: the first position free after this segment (dropped tokens keep their slot).
+        token_ids: ``(T,)`` token ids where known (``-1`` for visual tokens); for references and debugging.
+    """
+
+    embeds: torch.Tensor
+    positions: torch.Tensor
+    next_position: int
+    token_ids: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return int(self.embeds.shape[0])
+
+
+@dataclass
+class PrefillResult:
+    """What one prefill produced.
+
+    Attributes:
+        kv: KV of the new tokens only.
+        key_summary: ``(L * H * D,)`` float32, per-layer mean pre-RoPE key of the new tokens, flattened.
+        query_summary: ``(L * H * D,)`` float32, per-layer mean pre-RoPE query (query heads averaged per KV group).
+        logits: ``(T_logits, V)`` logits of the last positions when asked for, else ``None``.
+        attention_length: number of KV entries each new token could attend to at most (context + new).
+    """
+
+    kv: KVSegment
+    key_summary: torch.Tensor
+    query_summary: torch.Tensor
+    logits: torch.Tensor | None
+    attention_length: int
+
+
+@dataclass
+class GenerationResult:
+    """A finished generation: its token ids, text, why it stopped and the KV of the whole turn."""
+
+    token_ids: list[int]
+    text: str
+    stop_reason: str  # "eos" | "max_tokens" | "cancelled"
+    turn_kv: KVSegment | None = None
+    next_position: int = 0
+    first_logits: torch.Tensor | None = None
+
+
+@dataclass
+class ChatFormat:
+    """Prompt pieces derived from the model's chat template.
+
+    ``sink_prefix`` opens the conversation (system prompt and the user turn
+    that the stream lives in); ``first_question`` wraps the first question
+    (``{q}``), ``next_question`` later ones (after an assistant turn closed);
+    ``assistant_end`` closes an assistant turn.
+    """
+
+    sink_template: str
+    first_question: str
+    next_question: str
+    assistant_end: str
+    stop_strings: tuple[str, ...] = field(default_factory=tuple)
+
+
+class QKCapture:
+    """Forward hooks on each layer's query and key projections.
+
+    Records the mean pre-RoPE key (and query) over the tokens of one forward
+    pass, per layer, using ``register_forward_hook`` (public PyTorch API). The
+    query heads are averaged within each KV group so a query summary is
+    comparable with key summaries: both are ``(L, H * D)``.
+    """
+
+    def __init__(self, attn_modules: Sequence[torch.nn.Module], num_heads: int, num_kv_heads: int, head_dim: int):
+        self._modules = list(attn_modules)
+        self._num_heads = num_heads
+        self._num_kv_heads = num_kv_heads
+        self._head_dim = head_dim
+        self._keys: list[torch.Tensor | None] = [None] * len(self._modules)
+        self._queries: list[torch.Tensor | None] = [None] * len(self._modules)
+        self._handles = []
+        self._active = False
+        self._lock = threading.Lock()
+        for i, attn in enumerate(self._modules):
+            self._handles.append(attn.k_proj.register_forward_hook(self._make_hook(i, is_key=True)))
+            self._handles.append(attn.q_proj.register_forward_hook(self._make_hook(i, is_key=False)))
+
+    def _make_hook(self, layer: int, is_key: bool) -> Callable:
+        def hook(_module, _inputs, output):
+            if not self._active:
+                return
+            # output: (1, T, heads * D) pre-RoPE projections.
+            flat = output.detach()[0].float()
+            if is_key:
+                self._keys[layer] = flat.mean(dim=0)
+            else:
+                t = flat.shape[0]
+                q = flat.view(t, self._num_kv_heads, self._num_heads // self._num_kv_heads, self._head_dim)
+                self._queries[layer] = q.mean(dim=(0, 2)).reshape(-1)
+
+        return hook
+
+    def __enter__(self) -> "QKCapture":
+        self._lock.acquire()
+        self._keys = [None] * len(self._modules)
+        self._queries = [None] * len(self._modules)
+        self._active = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._active = False
+        self._lock.release()
+
+    def summaries(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (key_summary, query_summary), each ``(L * H * D,)`` float32."""
+        if any(k is None for k in self._keys) or any(q is None for q in self._queries):
+            raise BackendError("query/key capture saw no forward pass for some layer")
+        return torch.cat(self._keys).cpu(), torch.cat(self._queries).cpu()  # type: ignore[arg-type]
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+
+class VideoLLM(abc.ABC):
+    """A streaming video LLM backend.
+
+    Subclasses implement the model-specific parts (preprocessing, encoding,
+    layout of segments, chat format). The generic engine here runs the
+    language model over explicit KV contexts with explicit positions.
+    """
+
+    spec: BackendSpec
+    tokenizer: object
+    model: torch.nn.Module
+    device: torch.device
+    dtype: torch.dtype
+    chat: ChatFormat
+
+    # ---- model-specific ------------------------------------------------------------------
+    @abc.abstractmethod
+    def resize_frame(self, rgb: np.ndarray) -> np.ndarray:
+        """The frame as the vision tower sees it: ``(S, S, 3)`` uint8 (for pixel-level dropping and thumbnails)."""
+
+    @abc.abstractmethod
+    def encode_frames(self, frames: Sequence[np.ndarray]) -> torch.Tensor:
+        """Visual tokens of frames. ``frames``: RGB ``(H, W, 3)`` uint8 -> ``(B, N, E)`` in the LLM input space."""
+
+    @abc.abstractmethod
+    def frame_segment(self, pts: float, tokens: torch.Tensor, keep: torch.Tensor | None, start: int) -> SegmentInput:
+        """Lay out one frame: timestamp marker, wrapper tokens and the kept visual tokens.
+
+        ``tokens``: ``(N, E)``; ``keep``: ``(N,)`` bool or ``None`` (all kept). Kept tokens keep their
+        original positions: dropped tokens leave their position slot empty.
+        """
+
+    @abc.abstractmethod
+    def attention_modules(self) -> Sequence[torch.nn.Module]:
+        """Each decoder layer's self-attention module (with ``q_proj`` and ``k_proj``)."""
+
+    @abc.abstractmethod
+    def language_model_forward(self, embeds: torch.Tensor, positions: torch.Tensor, cache, logits_to_keep: int):
+        """One forward of the transformers model over ``embeds (1, T, E)`` at explicit positions; returns logits ``(1, t, V)``."""
+
+    def text_positions(self, start: int, n: int) -> torch.Tensor:
+        """Positions of ``n`` text tokens starting at ``start``: ``(n,)`` (1D RoPE; M-RoPE overrides)."""
+        return torch.arange(start, start + n, dtype=torch.long)
+
+    # ---- generic engine --------------------------------------------------------------------
+    def _capture(self) -> QKCapture:
+        cap = getattr(self, "_qk_capture", None)
+        if cap is None:
+            s = self.spec
+            cap = QKCapture(self.attention_modules(), s.num_heads, s.num_kv_heads, s.head_dim)
+            self._qk_capture = cap
+        return cap
+
+    def tokenize(self, text: str) -> torch.Tensor:
+        """``text`` -> ``(T,)`` int64 token ids (no special tokens added)."""
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return torch.tensor(ids, dtype=torch.long)
+
+    def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """``(T,)`` ids -> ``(T, E)`` input embeddings."""
+        emb = self.model.get_input_embeddings()
+        with torch.inference_mode():
+            return emb(ids.to(self.device)).to(self.dtype)
+
+    def text_segment(self, text: str, start: int) -> SegmentInput:
+        ids = self.tokenize(text)
+        if ids.numel() == 0:
+            raise BackendError("empty text segment")
+        pos = self.text_positions(start, int(ids.numel()))
+        return SegmentInput(self.embed_ids(ids), pos, start + int(ids.numel()), ids)
+
+    def new_cache(self, context: Sequence[KVSegment]):
+        """A transformers ``DynamicCache`` holding ``context`` in order (keys ``(1, H, T, D)`` per layer)."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        live = [s for s in context if s.length > 0]
+        if live:
+            for layer in range(self.spec.num_layers):
+                k = torch.cat([s.keys[layer] for s in live], dim=1).unsqueeze(0).to(self.device, self.dtype)
+                v = torch.cat([s.values[layer] for s in live], dim=1).unsqueeze(0).to(self.device, self.dtype)
+                cache.update(k, v, layer)
+        return cache
+
+    @staticmethod
+    def cache_tail(cache, n: int, positions: torch.Tensor) -> KVSegment:
+        """The last ``n`` tokens of ``cache`` as a :class:`KVSegment` (keys ``(L, H, n, D)``)."""
+        keys = torch.stack([layer.keys[0, :, -n:, :] for layer in cache.layers]).detach().cpu()
+        values = torch.stack([layer.values[0, :, -n:, :] for layer in cache.layers]).detach().cpu()
+        return KVSegment(keys.contiguous(), values.contiguous(), positions.clone())
+
+    def prefill(
+        self, seg: SegmentInput, context: Sequence[KVSegment], *, logits_to_keep: int = 1, cache=None
+    ) -> tuple[PrefillResult, object]:
+        """Prefill ``seg`` once, attending to ``context`` (in order) and causally to itself.
+
+        Returns the result and the cache (context + segment), which ``generate`` can continue.
+        """
+        if cache is None:
+            cache = self.new_cache(context)
+        past = cache.get_seq_length()
+        cap = self._capture()
+        with torch.inference_mode(), cap:
+            logits = self.language_model_forward(
+                seg.embeds.unsqueeze(0).to(self.device, self.dtype),
+                seg.positions.to(self.device),
+                cache,
+                logits_to_keep,
+            )
+            key_summary, query_summary = cap.summaries()
+        kv = self.cache_tail(cache, seg.length, seg.positions)
+        result = PrefillResult(
+            kv=kv,
+            key_summary=key_summary,
+            query_summary=query_summary,
+            logits=None if logits is None else logits[0].float().cpu(),
+            attention_length=past + seg.length,
+        )
+        return result, cache
+
+    def is_stop_token(self, token_id: int) -> bool:
+        return token_id in self._stop_ids()
+
+    def _stop_ids(self) -> set[int]:
+        ids = getattr(self, "_stop_id_cache", None)
+        if ids is None:
+            ids = set()
+            eos = getattr(self.tokenizer, "eos_token_id", None)
+            if eos is not None:
+                ids.add(int(eos))
+            for s in self.chat.stop_strings:
+                tid = self.tokenizer.convert_tokens_to_ids(s)
+                if isinstance(tid, int) and tid != getattr(self.tokenizer, "unk_token_id", None):
+                    ids.add(tid)
+            self._stop_id_cache = ids
+        return ids
+
+    def generate(
+        self,
+        question: SegmentInput,
+        context: Sequence[KVSegment],
+        *,
+        max_new_tokens: int,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Iterator[str | GenerationResult]:
+        """Greedy generation after prefilling ``question`` over ``context``.
+
+        Yields text deltas (``str``) as tokens are made, then one :class:`GenerationResult`.
+        After stopping, the assistant turn is closed with the chat format's end marker so the
+        whole turn (question, answer, end) can be kept as dialog KV (``turn_kv``).
+        """
+        res, cache = self.prefill(question, context)
+        first_logits = res.logits[-1]
+        pos = question.next_position
+        generated: list[int] = []
+        text = ""
+        stop_reason = "max_tokens"
+        next_id = int(torch.argmax(first_logits).item())
+        in_cache = 0  # generated tokens already fed through the model
+        while len(generated) < max_new_tokens:
+            if should_stop is not None and should_stop():
+                stop_reason = "cancelled"
+                break
+            if self.is_stop_token(next_id):
+                stop_reason = "eos"
+                break
+            generated.append(next_id)
+            decoded = self.tokenizer.decode(generated, skip_special_tokens=True)
+            if not decoded.endswith("\ufffd") and len(decoded) > len(text) and decoded.startswith(text):
+                yield decoded[len(text) :]
+                text = decoded
+            if len(generated) == max_new_tokens:
+                break
+            ids = torch.tensor([next_id], dtype=torch.long)
+            with torch.inference_mode():
+                logits = self.language_model_forward(
+                    self.embed_ids(ids).unsqueeze(0), self.text_positions(pos, 1).to(self.device), cache, 1
+                )
+            in_cache += 1
+            pos += 1
+            next_id = int(torch.argmax(logits[0, -1]).item())
+        final_text = self.tokenizer.decode(generated, skip_special_tokens=True)
+        if final_text != text and final_text.startswith(text):
+            yield final_text[len(text) :]
+        # Close the turn: feed generated tokens not yet in the cache, then the end marker.
+        feed = generated[in_cache:] + self.tokenize(self.chat.assistant_end).tolist()
+        if feed:
+            ids = torch.tensor(feed, dtype=torch.long)
+            with torch.inference_mode():
+                self.language_model_forward(
+                    self.embed_ids(ids).unsqueeze(0), self.text_positions(pos, len(feed)).to(self.device), cache, 1
+                )
+            pos += len(feed)
+        turn_len = question.length + in_cache + len(feed)
+        turn_positions = torch.cat(
+            [question.positions, self.text_positions(question.next_position, in_cache + len(feed))], dim=-1
+        )
+        turn_kv = self.cache_tail(cache, turn_len, turn_positions)
+        yield GenerationResult(generated, final_text, stop_reason, turn_kv, pos, first_logits)
+
+    def close(self) -> None:
+        cap = getattr(self, "_qk_capture", None)
+        if cap is not None:
+            cap.remove()
+            self._qk_capture = None
+
+
+def iter_chunks(seq: Sequence, size: int) -> Iterator[Sequence]:
+    for i in range(0, len(seq), size):
+        yield seq[i : i + size]

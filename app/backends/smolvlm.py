@@ -1,0 +1,307 @@
+"""SmolVLM2 family on transformers' ``SmolVLMForConditionalGeneration``.
+
+Frames are preprocessed one by one with the PIL image processor (no image
+splitting: each frame is one square image of ``image_size`` pixels, which is
+what SmolVLM2 does for video frames), encoded by the SigLIP tower and the
+pixel-shuffle connector into ``tokens_per_frame`` visual tokens on a square
+grid, and wrapped as the model expects::
+
+    Frame from 00:12:<fake_token_around_image><global-img><image>*N<fake_token_around_image>\\n
+
+Positions are 1D RoPE positions; a dropped visual token leaves its slot empty
+so kept tokens keep their original positions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .base import BackendError, BackendSpec, ModelNotAvailable, SegmentInput, VideoLLM
+from .chat_format import derive_chat_format
+
+logger = logging.getLogger(__name__)
+
+FAMILY = "smolvlm"
+DEFAULT_HUB_ID = "HuggingFaceTB/SmolVLM2-256M-Video-Instruct"
+
+#: Offline model names this family builds in code.
+BUILTINS = {
+    "tiny-smolvlm": "tiny random weights (2 text layers, hidden 64; 16 tokens per 128 px frame) for tests",
+    "smolvlm2-256m-smollm2": "SmolVLM2-256M shape; real SmolLM2-135M-Instruct text weights, random vision tower",
+}
+
+IMAGE_TOKEN = "<image>"
+FAKE_TOKEN = "<fake_token_around_image>"
+GLOBAL_TOKEN = "<global-img>"
+END_OF_UTTERANCE = "<end_of_utterance>"
+SPECIAL_TOKENS = [FAKE_TOKEN, IMAGE_TOKEN, END_OF_UTTERANCE, GLOBAL_TOKEN] + [
+    f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)
+]
+
+#: SmolVLM's chat format ("User: ...<end_of_utterance>\nAssistant:"), for string contents.
+SMOLVLM_CHAT_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}: {{ message['content'] }}"
+    "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+DEFAULT_SYSTEM = (
+    "You are LiveSight, an assistant watching a live video stream. Frames and notes arrive with their "
+    "stream timestamps. Answer questions about what you have seen, briefly and precisely."
+)
+
+
+def format_timestamp(pts: float) -> str:
+    """Stream time as ``MM:SS`` (``H:MM:SS`` past an hour), with tenths when not whole."""
+    pts = max(0.0, float(pts))
+    whole = abs(pts - round(pts)) < 0.05
+    total = int(round(pts)) if whole else int(pts)
+    h, rem = divmod(total, 3600)
+    m, s = divmod(rem, 60)
+    secs = f"{s:02d}" if whole else f"{s:02d}.{int((pts - int(pts)) * 10):d}"
+    return f"{h}:{m:02d}:{secs}" if h else f"{m:02d}:{secs}"
+
+
+class SmolVLMBackend(VideoLLM):
+    """A loaded SmolVLM2 model ready to stream."""
+
+    def __init__(self, model, tokenizer, image_processor, *, name: str, device, dtype, random_weights: bool):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.device = torch.device(device)
+        self.dtype = dtype
+        cfg = model.config
+        tcfg = cfg.text_config
+        vcfg = cfg.vision_config
+        patches = vcfg.image_size // vcfg.patch_size
+        side = patches // cfg.scale_factor
+        self.image_token_id = int(cfg.image_token_id)
+        self.spec = BackendSpec(
+            family=FAMILY,
+            name=name,
+            num_layers=tcfg.num_hidden_layers,
+            num_kv_heads=tcfg.num_key_value_heads,
+            num_heads=tcfg.num_attention_heads,
+            head_dim=getattr(tcfg, "head_dim", None) or tcfg.hidden_size // tcfg.num_attention_heads,
+            hidden_size=tcfg.hidden_size,
+            tokens_per_frame=side * side,
+            token_grid=(side, side),
+            frame_size=vcfg.image_size,
+            max_positions=tcfg.max_position_embeddings,
+            random_weights=random_weights,
+        )
+        self.chat = derive_chat_format(tokenizer, stop_strings=(END_OF_UTTERANCE, "<|im_end|>", "<|endoftext|>"))
+        self.default_system = DEFAULT_SYSTEM
+        wrap_open = self.tokenize(FAKE_TOKEN + GLOBAL_TOKEN)
+        wrap_close = self.tokenize(FAKE_TOKEN + "\n")
+        self._wrap_open, self._wrap_close = wrap_open, wrap_close
+
+    # ---- frames --------------------------------------------------------------------------------
+    def resize_frame(self, rgb: np.ndarray) -> np.ndarray:
+        from PIL import Image
+
+        s = self.spec.frame_size
+        if rgb.shape[0] == s and rgb.shape[1] == s:
+            return rgb
+        return np.asarray(Image.fromarray(rgb).resize((s, s), Image.Resampling.BILINEAR))
+
+    def preprocess(self, frames: Sequence[np.ndarray]) -> torch.Tensor:
+        """RGB frames -> ``pixel_values (B, 1, 3, S, S)`` with SmolVLM's PIL image processor."""
+        from PIL import Image
+
+        s = self.spec.frame_size
+        images = [[Image.fromarray(np.ascontiguousarray(f))] for f in frames]
+        out = self.image_processor(
+            images=images,
+            do_image_splitting=False,
+            max_image_size={"longest_edge": s},
+            size={"longest_edge": s},
+            do_pad=False,
+            return_tensors="pt",
+        )
+        return out["pixel_values"]
+
+    def encode_frames(self, frames: Sequence[np.ndarray]) -> torch.Tensor:
+        if len(frames) == 0:
+            raise BackendError("encode_frames needs at least one frame")
+        pv = self.preprocess(frames).to(self.device, self.dtype)
+        b = pv.shape[0]
+        with torch.inference_mode():
+            out = self.model.model.get_image_features(pixel_values=pv.view(1, b, *pv.shape[2:]), return_dict=True)
+        feats = torch.cat(list(out.pooler_output), dim=0)
+        return feats.view(b, self.spec.tokens_per_frame, -1)
+
+    def frame_segment(self, pts: float, tokens: torch.Tensor, keep: torch.Tensor | None, start: int) -> SegmentInput:
+        n = self.spec.tokens_per_frame
+        if tokens.shape[0] != n:
+            raise BackendError(f"expected {n} visual tokens for a frame, got {tokens.shape[0]}")
+        prefix = torch.cat([self.tokenize(f"Frame from {format_timestamp(pts)}:"), self._wrap_open])
+        suffix = self._wrap_close
+        keep = torch.ones(n, dtype=torch.bool) if keep is None else keep.to(torch.bool).cpu()
+        a = int(prefix.numel())
+        vis_pos = torch.arange(start + a, start + a + n)[keep]
+        suf_start = start + a + n
+        positions = torch.cat(
+            [torch.arange(start, start + a), vis_pos, torch.arange(suf_start, suf_start + suffix.numel())]
+        )
+        embeds = torch.cat(
+            [self.embed_ids(prefix), tokens[keep.to(tokens.device)].to(self.dtype), self.embed_ids(suffix)], dim=0
+        )
+        ids = torch.cat([prefix, torch.full((int(keep.sum()),), self.image_token_id), suffix])
+        return SegmentInput(embeds, positions, suf_start + int(suffix.numel()), ids)
+
+    def frame_placeholder_text(self, pts: float) -> str:
+        """The text form of a full frame segment, with ``<image>`` placeholders (for reference forwards)."""
+        return (
+            f"Frame from {format_timestamp(pts)}:{FAKE_TOKEN}{GLOBAL_TOKEN}"
+            + IMAGE_TOKEN * self.spec.tokens_per_frame
+            + f"{FAKE_TOKEN}\n"
+        )
+
+    # ---- model plumbing ----------------------------------------------------------------------------
+    def attention_modules(self):
+        return [layer.self_attn for layer in self.model.model.text_model.layers]
+
+    def language_model_forward(self, embeds, positions, cache, logits_to_keep):
+        out = self.model(
+            inputs_embeds=embeds,
+            position_ids=positions.unsqueeze(0),
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=logits_to_keep,
+        )
+        return out.logits
+
+
+# ---- loading -------------------------------------------------------------------------------------------
+
+
+def _add_special_tokens(tokenizer) -> None:
+    missing = [t for t in SPECIAL_TOKENS if t not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+
+
+def _image_processor(image_size: int):
+    from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil
+
+    return SmolVLMImageProcessorPil(
+        do_image_splitting=False,
+        max_image_size={"longest_edge": image_size},
+        size={"longest_edge": image_size},
+        do_pad=False,
+    )
+
+
+def _build(text_config, vision_config: dict, scale_factor: int, tokenizer, seed: int):
+    from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration
+
+    cfg = SmolVLMConfig(
+        text_config=text_config,
+        vision_config=vision_config,
+        scale_factor=scale_factor,
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = SmolVLMForConditionalGeneration(cfg)
+    return model
+
+
+def build_tiny(dtype=torch.float32, seed: int = 0):
+    """-> (model, tokenizer, image_processor): tiny random SmolVLM with the real SmolLM2 tokenizer."""
+    from transformers import LlamaConfig
+
+    from .smollm2_weights import load_smollm2_tokenizer
+
+    tok = load_smollm2_tokenizer()
+    _add_special_tokens(tok)
+    tok.chat_template = SMOLVLM_CHAT_TEMPLATE
+    text = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=65536,
+        rope_theta=100000.0,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=128, patch_size=16)
+    model = _build(text, vision, 2, tok, seed).to(dtype)
+    return model, tok, _image_processor(128)
+
+
+def build_smollm2_shape(dtype=torch.float32, seed: int = 0):
+    """-> (model, tokenizer, image_processor): SmolVLM2-256M shape with real SmolLM2-135M-Instruct text weights."""
+    from .smollm2_weights import load_smollm2
+
+    lm, tok = load_smollm2(torch.float32)
+    _add_special_tokens(tok)
+    text = lm.config
+    text.vocab_size = len(tok)
+    vision = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, image_size=512, patch_size=16)
+    model = _build(text, vision, 4, tok, seed)
+    lm.resize_token_embeddings(len(tok))
+    model.model.text_model.load_state_dict(lm.model.state_dict(), strict=True)
+    with torch.no_grad():
+        model.lm_head.weight.copy_(lm.lm_head.weight)
+    del lm
+    return model.to(dtype), tok, _image_processor(512)
+
+
+def load_pretrained(path_or_id: str, dtype, quantization_config=None):
+    """A SmolVLM2 checkpoint from a local directory or a hub id (cached, or downloaded when online)."""
+    from transformers import AutoTokenizer, SmolVLMForConditionalGeneration
+    from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil
+
+    try:
+        kwargs = {"dtype": dtype}
+        if quantization_config is not None:
+            kwargs["quantization_config"] = quantization_config
+        model = SmolVLMForConditionalGeneration.from_pretrained(path_or_id, **kwargs)
+        tok = AutoTokenizer.from_pretrained(path_or_id)
+        proc = SmolVLMImageProcessorPil.from_pretrained(path_or_id)
+    except OSError as exc:
+        where = "directory" if Path(path_or_id).exists() else "hub id"
+        raise ModelNotAvailable(f"cannot load SmolVLM2 {where} {path_or_id!r}: {exc}") from exc
+    if not getattr(tok, "chat_template", None):
+        tok.chat_template = SMOLVLM_CHAT_TEMPLATE
+    return model, tok, proc
+
+
+def SmolVLMForConditionalGeneration_cls():
+    from transformers import SmolVLMForConditionalGeneration
+
+    return SmolVLMForConditionalGeneration
+
+
+def load(name_or_path: str, device, dtype, quantization_config=None) -> SmolVLMBackend:
+    """Load a SmolVLM2 backend by builtin name, local directory or hub id."""
+    if name_or_path == "tiny-smolvlm":
+        model, tok, proc = build_tiny(dtype)
+        random_weights = True
+    elif name_or_path == "smolvlm2-256m-smollm2":
+        model, tok, proc = build_smollm2_shape(dtype)
+        random_weights = False  # the language model is real; the vision tower is random
+    else:
+        model, tok, proc = load_pretrained(name_or_path, dtype, quantization_config)
+        random_weights = False
+    if quantization_config is not None and name_or_path in BUILTINS:
+        from .quantize import reload_quantized
+
+        model = reload_quantized(model, SmolVLMForConditionalGeneration_cls(), quantization_config, dtype)
+    elif quantization_config is None:
+        model = model.to(device)
+    return SmolVLMBackend(model, tok, proc, name=name_or_path, device=device, dtype=dtype, random_weights=random_weights)

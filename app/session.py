@@ -1,0 +1,502 @@
+"""One stream, one conversation: the streaming video LLM at work.
+
+Layout of what the model attends to (positions are explicit and never change)::
+
+    sink | memory chunks (retrieved, time order) | local window | dialog | question -> answer
+
+* The **sink** (system prompt, start of the user turn) is prefilled once.
+* Each frame's kept visual tokens (or a timed text event) are prefilled **once**, attending to
+  the sink and the local window only, so a frame costs the same however long the stream runs.
+* KV that leaves the window becomes a chunk of the :class:`memory.MemoryBank` (quantized there).
+* A question's per-layer mean query scores the chunk summaries; the top-k chunks are put back,
+  in time order at their original positions, and the answer is generated over the whole layout.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from streaming.frame import Frame
+
+from .backends.base import KVSegment, VideoLLM
+from .backends.smolvlm import format_timestamp
+from .config import SessionConfig
+from .session_types import (
+    Alert,
+    Answer,
+    AnswerDelta,
+    Evidence,
+    FrameResult,
+    SessionClosed,
+    SessionError,
+    WatchRule,
+)
+
+logger = logging.getLogger(__name__)
+
+SESSION_FILE = "session.json"
+THUMBNAIL_SIDE = 96
+MAX_TEXT_CHARS = 4000
+MAX_QUESTION_CHARS = 4000
+
+
+@dataclass
+class _WindowItem:
+    """One prefilled frame or text event still inside the attention window."""
+
+    kv: KVSegment
+    kind: str
+    pts: float
+    key_sum: torch.Tensor  # (S,) sum of per-token pre-RoPE keys = mean * n_tokens
+    frame_index: int | None = None
+    text: str | None = None
+    thumbnail: bytes | None = None
+    banked: bool = False  # already copied into the bank by save()
+
+
+def _thumbnail(rgb: np.ndarray) -> bytes:
+    from PIL import Image
+
+    img = Image.fromarray(rgb)
+    img.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=80)
+    return buf.getvalue()
+
+
+class Session:
+    """A live stream watched by a video LLM, with memory and a conversation.
+
+    Thread-safe: every method takes the session's lock; ``ask`` streams from a worker thread.
+    """
+
+    def __init__(self, backend: VideoLLM, config: SessionConfig | None = None, *, session_id: str | None = None, _bank=None):
+        from compression.droppers import DropPolicy
+        from memory import MemoryBank
+
+        self.backend = backend
+        self.config = config or SessionConfig()
+        self.session_id = session_id or uuid.uuid4().hex[:12]
+        self._lock = threading.RLock()
+        self._closed = False
+        self._drop = DropPolicy(self.config.drop_config(), backend.spec.token_grid)
+        self._bank = _bank if _bank is not None else MemoryBank(self.config.bank_config(), backend.spec.summary_dim)
+        system = self.config.system_prompt or getattr(backend, "default_system", "")
+        sink_seg = backend.text_segment(backend.chat.sink_template.format(system=system), 0)
+        res, _ = backend.prefill(sink_seg, [])
+        self._sink = res.kv
+        self._next_pos = sink_seg.next_position
+        self._window: deque[_WindowItem] = deque()
+        self._window_len = 0
+        self._dialog: deque[KVSegment] = deque()
+        self._dialog_len = 0
+        self._chunk_ids = itertools.count(len(self._bank) and max(m.chunk_id for m in self._bank.metas()) + 1)
+        self._rules: dict[str, WatchRule] = {}
+        self._last_alert: dict[str, float] = {}
+        self._alerts: deque[Alert] = deque(maxlen=1000)
+        self._kept_history: deque[tuple[float, float]] = deque(maxlen=10_000)
+        self._counters = dict(frames=0, frames_encoded=0, frames_skipped=0, frames_empty=0, text_events=0,
+                              tokens_seen=0, tokens_kept=0, chunks=0, questions=0)
+        self._timing = dict(encode_s=0.0, prefill_s=0.0)
+        self._last_attention = 0
+        self._max_attention = 0
+        self._last_pts = 0.0
+        self._position_warned = False
+        self.created = time.time()
+        self.last_active = self.created
+
+    # ---- context -------------------------------------------------------------------------------
+    @property
+    def bank(self):
+        return self._bank
+
+    @property
+    def spec(self):
+        return self.backend.spec
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SessionClosed(f"session {self.session_id} is closed")
+
+    def _local_context(self) -> list[KVSegment]:
+        return [self._sink] + [w.kv for w in self._window]
+
+    def _check_positions(self, needed: int) -> None:
+        if self._next_pos + needed > self.spec.max_positions and not self._position_warned:
+            self._position_warned = True
+            logger.warning(
+                "session %s: positions passed the model's trained range (%d); answers about old moments may degrade",
+                self.session_id, self.spec.max_positions,
+            )
+
+    def _make_room(self, incoming: int) -> None:
+        """Evict the oldest window items into the bank until ``incoming`` tokens fit the window."""
+        while self._window and self._window_len + incoming > self.config.window_tokens:
+            self._evict_chunk()
+
+    def _evict_chunk(self) -> None:
+        head = self._window.popleft()
+        items = [head]
+        if head.kind == "frame":
+            while (len(items) < self.config.chunk_frames and self._window and self._window[0].kind == "frame"):
+                items.append(self._window.popleft())
+        for it in items:
+            self._window_len -= it.kv.length
+        if not all(it.banked for it in items):
+            self._bank.append(self._make_chunk(items))
+
+    def _make_chunk(self, items: list[_WindowItem]):
+        from memory import ChunkMeta, KVChunk
+
+        kv = KVSegment.concat([it.kv for it in items])
+        n = kv.length
+        summary = torch.stack([it.key_sum for it in items]).sum(0) / n
+        frames = tuple(it.frame_index for it in items if it.frame_index is not None)
+        text = "\n".join(it.text for it in items if it.text) or None
+        meta = ChunkMeta(
+            chunk_id=next(self._chunk_ids),
+            t_start=items[0].pts,
+            t_end=items[-1].pts,
+            kind=items[0].kind,
+            n_tokens=n,
+            frame_indices=frames,
+            text=text,
+            thumbnail=next((it.thumbnail for it in items if it.thumbnail), None),
+        )
+        self._counters["chunks"] += 1
+        return KVChunk(meta=meta, keys=kv.keys, values=kv.values, positions=kv.positions, summary=summary.float())
+
+    def _prefill_into_window(self, seg, kind: str, pts: float, **extra) -> int:
+        self._check_positions(seg.length)
+        self._make_room(seg.length)
+        t0 = time.perf_counter()
+        res, _ = self.backend.prefill(seg, self._local_context())
+        self._timing["prefill_s"] += time.perf_counter() - t0
+        self._next_pos = seg.next_position
+        item = _WindowItem(kv=res.kv, kind=kind, pts=pts, key_sum=res.key_summary * seg.length, **extra)
+        self._window.append(item)
+        self._window_len += seg.length
+        self._last_attention = res.attention_length
+        self._max_attention = max(self._max_attention, res.attention_length)
+        return res.attention_length
+
+    # ---- input ---------------------------------------------------------------------------------
+    def ingest(self, frame: Frame, *, evaluate_watches: bool = True) -> FrameResult:
+        """Watch one frame: drop redundant tokens, prefill the kept ones once, move old KV to memory.
+
+        With ``evaluate_watches``, watch rules are evaluated here when the scene changed (a session
+        manager passes ``False`` and schedules :meth:`check_watches` itself, at lower priority).
+        """
+        if not isinstance(frame, Frame):
+            raise SessionError(f"ingest takes a streaming.Frame, got {type(frame).__name__}")
+        with self._lock:
+            self._check_open()
+            self.last_active = time.time()
+            self._counters["frames"] += 1
+            self._last_pts = max(self._last_pts, frame.pts)
+            small = self.backend.resize_frame(frame.rgb)
+            pre = self._drop.before_encode(frame.pts, small)
+            n = self.spec.tokens_per_frame
+            if not pre.run_encoder:
+                self._counters["frames_skipped"] += 1
+                self._counters["tokens_seen"] += n
+                self._kept_history.append((frame.pts, 0.0))
+                return FrameResult(frame.index, frame.pts, False, n, 0, False, 0)
+            t0 = time.perf_counter()
+            tokens = self.backend.encode_frames([frame.rgb])[0]
+            self._timing["encode_s"] += time.perf_counter() - t0
+            self._counters["frames_encoded"] += 1
+            keep = self._drop.after_encode(frame.pts, tokens, pre)
+            kept = int(keep.sum())
+            self._counters["tokens_seen"] += n
+            self._counters["tokens_kept"] += kept
+            self._kept_history.append((frame.pts, kept / n))
+            scene_change = bool(self._drop.stats().scene_change)
+            if kept == 0:
+                self._counters["frames_empty"] += 1
+                return FrameResult(frame.index, frame.pts, True, n, 0, scene_change, 0)
+            seg = self.backend.frame_segment(frame.pts, tokens, keep, self._next_pos)
+            attn = self._prefill_into_window(
+                seg, "frame", frame.pts, frame_index=frame.index, thumbnail=_thumbnail(small)
+            )
+            alerts: tuple[Alert, ...] = ()
+            if evaluate_watches and self._rules and (scene_change or self.config.watch_on_every_frame):
+                alerts = tuple(self.check_watches())
+            return FrameResult(frame.index, frame.pts, True, n, kept, scene_change, attn, alerts)
+
+    def ingest_text(self, pts: float, text: str) -> int:
+        """A timed text event (subtitle, transcript line, note) enters the stream like a frame.
+
+        Returns the number of tokens prefilled.
+        """
+        if not isinstance(text, str) or not text.strip():
+            raise SessionError("a text event needs non-empty text")
+        if len(text) > MAX_TEXT_CHARS:
+            raise SessionError(f"a text event is limited to {MAX_TEXT_CHARS} characters, got {len(text)}")
+        try:
+            pts = float(pts)
+        except (TypeError, ValueError):
+            raise SessionError(f"a text event needs a numeric stream time, got {pts!r}") from None
+        if not np.isfinite(pts) or pts < 0:
+            raise SessionError(f"a text event needs a finite stream time >= 0, got {pts!r}")
+        with self._lock:
+            self._check_open()
+            self.last_active = time.time()
+            seg = self.backend.text_segment(f"Note at {format_timestamp(pts)}: {text.strip()}\n", self._next_pos)
+            self._counters["text_events"] += 1
+            self._last_pts = max(self._last_pts, pts)
+            self._prefill_into_window(seg, "text", pts, text=text.strip())
+            return seg.length
+
+    # ---- questions -------------------------------------------------------------------------------
+    def ask(self, question: str, *, max_new_tokens: int | None = None, top_k: int | None = None) -> Iterator[AnswerDelta | Answer]:
+        """Stream an answer: :class:`AnswerDelta` pieces, then one :class:`Answer` with its evidence.
+
+        The work runs in a worker thread that holds the session lock; closing the iterator early
+        cancels the generation.
+        """
+        q: queue.Queue = queue.Queue()
+        cancel = threading.Event()
+
+        def work() -> None:
+            try:
+                ans = self.answer(question, on_delta=lambda d: q.put(AnswerDelta(d)), should_stop=cancel.is_set,
+                                  max_new_tokens=max_new_tokens, top_k=top_k)
+                q.put(ans)
+            except BaseException as exc:  # handed to the consumer
+                q.put(exc)
+
+        worker = threading.Thread(target=work, name=f"ask-{self.session_id}", daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = q.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if isinstance(item, Answer):
+                    return
+        finally:
+            cancel.set()
+
+    def answer(
+        self,
+        question: str,
+        *,
+        on_delta: Callable[[str], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        max_new_tokens: int | None = None,
+        top_k: int | None = None,
+    ) -> Answer:
+        """Answer ``question`` in the calling thread; text deltas go to ``on_delta``."""
+        if not isinstance(question, str) or not question.strip():
+            raise SessionError("a question needs non-empty text")
+        if len(question) > MAX_QUESTION_CHARS:
+            raise SessionError(f"a question is limited to {MAX_QUESTION_CHARS} characters, got {len(question)}")
+        max_new = self.config.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
+        if not 1 <= max_new <= 4096:
+            raise SessionError(f"max_new_tokens must be in [1, 4096], got {max_new}")
+        k = self.config.top_k if top_k is None else int(top_k)
+        with self._lock:
+            self._check_open()
+            self.last_active = time.time()
+            t0 = time.perf_counter()
+            chat = self.backend.chat
+            fmt = chat.next_question if self._dialog else chat.first_question
+            qseg = self.backend.text_segment(fmt.format(q=question.strip()), self._next_pos)
+            self._check_positions(qseg.length + max_new)
+            local = self._local_context() + list(self._dialog)
+            retrieved = []
+            if k > 0 and len(self._bank):
+                probe, _ = self.backend.prefill(qseg, local)
+                retrieved = self._bank.retrieve(probe.query_summary, k, dtype=self.backend.dtype)
+            memory = [KVSegment(r.chunk.keys, r.chunk.values, r.chunk.positions) for r in retrieved]
+            context = [self._sink] + memory + [w.kv for w in self._window] + list(self._dialog)
+            t_retrieved = time.perf_counter()
+            result = None
+            first_token_s = None
+            for item in self.backend.generate(qseg, context, max_new_tokens=max_new, should_stop=should_stop):
+                if isinstance(item, str):
+                    if first_token_s is None:
+                        first_token_s = time.perf_counter() - t0
+                    if on_delta is not None:
+                        on_delta(item)
+                else:
+                    result = item
+            assert result is not None
+            self._next_pos = result.next_position
+            self._remember_turn(result.turn_kv)
+            self._counters["questions"] += 1
+            evidence = self._evidence(retrieved)
+            usage = {
+                "context_tokens": sum(s.length for s in context),
+                "question_tokens": qseg.length,
+                "completion_tokens": len(result.token_ids),
+                "retrieved_chunks": len(retrieved),
+                "window_tokens": self._window_len,
+                "retrieval_s": round(t_retrieved - t0, 4),
+                "first_token_s": None if first_token_s is None else round(first_token_s, 4),
+                "total_s": round(time.perf_counter() - t0, 4),
+            }
+            return Answer(question.strip(), result.text.strip(), evidence, result.stop_reason, self._last_pts, usage)
+
+    def _remember_turn(self, turn: KVSegment | None) -> None:
+        if turn is None or self.config.dialog_max_tokens == 0:
+            return
+        self._dialog.append(turn)
+        self._dialog_len += turn.length
+        while self._dialog and self._dialog_len > self.config.dialog_max_tokens:
+            self._dialog_len -= self._dialog.popleft().length
+
+    def _evidence(self, retrieved) -> tuple[Evidence, ...]:
+        out = [
+            Evidence(
+                t_start=r.chunk.meta.t_start,
+                t_end=r.chunk.meta.t_end,
+                source="memory",
+                kind=r.chunk.meta.kind,
+                score=float(r.score),
+                chunk_id=r.chunk.meta.chunk_id,
+                frame_indices=tuple(r.chunk.meta.frame_indices),
+                text=r.chunk.meta.text,
+                thumbnail=r.chunk.meta.thumbnail,
+            )
+            for r in retrieved
+        ]
+        if self._window:
+            frames = tuple(w.frame_index for w in self._window if w.frame_index is not None)
+            thumb = next((w.thumbnail for w in reversed(self._window) if w.thumbnail), None)
+            kinds = {w.kind for w in self._window}
+            out.append(Evidence(
+                t_start=self._window[0].pts, t_end=self._window[-1].pts, source="window",
+                kind="frame" if kinds == {"frame"} else "text" if kinds == {"text"} else "mixed",
+                frame_indices=frames, thumbnail=thumb,
+            ))
+        return tuple(out)
+
+    # ---- watch rules ------------------------------------------------------------------------------
+    def watch(self, rule: str) -> WatchRule:
+        """Register a standing yes/no question, evaluated when the scene changes."""
+        if not isinstance(rule, str) or not rule.strip():
+            raise SessionError("a watch rule needs non-empty text")
+        if len(rule) > 500:
+            raise SessionError(f"a watch rule is limited to 500 characters, got {len(rule)}")
+        with self._lock:
+            self._check_open()
+            if len(self._rules) >= 32:
+                raise SessionError("a session holds at most 32 watch rules")
+            r = WatchRule(uuid.uuid4().hex[:8], rule.strip())
+            self._rules[r.rule_id] = r
+            return r
+
+    def unwatch(self, rule_id: str) -> bool:
+        with self._lock:
+            self._last_alert.pop(rule_id, None)
+            return self._rules.pop(rule_id, None) is not None
+
+    def rules(self) -> list[WatchRule]:
+        with self._lock:
+            return list(self._rules.values())
+
+    def check_watches(self) -> list[Alert]:
+        """Evaluate every watch rule on the recent stream with a short yes/no generation.
+
+        Runs over the sink and the local window only and leaves no trace in the conversation.
+        Rules that fired less than ``watch_min_interval_s`` ago (stream time) are skipped.
+        """
+        alerts: list[Alert] = []
+        with self._lock:
+            self._check_open()
+            pts = self._last_pts
+            for rule in list(self._rules.values()):
+                last = self._last_alert.get(rule.rule_id)
+                if last is not None and pts - last < self.config.watch_min_interval_s:
+                    continue
+                text = f"Answer only yes or no. Looking at the latest frames: {rule.text}"
+                qseg = self.backend.text_segment(self.backend.chat.first_question.format(q=text), self._next_pos)
+                answer = ""
+                for item in self.backend.generate(qseg, self._local_context(), max_new_tokens=3):
+                    if isinstance(item, str):
+                        answer += item
+                if answer.strip().lower().startswith("yes"):
+                    self._last_alert[rule.rule_id] = pts
+                    alert = Alert(rule.rule_id, rule.text, pts, answer.strip(), time.time())
+                    self._alerts.append(alert)
+                    alerts.append(alert)
+        return alerts
+
+    def alerts(self) -> list[Alert]:
+        with self._lock:
+            return list(self._alerts)
+
+    # ---- state ------------------------------------------------------------------------------------
+    def kept_history(self) -> list[tuple[float, float]]:
+        """``[(pts, kept_ratio)]`` of recent frames (bounded)."""
+        with self._lock:
+            return list(self._kept_history)
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            c = dict(self._counters)
+            encoded = max(1, c["frames_encoded"])
+            bank_bytes = self._bank.nbytes()
+            window_bytes = sum(w.kv.nbytes for w in self._window)
+            dialog_bytes = sum(d.nbytes for d in self._dialog)
+            return {
+                "session_id": self.session_id,
+                "model": self.spec.name,
+                "random_weights": self.spec.random_weights,
+                **c,
+                "kept_ratio": (c["tokens_kept"] / c["tokens_seen"]) if c["tokens_seen"] else 1.0,
+                "stream_time_s": self._last_pts,
+                "window_tokens": self._window_len,
+                "window_items": len(self._window),
+                "dialog_tokens": self._dialog_len,
+                "bank_chunks": len(self._bank),
+                "memory_bytes": {
+                    "window": window_bytes + self._sink.nbytes + dialog_bytes,
+                    "ram": int(bank_bytes.get("ram", 0)),
+                    "disk": int(bank_bytes.get("disk", 0)),
+                },
+                "next_position": self._next_pos,
+                "last_attention_length": self._last_attention,
+                "max_attention_length": self._max_attention,
+                "encode_ms_per_frame": 1000 * self._timing["encode_s"] / encoded,
+                "prefill_ms_per_item": 1000 * self._timing["prefill_s"] / max(1, c["frames_encoded"] - c["frames_empty"] + c["text_events"]),
+                "watch_rules": len(self._rules),
+                "alerts": len(self._alerts),
+            }
+
+    def close(self) -> None:
+        """Free the session's memory (and its disk tier unless persistence is on)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._window.clear()
+            self._dialog.clear()
+            self._bank.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,751 @@
+"""The memory bank: quantized KV chunks in RAM then on disk, found by a faiss summary index.
+
+Life of a chunk: :meth:`MemoryBank.append` quantizes its KV with the configured codec and
+keeps the packed chunk in RAM; its summary goes into the index. When the RAM tier exceeds
+``ram_budget_bytes``, the oldest chunks (in append order) are written to
+``disk_dir/chunks/<id>.kvc`` and dropped from RAM. :meth:`MemoryBank.retrieve` ranks
+summaries by inner product with a query, loads the top ``k`` chunks from whichever tier holds
+them (disk reads are not cached), dequantizes them and returns them in time order.
+Retention by stream age deletes chunks from every tier. :meth:`MemoryBank.save` makes the
+directory a self-contained saved bank that :meth:`MemoryBank.open` reopens.
+
+Disk layout (``disk_dir``)::
+
+    chunks/000000000042.kvc   one file per chunk (see memory.store), written atomically
+    summaries.npy             float32 (N, S) summaries, rows in manifest chunk order (save())
+    index.faiss               the faiss index (save())
+    manifest.json             config, summary_dim, chunk metadata + sha256 per file (save(); written last)
+
+Thread safety: one lock guards all state. File reads, checksums and dequantization run
+outside it, so a retrieval does not stall appends for long; ``save()`` holds it throughout.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import heapq
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from compression.kvcodec import KVCodec
+
+from memory.chunk import ChunkMeta, KVChunk, validate_chunk
+from memory.config import BankConfig
+from memory.errors import (
+    BankClosed,
+    BankCorrupt,
+    BankError,
+    ChunkCorrupt,
+    ChunkNotFound,
+    InvalidChunk,
+    InvalidQuery,
+)
+from memory.index import SummaryIndex, new_index, read_index
+from memory.store import PackedChunk, atomic_write, fsync_dir, read_chunk, write_chunk
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+SUMMARIES = "summaries.npy"
+INDEX_FILE = "index.faiss"
+CHUNK_DIR = "chunks"
+MANIFEST_FORMAT = 1
+#: Rows per block when streaming summaries to or from disk.
+_ROWS = 2048
+
+
+@dataclass(frozen=True)
+class Retrieved:
+    """One retrieval result.
+
+    Attributes:
+        chunk: the chunk, dequantized (KV in the dtype it was appended with unless asked otherwise).
+        score: inner product of the chunk's summary with the query.
+    """
+
+    chunk: KVChunk
+    score: float
+
+
+@dataclass(frozen=True)
+class BankStats:
+    """A snapshot of the bank's counters.
+
+    Attributes:
+        chunks: live chunks.
+        chunks_ram: chunks with a copy in the RAM tier.
+        chunks_disk: chunks with a file on disk (after ``save()`` a chunk can be in both tiers).
+        bytes_ram: bytes of the RAM tier (packed KV + positions + summary), what the budget limits.
+        bytes_disk: bytes of chunk files on disk.
+        index_bytes: approximate RAM of the faiss index (it holds every summary).
+        spills: chunks moved from RAM to disk because of the budget.
+        disk_reads: chunk files read (retrieval, get).
+        evicted_retention: chunks deleted by retention.
+        corrupt_chunks: distinct chunks found corrupt or missing on disk.
+        bits_per_element: stored bits per K/V element over live chunks, codec metadata included.
+        appended: chunks appended over the bank's life in this process.
+        ram_budget_bytes: the configured budget (``None`` = unlimited).
+    """
+
+    chunks: int
+    chunks_ram: int
+    chunks_disk: int
+    bytes_ram: int
+    bytes_disk: int
+    index_bytes: int
+    spills: int
+    disk_reads: int
+    evicted_retention: int
+    corrupt_chunks: int
+    bits_per_element: float
+    appended: int
+    ram_budget_bytes: int | None
+
+
+@dataclass(frozen=True)
+class _DiskEntry:
+    path: Path
+    sha256: str
+    size: int
+
+
+def _remove_bank_files(directory: str, whole: bool) -> None:
+    """Delete what a non-persistent bank wrote: the whole directory, or only its own files."""
+    if whole:
+        shutil.rmtree(directory, ignore_errors=True)
+        return
+    root = Path(directory)
+    shutil.rmtree(root / CHUNK_DIR, ignore_errors=True)
+    for name in (MANIFEST, SUMMARIES, INDEX_FILE):
+        try:
+            (root / name).unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("could not remove %s: %s", root / name, exc)
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class MemoryBank:
+    """Tiered, searchable store of quantized KV chunks (see the module docstring).
+
+    Args:
+        config: storage, budget, retention and index settings.
+        summary_dim: ``S``, the length of every chunk summary and query (``L * H * D``).
+    """
+
+    def __init__(self, config: BankConfig, summary_dim: int) -> None:
+        if not isinstance(config, BankConfig):
+            raise BankError(f"config must be a BankConfig; got {type(config).__name__}")
+        self._init_state(config, summary_dim)
+        if config.disk_dir is not None:
+            self._claim_dir(Path(config.disk_dir))
+
+    # ------------------------------------------------------------------ set-up
+    def _init_state(self, config: BankConfig, summary_dim: int) -> None:
+        if isinstance(summary_dim, bool) or not isinstance(summary_dim, int) or summary_dim < 1:
+            raise BankError(f"summary_dim must be an int >= 1; got {summary_dim!r}")
+        self._config = config
+        self._dim = summary_dim
+        self._codec = KVCodec(config.codec)
+        self._lock = threading.RLock()
+        self._closed = False
+        self._dir: Path | None = None
+        self._finalizer: weakref.finalize | None = None
+        self._index: SummaryIndex = new_index(config, summary_dim)
+        self._metas: dict[int, ChunkMeta] = {}
+        self._order: list[tuple[float, int]] = []  # (t_start, chunk_id), sorted
+        self._expiry: list[tuple[float, int]] = []  # heap of (t_end, chunk_id)
+        self._ram: OrderedDict[int, PackedChunk] = OrderedDict()  # append order = spill order
+        self._disk: dict[int, _DiskEntry] = {}
+        self._elements: dict[int, tuple[int, float]] = {}  # id -> (K+V elements, stored bits)
+        self._corrupt: set[int] = set()
+        self._ram_bytes = 0
+        self._disk_bytes = 0
+        self._total_elements = 0
+        self._total_bits = 0.0
+        self._newest_t_end = float("-inf")
+        self._spills = 0
+        self._disk_reads = 0
+        self._evicted = 0
+        self._corrupt_seen = 0
+        self._appended = 0
+        self._dirty = False
+
+    def _claim_dir(self, directory: Path) -> None:
+        """Use ``directory`` for a new bank: create it, or check an existing one holds no bank."""
+        created = False
+        try:
+            if directory.exists():
+                if not directory.is_dir():
+                    raise BankError(f"BankConfig.disk_dir {directory} exists and is not a directory")
+                chunks = directory / CHUNK_DIR
+                if (directory / MANIFEST).exists() or (chunks.is_dir() and any(chunks.iterdir())):
+                    raise BankError(
+                        f"BankConfig.disk_dir {directory} already holds a memory bank; "
+                        "reopen it with MemoryBank.open() or choose an empty directory"
+                    )
+            else:
+                directory.mkdir(parents=True)
+                created = True
+            (directory / CHUNK_DIR).mkdir(exist_ok=True)
+        except OSError as exc:
+            raise BankError(f"cannot use BankConfig.disk_dir {directory}: {exc}") from exc
+        self._dir = directory
+        if not self._config.persist:
+            self._finalizer = weakref.finalize(self, _remove_bank_files, str(directory), created)
+
+    def _ensure_dir(self) -> Path:
+        if self._dir is None:  # the private temporary directory, made on first need
+            path = Path(tempfile.mkdtemp(prefix="livesight-memory-"))
+            (path / CHUNK_DIR).mkdir()
+            self._dir = path
+            self._finalizer = weakref.finalize(self, _remove_bank_files, str(path), True)
+        return self._dir
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def config(self) -> BankConfig:
+        return self._config
+
+    @property
+    def summary_dim(self) -> int:
+        return self._dim
+
+    @property
+    def directory(self) -> Path | None:
+        """The disk tier's directory (``None`` until a private temporary one is needed)."""
+        return self._dir
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._metas)
+
+    def __contains__(self, chunk_id: object) -> bool:
+        with self._lock:
+            return chunk_id in self._metas
+
+    def __enter__(self) -> MemoryBank:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BankClosed("the memory bank is closed")
+
+    # ------------------------------------------------------------------ append
+    def append(self, chunk: KVChunk) -> None:
+        """Quantize ``chunk`` with the codec and store it (RAM first, spilling the oldest if over budget).
+
+        Raises:
+            InvalidChunk: wrong types/shapes, summary length != ``summary_dim``, or a duplicate id.
+            BankClosed: after :meth:`close`.
+            BankError: a spill to disk failed (the chunk stays in RAM).
+        """
+        self._check_open()
+        if not isinstance(chunk, KVChunk):
+            raise InvalidChunk(f"append() takes a KVChunk; got {type(chunk).__name__}")
+        validate_chunk(chunk)
+        meta = chunk.meta
+        cid = meta.chunk_id
+        if chunk.summary.shape[0] != self._dim:
+            raise InvalidChunk(f"chunk {cid}: summary has length {chunk.summary.shape[0]}, the bank's summary_dim is {self._dim}")
+        with self._lock:
+            if cid in self._metas:
+                raise InvalidChunk(f"chunk {cid}: a chunk with this id is already in the bank")
+        keys = chunk.keys.detach().to("cpu")
+        values = chunk.values.detach().to("cpu")
+        try:
+            packed = self._codec.encode(keys, values)
+        except (ValueError, TypeError) as exc:
+            raise InvalidChunk(f"chunk {cid}: the KV codec rejected it: {exc}") from exc
+        stored = PackedChunk(
+            meta=meta,
+            packed=packed,
+            positions=chunk.positions.detach().to("cpu").clone().contiguous(),
+            summary=chunk.summary.detach().to("cpu", torch.float32).clone().contiguous(),
+        )
+        with self._lock:
+            self._check_open()
+            if cid in self._metas:
+                raise InvalidChunk(f"chunk {cid}: a chunk with this id is already in the bank")
+            self._index.add(np.array([cid], dtype=np.int64), stored.summary.numpy()[None, :])
+            self._metas[cid] = meta
+            bisect.insort(self._order, (meta.t_start, cid))
+            heapq.heappush(self._expiry, (meta.t_end, cid))
+            self._ram[cid] = stored
+            self._ram_bytes += stored.nbytes
+            self._account(cid, stored.n_elements, float(packed.bits_per_element()))
+            self._newest_t_end = max(self._newest_t_end, meta.t_end)
+            self._appended += 1
+            self._dirty = True
+            self._apply_retention()
+            self._apply_budget()
+
+    def _account(self, cid: int, n_elements: int, bits_per_element: float) -> None:
+        bits = bits_per_element * n_elements
+        self._elements[cid] = (n_elements, bits)
+        self._total_elements += n_elements
+        self._total_bits += bits
+
+    def _apply_budget(self) -> None:
+        budget = self._config.ram_budget_bytes
+        if budget is None:
+            return
+        while self._ram_bytes > budget and self._ram:
+            cid, stored = next(iter(self._ram.items()))
+            if cid not in self._disk:
+                self._write_file(stored, durable=False)
+            del self._ram[cid]
+            self._ram_bytes -= stored.nbytes
+            self._spills += 1
+            log.debug("spilled chunk %d to disk (RAM tier now %d bytes)", cid, self._ram_bytes)
+
+    def _chunk_path(self, cid: int) -> Path:
+        return self._ensure_dir() / CHUNK_DIR / f"{cid:012d}.kvc"
+
+    def _write_file(self, stored: PackedChunk, *, durable: bool) -> None:
+        path = self._chunk_path(stored.chunk_id)
+        try:
+            sha, size = write_chunk(path, stored, durable=durable)
+        except OSError as exc:
+            raise BankError(f"cannot write chunk {stored.chunk_id} to {path}: {exc}") from exc
+        self._disk[stored.chunk_id] = _DiskEntry(path, sha, size)
+        self._disk_bytes += size
+
+    def _apply_retention(self) -> None:
+        keep_s = self._config.retention_s
+        if keep_s is None:
+            return
+        cutoff = self._newest_t_end - keep_s
+        while self._expiry and self._expiry[0][0] < cutoff:
+            t_end, cid = heapq.heappop(self._expiry)
+            meta = self._metas.get(cid)
+            if meta is not None and meta.t_end == t_end:
+                self._delete(cid)
+                self._evicted += 1
+
+    def _delete(self, cid: int) -> None:
+        meta = self._metas.pop(cid)
+        i = bisect.bisect_left(self._order, (meta.t_start, cid))
+        if i < len(self._order) and self._order[i] == (meta.t_start, cid):
+            del self._order[i]
+        stored = self._ram.pop(cid, None)
+        if stored is not None:
+            self._ram_bytes -= stored.nbytes
+        entry = self._disk.pop(cid, None)
+        if entry is not None:
+            self._disk_bytes -= entry.size
+            try:
+                entry.path.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("could not delete chunk file %s: %s", entry.path, exc)
+        n_el, bits = self._elements.pop(cid, (0, 0.0))
+        self._total_elements -= n_el
+        self._total_bits -= bits
+        self._corrupt.discard(cid)
+        self._index.remove([cid])
+        self._dirty = True
+
+    # ------------------------------------------------------------------ reading
+    def _query_vector(self, query: Any) -> np.ndarray:
+        if isinstance(query, np.ndarray):
+            query = torch.from_numpy(query)
+        if not isinstance(query, torch.Tensor):
+            raise InvalidQuery(f"query must be a torch.Tensor of shape ({self._dim},); got {type(query).__name__}")
+        if query.ndim == 2 and query.shape[0] == 1:
+            query = query[0]
+        if query.ndim != 1 or query.shape[0] != self._dim:
+            raise InvalidQuery(f"query must have shape ({self._dim},); got {tuple(query.shape)}")
+        if not query.is_floating_point():
+            raise InvalidQuery(f"query must be a floating tensor; got {query.dtype}")
+        q = query.detach().to("cpu", torch.float32).contiguous().numpy()
+        if not np.isfinite(q).all():
+            raise InvalidQuery("query holds NaN or infinite values")
+        return q
+
+    @staticmethod
+    def _check_k(k: Any) -> int:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise InvalidQuery(f"k must be an int >= 0; got {k!r}")
+        return k
+
+    def search(self, query: torch.Tensor, k: int) -> list[tuple[ChunkMeta, float]]:
+        """Top ``k`` chunks' metadata and scores, best first, without loading any KV.
+
+        Args:
+            query: float ``(S,)``.
+        """
+        q = self._query_vector(query)
+        k = self._check_k(k)
+        with self._lock:
+            self._check_open()
+            return [(self._metas[cid], score) for cid, score in self._index.search(q, k, exclude=self._corrupt)]
+
+    def retrieve(self, query: torch.Tensor, k: int, *, dtype: torch.dtype | None = None) -> list[Retrieved]:
+        """The ``k`` chunks whose summaries score highest against ``query``, in time order.
+
+        Args:
+            query: float ``(S,)`` (e.g. a question's flattened per-layer mean query).
+            k: number of chunks; ``k >= len(bank)`` returns every readable chunk.
+            dtype: dtype of the returned KV; ``None`` = the dtype each chunk was appended with.
+
+        Returns:
+            :class:`Retrieved` items sorted by ``(t_start, chunk_id)``; each chunk has keys/values
+            ``(L, H, T, D)``, positions and summary as appended. A chunk whose file is corrupt or
+            missing is skipped (logged, counted in ``stats().corrupt_chunks``) and the next best
+            chunk takes its place.
+        """
+        q = self._query_vector(query)
+        k = self._check_k(k)
+        loaded: dict[int, PackedChunk] = {}
+        while True:
+            with self._lock:
+                self._check_open()
+                hits = self._index.search(q, k, exclude=self._corrupt)
+                plan = self._plan(cid for cid, _ in hits if cid not in loaded)
+            fresh_corrupt = self._load(plan, loaded)
+            if not fresh_corrupt:
+                break
+        chosen = [(loaded[cid], score) for cid, score in hits if cid in loaded]
+        out = [Retrieved(self._decode(stored, dtype), score) for stored, score in chosen]
+        out.sort(key=lambda r: r.chunk.meta.sort_key())
+        return out
+
+    def _plan(self, ids: Any) -> list[tuple[int, PackedChunk | _DiskEntry]]:
+        """Under the lock: where each chunk is (a RAM copy, or its disk entry to read)."""
+        plan: list[tuple[int, PackedChunk | _DiskEntry]] = []
+        for cid in ids:
+            stored = self._ram.get(cid)
+            if stored is not None:
+                plan.append((cid, stored))
+                continue
+            entry = self._disk.get(cid)
+            if entry is None:
+                raise ChunkNotFound(cid)
+            self._disk_reads += 1
+            plan.append((cid, entry))
+        return plan
+
+    def _load(self, plan: list[tuple[int, PackedChunk | _DiskEntry]], out: dict[int, PackedChunk]) -> bool:
+        """Outside the lock: read disk entries; returns whether a new corrupt chunk was found."""
+        fresh = False
+        for cid, where in plan:
+            if isinstance(where, PackedChunk):
+                out[cid] = where
+                continue
+            try:
+                out[cid] = read_chunk(where.path, cid, where.sha256)
+            except ChunkCorrupt as exc:
+                if self._mark_corrupt(cid, where, exc):
+                    fresh = True
+        return fresh
+
+    def _mark_corrupt(self, cid: int, entry: _DiskEntry, exc: ChunkCorrupt) -> bool:
+        with self._lock:
+            if self._disk.get(cid) is not entry:  # deleted by retention meanwhile: not corruption
+                return False
+            if cid not in self._corrupt:
+                self._corrupt.add(cid)
+                self._corrupt_seen += 1
+                log.warning("skipping %s", exc)
+            return True
+
+    def _decode(self, stored: PackedChunk, dtype: torch.dtype | None) -> KVChunk:
+        keys, values = self._codec.decode(stored.packed, dtype=dtype)
+        return KVChunk(
+            meta=stored.meta,
+            keys=keys,
+            values=values,
+            positions=stored.positions.clone(),
+            summary=stored.summary.clone(),
+        )
+
+    def packed(self, chunk_id: int) -> PackedChunk:
+        """The stored (quantized) form of a live chunk, from RAM or disk.
+
+        Raises:
+            ChunkNotFound: no live chunk has this id.
+            ChunkCorrupt: its file is missing or fails its checksum (names the chunk and file).
+        """
+        with self._lock:
+            self._check_open()
+            if chunk_id not in self._metas:
+                raise ChunkNotFound(chunk_id)
+            plan = self._plan([chunk_id])
+        cid, where = plan[0]
+        if isinstance(where, PackedChunk):
+            return where
+        try:
+            return read_chunk(where.path, cid, where.sha256)
+        except ChunkCorrupt as exc:
+            self._mark_corrupt(cid, where, exc)
+            raise
+
+    def get(self, chunk_id: int, dtype: torch.dtype | None = None) -> KVChunk:
+        """One live chunk, dequantized (``dtype`` as appended unless given).
+
+        Raises:
+            ChunkNotFound: no live chunk has this id.
+            ChunkCorrupt: its file is missing or fails its checksum (names the chunk and file).
+        """
+        return self._decode(self.packed(chunk_id), dtype)
+
+    def tier(self, chunk_id: int) -> str:
+        """Where a live chunk is: ``"ram"``, ``"disk"``, or ``"ram+disk"`` (after ``save()``)."""
+        with self._lock:
+            if chunk_id not in self._metas:
+                raise ChunkNotFound(chunk_id)
+            in_ram, on_disk = chunk_id in self._ram, chunk_id in self._disk
+            return "ram+disk" if in_ram and on_disk else "ram" if in_ram else "disk"
+
+    def metas(self) -> list[ChunkMeta]:
+        """Metadata of every live chunk, in time order ``(t_start, chunk_id)``."""
+        with self._lock:
+            return [self._metas[cid] for _, cid in self._order]
+
+    def nbytes(self) -> dict[str, int]:
+        """True bytes of stored chunks per tier: ``{"ram": ..., "disk": ...}`` (disk = file sizes)."""
+        with self._lock:
+            return {"ram": self._ram_bytes, "disk": self._disk_bytes}
+
+    def stats(self) -> BankStats:
+        """A snapshot of the bank's counters (see :class:`BankStats`)."""
+        with self._lock:
+            bpe = self._total_bits / self._total_elements if self._total_elements else 0.0
+            return BankStats(
+                chunks=len(self._metas),
+                chunks_ram=len(self._ram),
+                chunks_disk=len(self._disk),
+                bytes_ram=self._ram_bytes,
+                bytes_disk=self._disk_bytes,
+                index_bytes=self._index.nbytes if not self._closed else 0,
+                spills=self._spills,
+                disk_reads=self._disk_reads,
+                evicted_retention=self._evicted,
+                corrupt_chunks=self._corrupt_seen,
+                bits_per_element=bpe,
+                appended=self._appended,
+                ram_budget_bytes=self._config.ram_budget_bytes,
+            )
+
+    # ------------------------------------------------------------------ persistence
+    def save(self) -> Path:
+        """Flush every chunk to disk and write summaries, index and manifest; the bank stays usable.
+
+        Returns:
+            the bank's directory (``disk_dir``, or the private temporary one).
+        """
+        with self._lock:
+            self._check_open()
+            root = self._ensure_dir()
+            try:
+                for cid, stored in self._ram.items():
+                    if cid not in self._disk:
+                        self._write_file(stored, durable=True)
+                order = [cid for _, cid in self._order]
+                in_index = [cid for cid in order if cid in self._index]
+                summaries_sha = self._write_summaries(root / SUMMARIES, in_index)
+                index_tmp = root / f".{INDEX_FILE}.tmp"
+                self._index.write(index_tmp)
+                index_sha = _file_sha256(index_tmp)
+                os.replace(index_tmp, root / INDEX_FILE)
+                manifest = {
+                    "format": MANIFEST_FORMAT,
+                    "summary_dim": self._dim,
+                    "config": self._config.to_json(),
+                    "chunks": [self._chunk_record(cid) for cid in order],
+                    "summaries": {"file": SUMMARIES, "sha256": summaries_sha, "ids": in_index},
+                    "index": {"file": INDEX_FILE, "sha256": index_sha, **self._index.state()},
+                }
+                atomic_write(root / MANIFEST, json.dumps(manifest).encode("utf-8"), durable=True)
+            except OSError as exc:
+                raise BankError(f"cannot save the memory bank to {root}: {exc}") from exc
+            self._dirty = False
+            log.info("saved memory bank: %d chunks to %s", len(order), root)
+            return root
+
+    def _chunk_record(self, cid: int) -> dict[str, Any]:
+        entry = self._disk[cid]
+        n_el, bits = self._elements[cid]
+        return {
+            "meta": self._metas[cid].to_json(),
+            "file": entry.path.relative_to(self._dir).as_posix(),
+            "sha256": entry.sha256,
+            "size": entry.size,
+            "n_elements": n_el,
+            "bits": bits,
+        }
+
+    def _write_summaries(self, path: Path, ids: list[int]) -> str:
+        """Stream ``(N, S)`` float32 summaries of ``ids`` to an ``.npy`` file atomically; returns its sha256."""
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                header = {"descr": "<f4", "fortran_order": False, "shape": (len(ids), self._dim)}
+                np.lib.format.write_array_header_1_0(fh, header)
+                fh.flush()
+                for start in range(0, len(ids), _ROWS):
+                    rows = self._index.reconstruct(ids[start : start + _ROWS]).astype("<f4", copy=False)
+                    fh.write(rows.tobytes())
+                fh.flush()
+                os.fsync(fh.fileno())
+            digest = _file_sha256(Path(tmp))
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        fsync_dir(path.parent)
+        return digest
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike[str], *, ram_budget_bytes: int | None = None) -> MemoryBank:
+        """Reopen a bank written by :meth:`save` (config read from its manifest).
+
+        Every chunk starts in the disk tier; chunks appended later go to RAM under
+        ``ram_budget_bytes``. The reopened bank persists (``close()`` saves changes and keeps
+        the directory). If the index file is missing or damaged, the index is rebuilt from
+        ``summaries.npy``, and failing that from the chunk files.
+
+        Raises:
+            BankCorrupt: no readable manifest in ``directory``.
+        """
+        root = Path(directory)
+        manifest_path = root / MANIFEST
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise BankCorrupt(f"{root} holds no saved memory bank ({MANIFEST} is missing)") from None
+        except (OSError, ValueError) as exc:
+            raise BankCorrupt(f"cannot read {manifest_path}: {exc}") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+            raise BankCorrupt(f"{manifest_path} is not a memory-bank manifest of format {MANIFEST_FORMAT}")
+        try:
+            config = BankConfig.from_json(
+                manifest["config"], disk_dir=str(root), persist=True, ram_budget_bytes=ram_budget_bytes
+            )
+            bank = cls.__new__(cls)
+            bank._init_state(config, manifest["summary_dim"])
+            bank._dir = root
+            (root / CHUNK_DIR).mkdir(exist_ok=True)
+            for record in manifest["chunks"]:
+                bank._restore_chunk(root, record)
+            bank._order.sort()
+        except BankCorrupt:
+            raise
+        except (KeyError, TypeError, ValueError, BankError, OSError) as exc:
+            raise BankCorrupt(f"{manifest_path} is malformed: {exc!r}") from None
+        bank._restore_index(root, manifest)
+        bank._dirty = False
+        log.info("opened memory bank %s: %d chunks", root, len(bank._metas))
+        return bank
+
+    def _restore_chunk(self, root: Path, record: dict[str, Any]) -> None:
+        meta = ChunkMeta.from_json(record["meta"])
+        cid = meta.chunk_id
+        rel = Path(record["file"])
+        if rel.is_absolute() or ".." in rel.parts:
+            raise BankCorrupt(f"chunk {cid}: file path {rel} escapes the bank directory")
+        if cid in self._metas:
+            raise BankCorrupt(f"chunk {cid} appears twice in the manifest")
+        entry = _DiskEntry(root / rel, str(record["sha256"]), int(record["size"]))
+        self._metas[cid] = meta
+        self._order.append((meta.t_start, cid))
+        heapq.heappush(self._expiry, (meta.t_end, cid))
+        self._disk[cid] = entry
+        self._disk_bytes += entry.size
+        self._account(cid, int(record["n_elements"]), float(record["bits"]) / max(int(record["n_elements"]), 1))
+        self._newest_t_end = max(self._newest_t_end, meta.t_end)
+
+    def _restore_index(self, root: Path, manifest: dict[str, Any]) -> None:
+        info = manifest.get("index") or {}
+        summaries = manifest.get("summaries") or {}
+        live = set(int(i) for i in summaries.get("ids", []))
+        try:
+            path = root / INDEX_FILE
+            if _file_sha256(path) != info.get("sha256"):
+                raise ValueError("checksum mismatch")
+            if not live <= set(self._metas):
+                raise ValueError("index ids are not chunks of the manifest")
+            self._index = read_index(path, self._config, self._dim, live, info)
+            return
+        except (OSError, ValueError, RuntimeError) as exc:
+            log.warning("index file of %s unusable (%s); rebuilding it from the saved summaries", root, exc)
+        self._index = new_index(self._config, self._dim)
+        try:
+            path = root / SUMMARIES
+            if _file_sha256(path) != summaries.get("sha256"):
+                raise ValueError("checksum mismatch")
+            rows = np.load(path, mmap_mode="r")
+            ids = [int(i) for i in summaries["ids"]]
+            if rows.shape != (len(ids), self._dim) or not set(ids) <= set(self._metas):
+                raise ValueError(f"summaries shape {rows.shape} does not match {len(ids)} chunks of dim {self._dim}")
+            for start in range(0, len(ids), _ROWS):
+                block = np.ascontiguousarray(rows[start : start + _ROWS], dtype=np.float32)
+                self._index.add(np.asarray(ids[start : start + _ROWS], dtype=np.int64), block)
+            return
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("summaries of %s unusable (%s); rebuilding the index from the chunk files", root, exc)
+        self._index = new_index(self._config, self._dim)
+        for cid, entry in list(self._disk.items()):
+            self._disk_reads += 1
+            try:
+                stored = read_chunk(entry.path, cid, entry.sha256)
+            except ChunkCorrupt as exc:
+                self._mark_corrupt(cid, entry, exc)
+                continue
+            self._index.add(np.array([cid], dtype=np.int64), stored.summary.numpy()[None, :])
+
+    # ------------------------------------------------------------------ closing
+    def close(self) -> None:
+        """Free RAM; a persistent bank saves unsaved changes and keeps its directory, any other
+        bank removes what it wrote (the whole directory if the bank created it). Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                if self._config.persist and self._dirty:
+                    self.save()
+            finally:
+                self._closed = True
+                self._ram.clear()
+                self._metas.clear()
+                self._order.clear()
+                self._expiry.clear()
+                self._disk.clear()
+                self._elements.clear()
+                self._index = new_index(self._config, self._dim)
+                self._ram_bytes = self._disk_bytes = 0
+                if self._finalizer is not None:
+                    self._finalizer()  # removes the non-persistent directory / files now

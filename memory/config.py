@@ -1,0 +1,117 @@
+"""Configuration of a :class:`~memory.bank.MemoryBank`."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from compression.kvcodec import KVCodecConfig
+
+from memory.errors import BankConfigError
+
+#: Index kinds: exact inner product, or approximate for 10^5-10^6 chunks.
+INDEX_KINDS = ("flat", "hnsw", "ivf")
+
+
+def _check_int(name: str, value: Any, lo: int, hi: int | None = None) -> None:
+    rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
+        raise BankConfigError(f"BankConfig.{name} must be an int {rng}; got {value!r}")
+
+
+@dataclass(frozen=True)
+class BankConfig:
+    """How a memory bank stores, spills, forgets and searches chunks.
+
+    Attributes:
+        codec: KV quantization applied to every chunk on entry (``compression.kvcodec``).
+        ram_budget_bytes: bytes of stored chunks (packed KV + positions + summary) kept in RAM;
+            beyond it the oldest chunks spill to disk. ``None`` = unlimited, ``0`` = all on disk.
+        disk_dir: per-session directory of the disk tier; ``None`` = a private temporary
+            directory, removed on close.
+        retention_s: forget chunks whose ``t_end`` is more than this many seconds (stream time)
+            before the newest chunk's ``t_end``; ``None`` = keep everything.
+        index: ``"flat"`` (exact inner product), ``"hnsw"`` or ``"ivf"`` (approximate).
+        persist: keep ``disk_dir`` (saved) on close; otherwise what the bank wrote is removed.
+        hnsw_m: HNSW graph degree (``index="hnsw"``).
+        hnsw_ef_construction: HNSW build-time beam width.
+        hnsw_ef_search: HNSW search-time beam width (higher = better recall, slower).
+        ivf_nlist: IVF inverted lists (``index="ivf"``).
+        ivf_nprobe: IVF lists visited per search, ``<= ivf_nlist``.
+        ivf_train_min: chunks needed before the IVF is trained (once); until then the search is
+            exact. ``None`` = ``39 * ivf_nlist`` (faiss' guideline for k-means).
+    """
+
+    codec: KVCodecConfig = field(default_factory=KVCodecConfig)
+    ram_budget_bytes: int | None = None
+    disk_dir: str | None = None
+    retention_s: float | None = None
+    index: str = "flat"
+    persist: bool = False
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 80
+    hnsw_ef_search: int = 128
+    ivf_nlist: int = 256
+    ivf_nprobe: int = 32
+    ivf_train_min: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.codec, KVCodecConfig):
+            raise BankConfigError(f"BankConfig.codec must be a KVCodecConfig; got {type(self.codec).__name__}")
+        if self.ram_budget_bytes is not None:
+            _check_int("ram_budget_bytes", self.ram_budget_bytes, 0)
+        if self.disk_dir is not None:
+            if not isinstance(self.disk_dir, (str, bytes)) and not hasattr(self.disk_dir, "__fspath__"):
+                raise BankConfigError(f"BankConfig.disk_dir must be a path or None; got {self.disk_dir!r}")
+            if str(self.disk_dir) == "":
+                raise BankConfigError("BankConfig.disk_dir must be a non-empty path or None; got ''")
+        if self.retention_s is not None:
+            r = self.retention_s
+            if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) or r <= 0:
+                raise BankConfigError(f"BankConfig.retention_s must be a finite number > 0 or None; got {r!r}")
+        if self.index not in INDEX_KINDS:
+            raise BankConfigError(f"BankConfig.index must be one of {INDEX_KINDS}; got {self.index!r}")
+        if not isinstance(self.persist, bool):
+            raise BankConfigError(f"BankConfig.persist must be a bool; got {self.persist!r}")
+        if self.persist and self.disk_dir is None:
+            raise BankConfigError("BankConfig.persist=True needs BankConfig.disk_dir (a directory to keep); got None")
+        _check_int("hnsw_m", self.hnsw_m, 2, 512)
+        _check_int("hnsw_ef_construction", self.hnsw_ef_construction, 1, 1 << 16)
+        _check_int("hnsw_ef_search", self.hnsw_ef_search, 1, 1 << 16)
+        _check_int("ivf_nlist", self.ivf_nlist, 1, 1 << 20)
+        _check_int("ivf_nprobe", self.ivf_nprobe, 1, self.ivf_nlist)
+        if self.ivf_train_min is not None:
+            _check_int("ivf_train_min", self.ivf_train_min, self.ivf_nlist)
+
+    @property
+    def ivf_train_threshold(self) -> int:
+        """Number of chunks at which the IVF index gets trained."""
+        return self.ivf_train_min if self.ivf_train_min is not None else 39 * self.ivf_nlist
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-able form written into a saved bank's manifest (``disk_dir`` and ``persist`` left out)."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["codec"] = self.codec.to_dict()
+        data.pop("disk_dir")
+        data.pop("persist")
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], **overrides: Any) -> BankConfig:
+        """Inverse of :meth:`to_json`; ``overrides`` replace fields (e.g. ``disk_dir``)."""
+        if not isinstance(data, dict):
+            raise BankConfigError(f"saved bank config must be a JSON object; got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        codec = kwargs.get("codec", {})
+        if not isinstance(codec, dict):
+            raise BankConfigError(f"saved BankConfig.codec must be a JSON object; got {codec!r}")
+        codec_fields = {f.name for f in dataclasses.fields(KVCodecConfig)}
+        try:
+            kwargs["codec"] = KVCodecConfig(**{k: v for k, v in codec.items() if k in codec_fields})
+        except (TypeError, ValueError) as exc:
+            raise BankConfigError(f"saved BankConfig.codec is invalid: {exc}") from None
+        kwargs.update(overrides)
+        return cls(**kwargs)
