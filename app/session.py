@@ -315,17 +315,7 @@ class Session:
             self._check_open()
             self.last_active = time.time()
             t0 = time.perf_counter()
-            chat = self.backend.chat
-            fmt = chat.next_question if self._dialog else chat.first_question
-            qseg = self.backend.text_segment(fmt.format(q=question.strip()), self._next_pos)
-            self._check_positions(qseg.length + max_new)
-            local = self._local_context() + list(self._dialog)
-            retrieved = []
-            if k > 0 and len(self._bank):
-                probe, _ = self.backend.prefill(qseg, local)
-                retrieved = self._bank.retrieve(probe.query_summary, k, dtype=self.backend.dtype)
-            memory = [KVSegment(r.chunk.keys, r.chunk.values, r.chunk.positions) for r in retrieved]
-            context = [self._sink] + memory + [w.kv for w in self._window] + list(self._dialog)
+            qseg, context, retrieved = self._ask_context(question, k, max_new)
             t_retrieved = time.perf_counter()
             result = None
             first_token_s = None
@@ -352,7 +342,38 @@ class Session:
                 "first_token_s": None if first_token_s is None else round(first_token_s, 4),
                 "total_s": round(time.perf_counter() - t0, 4),
             }
-            return Answer(question.strip(), result.text.strip(), evidence, result.stop_reason, self._last_pts, usage)
+            return Answer(
+                question.strip(), result.text.strip(), evidence, result.stop_reason, self._last_pts, usage,
+                tuple(result.token_ids),
+            )
+
+    def _ask_context(self, question: str, k: int, max_new: int):
+        """-> (question segment, context segments, retrieved chunks) for answering ``question`` now."""
+        chat = self.backend.chat
+        fmt = chat.next_question if self._dialog else chat.first_question
+        qseg = self.backend.text_segment(fmt.format(q=question.strip()), self._next_pos)
+        self._check_positions(qseg.length + max_new)
+        local = self._local_context() + list(self._dialog)
+        retrieved = []
+        if k > 0 and len(self._bank):
+            probe, _ = self.backend.prefill(qseg, local)
+            retrieved = self._bank.retrieve(probe.query_summary, k, dtype=self.backend.dtype)
+        memory = [KVSegment(r.chunk.keys, r.chunk.values, r.chunk.positions) for r in retrieved]
+        context = [self._sink] + memory + [w.kv for w in self._window] + list(self._dialog)
+        return qseg, context, retrieved
+
+    def question_logits(self, question: str, *, top_k: int | None = None) -> tuple[torch.Tensor, tuple[Evidence, ...]]:
+        """Logits ``(Tq, V)`` of the question's tokens over the same context :meth:`answer` would use.
+
+        Nothing is generated and the conversation is unchanged. Used by exactness tests and
+        fidelity benchmarks (the last row is the first answer token's distribution).
+        """
+        k = self.config.top_k if top_k is None else int(top_k)
+        with self._lock:
+            self._check_open()
+            qseg, context, retrieved = self._ask_context(question, k, 1)
+            res, _ = self.backend.prefill(qseg, context, logits_to_keep=qseg.length)
+            return res.logits, self._evidence(retrieved)
 
     def _remember_turn(self, turn: KVSegment | None) -> None:
         if turn is None or self.config.dialog_max_tokens == 0:
@@ -480,6 +501,81 @@ class Session:
                 "watch_rules": len(self._rules),
                 "alerts": len(self._alerts),
             }
+
+    # ---- persistence -------------------------------------------------------------------------------
+    def save(self) -> Path:
+        """Save the memory so it can be reopened later (:meth:`open_memory`) without the video.
+
+        The window's items are copied into the bank (the session keeps streaming), then the bank
+        and ``session.json`` (model, positions, stream time) are written to ``memory_dir``.
+        """
+        import json
+
+        with self._lock:
+            self._check_open()
+            if self.config.memory_dir is None:
+                raise SessionError("saving needs memory_dir (the directory the memory is kept in)")
+            items = [w for w in self._window if not w.banked]
+            i = 0
+            while i < len(items):
+                group = [items[i]]
+                if items[i].kind == "frame":
+                    while len(group) < self.config.chunk_frames and i + len(group) < len(items) and items[i + len(group)].kind == "frame":
+                        group.append(items[i + len(group)])
+                self._bank.append(self._make_chunk(group))
+                for it in group:
+                    it.banked = True
+                i += len(group)
+            path = Path(self._bank.save())
+            meta = {
+                "format": "livesight-session",
+                "version": 1,
+                "session_id": self.session_id,
+                "model": self.spec.name,
+                "family": self.spec.family,
+                "summary_dim": self.spec.summary_dim,
+                "next_position": self._next_pos,
+                "last_pts": self._last_pts,
+                "counters": self._counters,
+                "saved_at": time.time(),
+            }
+            tmp = path / (SESSION_FILE + ".tmp")
+            tmp.write_text(json.dumps(meta, indent=2))
+            tmp.replace(path / SESSION_FILE)
+            return path
+
+    @classmethod
+    def open_memory(cls, backend: VideoLLM, directory: str | Path, config: SessionConfig | None = None) -> "Session":
+        """Reopen a memory saved by :meth:`save`; questions are answered from it without the video.
+
+        The model must have the same KV shape as the one that saved it.
+        """
+        import json
+
+        from memory import MemoryBank
+
+        directory = Path(directory)
+        meta_path = directory / SESSION_FILE
+        if not meta_path.is_file():
+            raise SessionError(f"{directory} holds no saved LiveSight memory ({SESSION_FILE} is missing)")
+        try:
+            meta = json.loads(meta_path.read_text())
+            summary_dim = int(meta["summary_dim"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SessionError(f"{meta_path} is unreadable: {exc}") from exc
+        if summary_dim != backend.spec.summary_dim:
+            raise SessionError(
+                f"{directory} was saved by model {meta.get('model')!r} whose KV shape differs from {backend.spec.name!r}; "
+                f"open it with --model {meta.get('model')}"
+            )
+        if meta.get("model") != backend.spec.name:
+            logger.warning("memory saved by %s, opened with %s (same KV shape)", meta.get("model"), backend.spec.name)
+        cfg = (config or SessionConfig()).updated(memory_dir=str(directory), persist=True)
+        bank = MemoryBank.open(directory, ram_budget_bytes=cfg.ram_budget_bytes)
+        session = cls(backend, cfg, session_id=meta.get("session_id"), _bank=bank)
+        session._next_pos = max(session._next_pos, int(meta.get("next_position", 0)))
+        session._last_pts = float(meta.get("last_pts", 0.0))
+        return session
 
     def close(self) -> None:
         """Free the session's memory (and its disk tier unless persistence is on)."""

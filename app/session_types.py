@@ -89,6 +89,7 @@ class Answer:
     stop_reason: str
     asked_at: float
     usage: dict[str, Any] = field(default_factory=dict)
+    token_ids: tuple[int, ...] = ()
 
     def to_dict(self, with_thumbnails: bool = False) -> dict[str, Any]:
         return {

@@ -238,7 +238,7 @@ def feature_keep_mask(cur: torch.Tensor, prev: torch.Tensor | None, tau: float) 
     cur_t, prev_t = _check_pair(cur, prev)
     if prev_t is None:
         return torch.ones(cur_t.shape[0], dtype=torch.bool, device=cur_t.device)
-    return token_cosine(cur_t, prev_t) < tau
+    return token_cosine(cur_t, prev_t) <= tau
 
 
 def budget_keep_count(n_tokens: int, keep_ratio: float) -> int:
@@ -298,8 +298,9 @@ class DropPolicy:
     abandoned by simply calling ``before_encode`` for the next frame. A pixel-mode frame with
     ``run_encoder=False`` is committed by ``before_encode`` itself.
 
-    A change in the token count ``N`` or in the frame size is treated like a first frame (kept whole).
-    Stream time going backwards (a new source) also forces a whole frame.
+    A change in the frame size (pixel mode) or in the token shape ``(N, D)`` is treated like a first
+    frame (kept whole); ``N`` itself must always equal ``rows * cols``. Stream time going backwards
+    (a new source) also forces a whole frame.
 
     Not meant for concurrent ``before_encode``/``after_encode`` calls from several threads;
     :meth:`stats` may be called from any thread.

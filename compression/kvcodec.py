@@ -32,7 +32,6 @@ Nothing here depends on a model: shapes come from the tensors.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,8 +48,6 @@ from compression.quant import (
     quantize_groups,
     unpack_bits,
 )
-
-log = logging.getLogger(__name__)
 
 ALLOWED_BITS = (32, 16, 8, 4, 2)
 VALUE_MODES = ("channel", "token")

@@ -54,7 +54,7 @@ from memory.errors import (
     InvalidQuery,
 )
 from memory.index import SummaryIndex, new_index, read_index
-from memory.store import PackedChunk, atomic_write, fsync_dir, read_chunk, write_chunk
+from memory.store import PackedChunk, atomic_write, read_chunk, write_chunk
 
 log = logging.getLogger(__name__)
 
@@ -570,7 +570,7 @@ class MemoryBank:
             try:
                 for cid, stored in self._ram.items():
                     if cid not in self._disk:
-                        self._write_file(stored, durable=True)
+                        self._write_file(stored, durable=False)
                 order = [cid for _, cid in self._order]
                 in_index = [cid for cid in order if cid in self._index]
                 summaries_sha = self._write_summaries(root / SUMMARIES, in_index)
@@ -578,6 +578,9 @@ class MemoryBank:
                 self._index.write(index_tmp)
                 index_sha = _file_sha256(index_tmp)
                 os.replace(index_tmp, root / INDEX_FILE)
+                # one flush of everything written so far (far cheaper than an fsync per chunk
+                # file), so the manifest, the commit point, never names data not yet on disk
+                os.sync()
                 manifest = {
                     "format": MANIFEST_FORMAT,
                     "summary_dim": self._dim,
@@ -616,8 +619,6 @@ class MemoryBank:
                 for start in range(0, len(ids), _ROWS):
                     rows = self._index.reconstruct(ids[start : start + _ROWS]).astype("<f4", copy=False)
                     fh.write(rows.tobytes())
-                fh.flush()
-                os.fsync(fh.fileno())
             digest = _file_sha256(Path(tmp))
             os.replace(tmp, path)
         except BaseException:
@@ -626,7 +627,6 @@ class MemoryBank:
             except FileNotFoundError:
                 pass
             raise
-        fsync_dir(path.parent)
         return digest
 
     @classmethod
@@ -666,8 +666,8 @@ class MemoryBank:
             raise
         except (KeyError, TypeError, ValueError, BankError, OSError) as exc:
             raise BankCorrupt(f"{manifest_path} is malformed: {exc!r}") from None
-        bank._restore_index(root, manifest)
-        bank._dirty = False
+        # a rebuilt index is written back by the next save() (close() of this persistent bank)
+        bank._dirty = not bank._restore_index(root, manifest)
         log.info("opened memory bank %s: %d chunks", root, len(bank._metas))
         return bank
 
@@ -688,7 +688,8 @@ class MemoryBank:
         self._account(cid, int(record["n_elements"]), float(record["bits"]) / max(int(record["n_elements"]), 1))
         self._newest_t_end = max(self._newest_t_end, meta.t_end)
 
-    def _restore_index(self, root: Path, manifest: dict[str, Any]) -> None:
+    def _restore_index(self, root: Path, manifest: dict[str, Any]) -> bool:
+        """Load the saved index, else rebuild it; returns whether the saved index file was used."""
         info = manifest.get("index") or {}
         summaries = manifest.get("summaries") or {}
         live = set(int(i) for i in summaries.get("ids", []))
@@ -699,7 +700,7 @@ class MemoryBank:
             if not live <= set(self._metas):
                 raise ValueError("index ids are not chunks of the manifest")
             self._index = read_index(path, self._config, self._dim, live, info)
-            return
+            return True
         except (OSError, ValueError, RuntimeError) as exc:
             log.warning("index file of %s unusable (%s); rebuilding it from the saved summaries", root, exc)
         self._index = new_index(self._config, self._dim)
@@ -714,7 +715,7 @@ class MemoryBank:
             for start in range(0, len(ids), _ROWS):
                 block = np.ascontiguousarray(rows[start : start + _ROWS], dtype=np.float32)
                 self._index.add(np.asarray(ids[start : start + _ROWS], dtype=np.int64), block)
-            return
+            return False
         except (OSError, ValueError, KeyError) as exc:
             log.warning("summaries of %s unusable (%s); rebuilding the index from the chunk files", root, exc)
         self._index = new_index(self._config, self._dim)
@@ -726,6 +727,7 @@ class MemoryBank:
                 self._mark_corrupt(cid, entry, exc)
                 continue
             self._index.add(np.array([cid], dtype=np.int64), stored.summary.numpy()[None, :])
+        return False
 
     # ------------------------------------------------------------------ closing
     def close(self) -> None:

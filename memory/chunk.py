@@ -93,6 +93,14 @@ class ChunkMeta:
             raise InvalidChunk(f"ChunkMeta.extra must be JSON-serializable: {exc}") from None
         object.__setattr__(self, "extra", MappingProxyType(extra))
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # the read-only ``extra`` view cannot be pickled; rebuild from a plain dict (pickle, copy, Ray)
+        return (
+            type(self),
+            (self.chunk_id, self.t_start, self.t_end, self.kind, self.n_tokens, self.frame_indices,
+             self.text, self.thumbnail, dict(self.extra)),
+        )
+
     @property
     def duration(self) -> float:
         """``t_end - t_start`` in seconds."""
@@ -140,7 +148,7 @@ class ChunkMeta:
         return (self.t_start, self.chunk_id)
 
 
-@dataclass
+@dataclass(eq=False)
 class KVChunk:
     """One chunk of KV cache with its metadata and retrieval summary.
 

@@ -39,7 +39,7 @@ class BankConfig:
         hnsw_ef_construction: HNSW build-time beam width.
         hnsw_ef_search: HNSW search-time beam width (higher = better recall, slower).
         ivf_nlist: IVF inverted lists (``index="ivf"``).
-        ivf_nprobe: IVF lists visited per search, ``<= ivf_nlist``.
+        ivf_nprobe: IVF lists visited per search (used as ``min(ivf_nprobe, lists)``).
         ivf_train_min: chunks needed before the IVF is trained (once); until then the search is
             exact. ``None`` = ``39 * ivf_nlist`` (faiss' guideline for k-means).
     """
@@ -56,6 +56,7 @@ class BankConfig:
     ivf_nlist: int = 256
     ivf_nprobe: int = 32
     ivf_train_min: int | None = None
+    faiss_threads: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.codec, KVCodecConfig):
@@ -81,7 +82,8 @@ class BankConfig:
         _check_int("hnsw_ef_construction", self.hnsw_ef_construction, 1, 1 << 16)
         _check_int("hnsw_ef_search", self.hnsw_ef_search, 1, 1 << 16)
         _check_int("ivf_nlist", self.ivf_nlist, 1, 1 << 20)
-        _check_int("ivf_nprobe", self.ivf_nprobe, 1, self.ivf_nlist)
+        _check_int("ivf_nprobe", self.ivf_nprobe, 1, 1 << 20)
+        _check_int("faiss_threads", self.faiss_threads, 1, 1024)
         if self.ivf_train_min is not None:
             _check_int("ivf_train_min", self.ivf_train_min, self.ivf_nlist)
 

@@ -16,9 +16,11 @@ index is also where the bank keeps summaries in RAM (no second copy).
 
 from __future__ import annotations
 
+import functools
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,29 @@ log = logging.getLogger(__name__)
 _BLOCK = 4096
 
 
+@contextmanager
+def faiss_threads(n: int) -> Iterator[None]:
+    """Run faiss with ``n`` OpenMP threads in the calling thread (an OpenMP per-thread setting), then restore."""
+    before = faiss.omp_get_max_threads()
+    if before == n:
+        yield
+        return
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
+def _with_threads(method: Callable) -> Callable:
+    @functools.wraps(method)
+    def wrapper(self: SummaryIndex, *args, **kwargs):
+        with faiss_threads(self.threads):
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 def _ids_array(ids: Iterable[int]) -> np.ndarray:
     return np.ascontiguousarray(np.fromiter((int(i) for i in ids), dtype=np.int64))
 
@@ -41,6 +66,8 @@ class SummaryIndex(ABC):
     """Inner-product search over ``(S,)`` float32 summaries keyed by int64 chunk ids."""
 
     kind: str = ""
+    #: OpenMP threads faiss uses inside this index's calls (see :func:`faiss_threads`).
+    threads: int = 1
 
     def __init__(self, dim: int) -> None:
         self.dim = dim
@@ -53,6 +80,7 @@ class SummaryIndex(ABC):
         """The faiss index that currently answers searches."""
 
     # -- mutation ---------------------------------------------------------
+    @_with_threads
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Add ``vectors`` ``(N, S)`` float32 under ``ids`` ``(N,)`` int64 (ids must be new)."""
         ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
@@ -62,6 +90,7 @@ class SummaryIndex(ABC):
         self._add(ids, vectors)
         self._ids.update(int(i) for i in ids)
 
+    @_with_threads
     def remove(self, ids: Iterable[int]) -> None:
         """Forget ``ids``; unknown ids are ignored."""
         present = [int(i) for i in ids if int(i) in self._ids]
@@ -87,6 +116,7 @@ class SummaryIndex(ABC):
         """The live ids (a copy)."""
         return set(self._ids)
 
+    @_with_threads
     def search(self, query: np.ndarray, k: int, exclude: set[int] | frozenset[int] = frozenset()) -> list[tuple[int, float]]:
         """Top ``k`` live ids by inner product with ``query`` ``(S,)``, best first.
 
@@ -120,6 +150,7 @@ class SummaryIndex(ABC):
     def _search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return self.faiss_index.search(q, k)
 
+    @_with_threads
     def reconstruct(self, ids: Iterable[int]) -> np.ndarray:
         """The stored vectors of ``ids`` as ``(N, S)`` float32, exactly as added."""
         arr = _ids_array(ids)
@@ -139,6 +170,7 @@ class SummaryIndex(ABC):
         """JSON-able state that the manifest keeps beside the index file."""
         return {"kind": self.kind}
 
+    @_with_threads
     def write(self, path: Path) -> None:
         """Write the faiss index to ``path`` (the caller makes it atomic)."""
         faiss.write_index(self.faiss_index, str(path))
@@ -301,11 +333,15 @@ class IVFSummaryIndex(SummaryIndex):
 
 def new_index(config: BankConfig, dim: int) -> SummaryIndex:
     """An empty index of the kind ``config.index`` names."""
+    index: SummaryIndex
     if config.index == "flat":
-        return FlatSummaryIndex(dim)
-    if config.index == "hnsw":
-        return HNSWSummaryIndex(dim, config.hnsw_m, config.hnsw_ef_construction, config.hnsw_ef_search)
-    return IVFSummaryIndex(dim, config.ivf_nlist, config.ivf_nprobe, config.ivf_train_threshold)
+        index = FlatSummaryIndex(dim)
+    elif config.index == "hnsw":
+        index = HNSWSummaryIndex(dim, config.hnsw_m, config.hnsw_ef_construction, config.hnsw_ef_search)
+    else:
+        index = IVFSummaryIndex(dim, config.ivf_nlist, config.ivf_nprobe, config.ivf_train_threshold)
+    index.threads = config.faiss_threads
+    return index
 
 
 def read_index(path: Path, config: BankConfig, dim: int, live: set[int], state: dict[str, Any]) -> SummaryIndex:
@@ -316,7 +352,8 @@ def read_index(path: Path, config: BankConfig, dim: int, live: set[int], state: 
     """
     if state.get("kind") != config.index:
         raise ValueError(f"index kind {state.get('kind')!r} in the manifest differs from config {config.index!r}")
-    index = faiss.read_index(str(path))
+    with faiss_threads(config.faiss_threads):
+        index = faiss.read_index(str(path))
     if index.d != dim:
         raise ValueError(f"index dimension {index.d} differs from summary_dim {dim}")
     if config.index == "flat":
@@ -333,4 +370,5 @@ def read_index(path: Path, config: BankConfig, dim: int, live: set[int], state: 
         expected = len(live)
     if int(index.ntotal) != expected:
         raise ValueError(f"index holds {index.ntotal} vectors, the manifest expects {expected}")
+    out.threads = config.faiss_threads
     return out

@@ -41,7 +41,7 @@ def tensor_nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PackedChunk:
     """A chunk in its stored form.
 

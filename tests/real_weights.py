@@ -98,6 +98,7 @@ def _write_cache(model, tokenizer, target: Path) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / _READY_MARKER).write_text("ok\n")
+        tmp.chmod(0o755)  # mkdtemp makes it private
         try:
             tmp.rename(target)
         except OSError:  # another process finished first; keep its copy

@@ -421,6 +421,23 @@ def test_pixel_mode_slow_drift_accumulates_against_last_kept_pixels():
     assert policy.stats().encoder_skipped == 13
 
 
+def test_pixel_mode_reference_is_per_cell_last_kept_not_last_encoded_frame():
+    """A moving object in cell 0 forces the encoder every frame; the slowly drifting rest is still kept every 6 steps."""
+    policy = DropPolicy(DropConfig(mode="pixel", pixel_threshold=0.02), GRID)
+    drift_kept_at = []
+    for step in range(14):
+        rgb = np.full((SIZE, SIZE, 3), 100 + step, dtype=np.uint8)
+        rgb[:16, :16] = 255 * (step % 2)  # cell 0 flips black/white every frame
+        pre = policy.before_encode(step * 0.1, rgb)
+        assert pre.run_encoder
+        keep = policy.after_encode(step * 0.1, torch.ones(N_TOKENS, 4), pre)
+        assert keep[0]
+        assert keep[1:].all() or not keep[1:].any()
+        if keep[1:].all():
+            drift_kept_at.append(step)
+    assert drift_kept_at == [0, 6, 12]
+
+
 @pytest.mark.parametrize("mode", ["feature", "pixel", "budget"])
 def test_keyframe_every_s_forces_whole_frames(bikes, tower, mode):
     frame = bikes[1][50]

@@ -1,0 +1,66 @@
+"""Command-line options shared by every command that builds a session (ask, serve, client, bench)."""
+
+from __future__ import annotations
+
+import argparse
+
+DEFAULT_MODEL = "HuggingFaceTB/SmolVLM2-256M-Video-Instruct"
+
+
+def add_model_arguments(p: argparse.ArgumentParser, default_model: str = DEFAULT_MODEL) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=default_model,
+                   help="hub id, local model directory, or builtin (tiny-smolvlm, smolvlm2-256m-smollm2); "
+                        f"default {default_model}")
+    g.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
+    g.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    g.add_argument("--load-in", default=None, choices=["8bit", "4bit"],
+                   help="quantize the model's weights with bitsandbytes on load")
+
+
+def add_session_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("session")
+    g.add_argument("--window", type=int, default=None, help="local attention window in tokens")
+    g.add_argument("--chunk-frames", type=int, default=None, help="frames per memory chunk")
+    g.add_argument("--top-k", type=int, default=None, help="memory chunks retrieved per question")
+    g.add_argument("--max-new-tokens", type=int, default=None, help="answer length limit")
+    g.add_argument("--system-prompt", default=None)
+    g.add_argument("--drop", default=None, choices=["off", "feature", "pixel", "budget"], help="token drop mode")
+    g.add_argument("--tau", type=float, default=None, help="feature drop: cosine similarity above which a token is dropped")
+    g.add_argument("--keep-ratio", type=float, default=None, help="budget drop: fraction of tokens kept per frame")
+    g.add_argument("--pixel-threshold", type=float, default=None, help="pixel drop: mean cell difference counted as no change")
+    g.add_argument("--keyframe-every", type=float, default=None, metavar="SECONDS", help="keep a whole frame every N seconds")
+    g.add_argument("--kv-bits", type=int, default=None, choices=[32, 16, 8, 4, 2], help="bits per KV element in memory")
+    g.add_argument("--kv-value-mode", default=None, choices=["channel", "token"])
+    g.add_argument("--kv-group-size", type=int, default=None)
+    g.add_argument("--ram-budget-mb", type=float, default=None, help="RAM for memory chunks before they spill to disk")
+    g.add_argument("--retention", type=float, default=None, metavar="SECONDS", help="forget memory older than this")
+    g.add_argument("--index", default=None, choices=["flat", "hnsw", "ivf"])
+
+
+_FIELDS = {
+    "window": "window_tokens", "chunk_frames": "chunk_frames", "top_k": "top_k", "max_new_tokens": "max_new_tokens",
+    "system_prompt": "system_prompt", "drop": "drop", "tau": "tau", "keep_ratio": "keep_ratio",
+    "pixel_threshold": "pixel_threshold", "keyframe_every": "keyframe_every_s", "kv_bits": "kv_bits",
+    "kv_value_mode": "kv_value_mode", "kv_group_size": "kv_group_size", "ram_budget_mb": "ram_budget_mb",
+    "retention": "retention_s", "index": "index",
+}
+
+
+def session_overrides(args: argparse.Namespace) -> dict:
+    """The session settings given on the command line, as ``SessionConfig`` field names."""
+    return {field: getattr(args, opt) for opt, field in _FIELDS.items() if getattr(args, opt, None) is not None}
+
+
+def weight_quantization(args: argparse.Namespace):
+    if not getattr(args, "load_in", None):
+        return None
+    from compression.weights import WeightQuantConfig
+
+    return WeightQuantConfig(load_in=args.load_in)
+
+
+def load_backend_from_args(args: argparse.Namespace):
+    from app.backends.registry import load_backend
+
+    return load_backend(args.model, device=args.device, dtype=args.dtype, quantization=weight_quantization(args))

@@ -1,0 +1,286 @@
+"""Network streams (RTSP, RTMP, HTTP(S), HLS) through PyAV, with reconnection and gaps."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+
+import av
+import numpy as np
+
+from streaming.base import FrameSource, Select
+from streaming.checks import check_int, check_number, check_timeout
+from streaming.errors import CorruptStream, SourceError, SourceTimeout, SourceUnreachable
+from streaming.file_source import check_thread_type
+from streaming.frame import Frame
+from streaming.info import Gap, SourceInfo
+from streaming.pyav_io import (
+    PacketDecoder,
+    StreamInterrupted,
+    describe,
+    frame_to_rgb,
+    make_frame,
+    open_input,
+    pick_video_stream,
+)
+from streaming.schemes import (
+    ALWAYS_LIVE_SCHEMES,
+    DEFAULT_ALLOWED_SCHEMES,
+    check_scheme,
+    local_path,
+    normalise_schemes,
+    redact,
+)
+
+log = logging.getLogger(__name__)
+
+#: FFmpeg options for low-latency RTSP: TCP transport, no input buffering, short probing.
+RTSP_OPTIONS: dict[str, str] = {
+    "rtsp_transport": "tcp",
+    "fflags": "nobuffer",
+    "flags": "low_delay",
+    "analyzeduration": "500000",
+    "probesize": "65536",
+}
+#: FFmpeg options for RTMP: no input buffering.
+RTMP_OPTIONS: dict[str, str] = {"fflags": "nobuffer", "flags": "low_delay"}
+
+
+def default_options(scheme: str) -> dict[str, str]:
+    """The FFmpeg options a URL with this scheme is opened with (before the caller's own)."""
+    if scheme in ("rtsp", "rtsps"):
+        return dict(RTSP_OPTIONS)
+    if scheme in ("rtmp", "rtmps"):
+        return dict(RTMP_OPTIONS)
+    return {}
+
+
+class LiveTimeline:
+    """Stream pts in seconds that only move forward, across reconnects and timestamp resets.
+
+    The first session keeps the stream's own timestamps. When a new session starts (or the
+    stream's timestamps jump backwards) the new timestamps are offset so they continue from
+    the last pts plus the wall time that passed; frames without pts get the last pts plus the
+    wall time since the last frame.
+    """
+
+    _MIN_STEP = 1e-3
+
+    def __init__(self) -> None:
+        self._offset = 0.0
+        self._last_pts: float | None = None
+        self._last_wall = 0.0
+        self._rebase_next = False
+
+    def rebase(self) -> None:
+        """The next frame starts a new session: continue the timeline from the last frame."""
+        self._rebase_next = True
+
+    def map(self, frame: av.VideoFrame, wall: float) -> float:
+        """The output pts of ``frame`` that arrived at ``wall``."""
+        forward = self._MIN_STEP if self._last_pts is None else max(wall - self._last_wall, self._MIN_STEP)
+        if frame.pts is None or frame.time_base is None:
+            pts = 0.0 if self._last_pts is None else self._last_pts + forward
+        else:
+            raw = float(frame.pts * frame.time_base)
+            if self._last_pts is not None and (self._rebase_next or raw + self._offset <= self._last_pts):
+                self._offset = self._last_pts + forward - raw
+            pts = raw + self._offset
+        self._rebase_next = False
+        self._last_pts, self._last_wall = pts, wall
+        return pts
+
+
+class URLSource(FrameSource):
+    """Frames from a network stream: RTSP(S), RTMP, HTTP(S) (progressive or HLS ``.m3u8``).
+
+    Opens at construction (errors surface at once, within ``open_timeout_s``). On a live
+    stream an end of stream nobody asked for, a transport error or a read timeout is an
+    *outage*: the source reconnects with exponential backoff (``backoff_initial_s`` doubling
+    up to ``backoff_max_s``), records a :class:`Gap` per outage in ``counters.gaps`` and keeps
+    ``pts`` moving forward across sessions. ``close()`` stops it promptly, also mid-backoff.
+
+    Args:
+        url: the stream URL. Its password never appears in messages.
+        allowed_schemes: schemes admitted (default rtsp, rtsps, rtmp, http, https).
+        allow_files: also admit local paths and ``file:`` URLs (default refused).
+        open_timeout_s: limit for connecting and reading the stream header.
+        read_timeout_s: limit for each read once streaming.
+        reconnect: reconnect after outages of a live stream.
+        backoff_initial_s: wait before the first reconnect attempt.
+        backoff_max_s: ceiling of the doubling wait.
+        max_reconnects: failed attempts in a row before giving up (None: never give up).
+        live: whether an end of stream is an outage; None decides: RTSP/RTMP are live, HTTP
+            streams are live when the container reports no duration (a live HLS playlist, an
+            MJPEG camera), local files are not.
+        options: extra FFmpeg options (override the low-latency defaults).
+        thread_type: decoder threading; ``SLICE`` (default) adds no frame latency.
+        max_consecutive_errors: bad packets in a row before the session counts as lost.
+
+    Raises:
+        SchemeNotAllowed: the scheme is not admitted (checked before any network access).
+        SourceUnreachable: refused connection, or no answer within ``open_timeout_s``.
+        SourceNotFound / AccessDenied: the server answered 404 / 401 or 403.
+        NotAVideo / AudioOnly: the stream has no video.
+    """
+
+    kind = "url"
+
+    def __init__(self, url: str, *, allowed_schemes: Iterable[str] = DEFAULT_ALLOWED_SCHEMES,
+                 allow_files: bool = False, open_timeout_s: float | None = 10.0,
+                 read_timeout_s: float | None = 10.0, reconnect: bool = True, backoff_initial_s: float = 0.5,
+                 backoff_max_s: float = 30.0, max_reconnects: int | None = None, live: bool | None = None,
+                 options: dict[str, str] | None = None, thread_type: str = "SLICE",
+                 max_consecutive_errors: int = 1000) -> None:
+        if not isinstance(url, str) or not url.strip():
+            raise ValueError(f"url must be a non-empty string; got {url!r}")
+        name = redact(url)
+        super().__init__(name, live=True)
+        self.scheme = check_scheme(url, normalise_schemes(allowed_schemes), allow_files=allow_files, name=name)
+        self.open_timeout_s = check_timeout("open_timeout_s", open_timeout_s)
+        self.read_timeout_s = check_timeout("read_timeout_s", read_timeout_s)
+        self.reconnect = bool(reconnect)
+        self.backoff_initial_s = check_number("backoff_initial_s", backoff_initial_s, low=0.0, high=3600.0)
+        self.backoff_max_s = check_number("backoff_max_s", backoff_max_s, low=0.0, high=86400.0)
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ValueError(f"backoff_max_s must be >= backoff_initial_s ({backoff_initial_s}); got {backoff_max_s}")
+        self.max_reconnects = check_int("max_reconnects", max_reconnects, low=1, high=10**9, allow_none=True)
+        self._thread_type = check_thread_type(thread_type)
+        self._max_errors = check_int("max_consecutive_errors", max_consecutive_errors, low=1, high=10**7)
+        self._network = self.scheme != "file"
+        self._target = url if self._network else local_path(url)
+        self._options = {**default_options(self.scheme), **(options or {})}
+        self._container: av.container.InputContainer | None = None
+        self._decoder: PacketDecoder | None = None
+        self._timeline = LiveTimeline()
+        info = self._connect()
+        if live is None:
+            live = self.scheme in ALWAYS_LIVE_SCHEMES or (self._network and info.duration_s is None)
+        self.live = bool(live)
+        self._info = dataclasses.replace(info, live=self.live)
+
+    @property
+    def info(self) -> SourceInfo:
+        return self._info
+
+    def _connect(self) -> SourceInfo:
+        """Open a new session (container + decoder). Caller holds ``_io_lock`` after the first."""
+        container = open_input(self._target, name=self.name, options=self._options,
+                               open_timeout_s=self.open_timeout_s, read_timeout_s=self.read_timeout_s,
+                               network=self._network)
+        try:
+            stream = pick_video_stream(container, self.name)
+            stream.thread_type = self._thread_type
+            info = describe(container, stream, name=self.name, kind=self.kind, live=self.live)
+        except BaseException:
+            container.close()
+            raise
+        self._container = container
+        self._decoder = PacketDecoder(container, stream, self.counters, self.name, self._max_errors)
+        return info
+
+    def _drop_session(self) -> None:
+        if self._container is not None:
+            self._container.close()
+        self._container = None
+        self._decoder = None
+
+    def _release(self) -> None:
+        self._drop_session()
+
+    def _convert(self, decoded: list[av.VideoFrame], wall: float, select: Select | None, max_side: int | None,
+                 index: int, pending: deque[tuple[int, float, np.ndarray]]) -> int:
+        """Timestamp the decoded frames, convert the selected ones into ``pending``; next index."""
+        for vf in decoded:
+            pts = self._timeline.map(vf, wall)
+            if select is None or select(pts):
+                pending.append((index, pts, frame_to_rgb(vf, max_side)))
+            index += 1
+        return index
+
+    def _produce(self, select: Select | None, max_side: int | None) -> Iterator[Frame]:
+        index = 0
+        pending: deque[tuple[int, float, np.ndarray]] = deque()
+        try:
+            while True:
+                timed_out = False
+                try:
+                    while True:
+                        with self._io_lock:
+                            if self._stop.is_set() or self._released or self._decoder is None:
+                                return
+                            decoded = self._decoder.step()
+                            if decoded is None:
+                                break
+                            wall = time.time()
+                            index = self._convert(decoded, wall, select, max_side, index, pending)
+                            del decoded
+                        while pending:  # no local keeps a frame's pixels across the yield
+                            yield make_frame(pending.popleft(), wall)
+                    reason = "end of stream"
+                except StreamInterrupted as exc:
+                    timed_out = exc.timed_out
+                    reason = (f"no data within the read timeout ({self.read_timeout_s:g} s)"
+                              if timed_out and self.read_timeout_s else exc.reason)
+                except CorruptStream as exc:
+                    if not (self.live and self.reconnect):
+                        raise
+                    reason = str(exc)
+                if self._stop.is_set():
+                    return
+                if not self.live or not self.reconnect:
+                    if reason == "end of stream":
+                        return
+                    error = SourceTimeout if timed_out else SourceUnreachable
+                    raise error(f"{self.name}: stream lost ({reason})", self.name)
+                if not self._reconnect(reason):
+                    return
+        finally:
+            self._release_locked()
+
+    def _reconnect(self, reason: str) -> bool:
+        """Reconnect with exponential backoff. Returns False when stopped meanwhile.
+
+        Raises:
+            SourceUnreachable: ``max_reconnects`` attempts in a row failed.
+        """
+        start = time.time()
+        self.counters.reconnecting = True
+        log.warning("%s: stream lost (%s); reconnecting", self.name, reason)
+        with self._io_lock:
+            self._drop_session()
+        delay = self.backoff_initial_s
+        attempt = 0
+        try:
+            while True:
+                attempt += 1
+                if self._stop.wait(delay):
+                    return False
+                with self._io_lock:
+                    if self._stop.is_set() or self._released:
+                        return False
+                    try:
+                        info = self._connect()
+                    except SourceError as exc:
+                        last_error = str(exc)
+                        log.info("%s: reconnect attempt %d failed: %s", self.name, attempt, exc)
+                    else:
+                        self._info = dataclasses.replace(info, live=self.live)
+                        break
+                if self.max_reconnects is not None and attempt >= self.max_reconnects:
+                    raise SourceUnreachable(
+                        f"{self.name}: gave up after {attempt} reconnect attempts (last: {last_error})", self.name
+                    )
+                delay = min(delay * 2, self.backoff_max_s)
+            end = time.time()
+            self.counters.gaps.append(Gap(start_wall=start, end_wall=end, duration_s=end - start,
+                                          reason=reason, attempts=attempt))
+            self.counters.reconnects += 1
+            self._timeline.rebase()
+            log.warning("%s: reconnected after %.1f s (%d attempts)", self.name, end - start, attempt)
+            return True
+        finally:
+            self.counters.reconnecting = False

@@ -1,0 +1,33 @@
+"""Fixtures for model-level tests: one tiny SmolVLM backend per test session."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from streaming.frame import Frame
+
+
+@pytest.fixture(scope="session")
+def tiny_backend():
+    from app.backends.registry import load_backend
+
+    backend = load_backend("tiny-smolvlm", dtype="float32")
+    yield backend
+    backend.close()
+
+
+def random_frames(n: int, seed: int = 0, size=(96, 128), fps: float = 1.0) -> list[Frame]:
+    """``n`` frames of random pixels (every frame different), at ``fps`` stream time."""
+    rng = np.random.default_rng(seed)
+    return [
+        Frame(i, i / fps, time.time(), rng.integers(0, 256, (size[0], size[1], 3), dtype=np.uint8))
+        for i in range(n)
+    ]
+
+
+@pytest.fixture
+def frames():
+    return random_frames
