@@ -18,7 +18,7 @@ class TimedQuestion:
 
 
 def format_evidence(evidence) -> str:
-    from app.backends.smolvlm import format_timestamp
+    from app.timefmt import format_timestamp
 
     parts = []
     for e in evidence:
@@ -44,7 +44,7 @@ def _parse_texts(items: list[str]) -> list[tuple[float, str]]:
 
 
 def ask_and_print(session, q: TimedQuestion, out=sys.stdout) -> None:
-    from app.backends.smolvlm import format_timestamp
+    from app.timefmt import format_timestamp
     from app.session_types import Answer, AnswerDelta
 
     stamp = format_timestamp(session.stats()["stream_time_s"])

@@ -50,6 +50,8 @@ class SessionConfig:
             at most this many recent tokens; older KV leaves for the memory bank. [16, 1_000_000]
         chunk_frames: frames per memory chunk (text events are always their own chunk). [1, 64]
         top_k: chunks retrieved from memory per question (0 = local window only). [0, 4096]
+        rerank: rerank faiss candidates by late interaction of the question's tokens with each chunk's keys.
+        rerank_candidates: faiss candidates reranked per question. [1, 100_000]
         max_new_tokens: answer length limit in tokens. [1, 4096]
         dialog_max_tokens: conversation history kept for later questions (oldest turns dropped). [0, 65536]
         system_prompt: the system prompt of the sink; ``None`` = the backend's default.
@@ -73,6 +75,8 @@ class SessionConfig:
     window_tokens: int = 1024
     chunk_frames: int = 1
     top_k: int = 8
+    rerank: bool = True
+    rerank_candidates: int = 64
     max_new_tokens: int = 128
     dialog_max_tokens: int = 2048
     system_prompt: str | None = None
@@ -96,6 +100,9 @@ class SessionConfig:
         _int_range("window_tokens", self.window_tokens, 16, 1_000_000)
         _int_range("chunk_frames", self.chunk_frames, 1, 64)
         _int_range("top_k", self.top_k, 0, 4096)
+        if not isinstance(self.rerank, bool):
+            raise ConfigError(f"rerank must be true or false; got {self.rerank!r}")
+        _int_range("rerank_candidates", self.rerank_candidates, 1, 100_000)
         _int_range("max_new_tokens", self.max_new_tokens, 1, 4096)
         _int_range("dialog_max_tokens", self.dialog_max_tokens, 0, 65536)
         if self.system_prompt is not None and (not isinstance(self.system_prompt, str) or len(self.system_prompt) > 8000):

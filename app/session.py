@@ -23,7 +23,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ import torch
 from streaming.frame import Frame
 
 from .backends.base import KVSegment, VideoLLM
-from .backends.smolvlm import format_timestamp
+from .timefmt import format_timestamp
 from .config import SessionConfig
 from .session_types import (
     Alert,
@@ -61,7 +61,9 @@ class _WindowItem:
     kv: KVSegment
     kind: str
     pts: float
-    key_sum: torch.Tensor  # (S,) sum of per-token pre-RoPE keys = mean * n_tokens
+    key_sum: torch.Tensor  # (S,) sum of the content tokens' pre-RoPE keys = mean * key_weight
+    key_weight: int
+    content: torch.Tensor | None = None  # (T,) bool content tokens
     frame_index: int | None = None
     text: str | None = None
     thumbnail: bytes | None = None
@@ -109,7 +111,8 @@ class Session:
         self._last_alert: dict[str, float] = {}
         self._alerts: deque[Alert] = deque(maxlen=1000)
         self._kept_history: deque[tuple[float, float]] = deque(maxlen=10_000)
-        self._counters = dict(frames=0, frames_encoded=0, frames_skipped=0, frames_empty=0, text_events=0,
+        self._pending_frames: list[Frame] = []
+        self._counters = dict(frames=0, encoder_calls=0, frames_encoded=0, frames_skipped=0, frames_empty=0, text_events=0,
                               tokens_seen=0, tokens_kept=0, chunks=0, questions=0)
         self._timing = dict(encode_s=0.0, prefill_s=0.0)
         self._last_attention = 0
@@ -164,9 +167,15 @@ class Session:
 
         kv = KVSegment.concat([it.kv for it in items])
         n = kv.length
-        summary = torch.stack([it.key_sum for it in items]).sum(0) / n
+        summary = torch.stack([it.key_sum for it in items]).sum(0) / sum(it.key_weight for it in items)
         frames = tuple(it.frame_index for it in items if it.frame_index is not None)
         text = "\n".join(it.text for it in items if it.text) or None
+        ranges, offset = [], 0
+        for it in items:
+            if it.content is not None and bool(it.content.any()):
+                idx = it.content.nonzero().flatten()
+                ranges.append([offset + int(idx[0]), offset + int(idx[-1]) + 1])
+            offset += it.kv.length
         meta = ChunkMeta(
             chunk_id=next(self._chunk_ids),
             t_start=items[0].pts,
@@ -176,6 +185,7 @@ class Session:
             frame_indices=frames,
             text=text,
             thumbnail=next((it.thumbnail for it in items if it.thumbnail), None),
+            extra={"content": ranges} if ranges else {},
         )
         self._counters["chunks"] += 1
         return KVChunk(meta=meta, keys=kv.keys, values=kv.values, positions=kv.positions, summary=summary.float())
@@ -187,7 +197,9 @@ class Session:
         res, _ = self.backend.prefill(seg, self._local_context())
         self._timing["prefill_s"] += time.perf_counter() - t0
         self._next_pos = seg.next_position
-        item = _WindowItem(kv=res.kv, kind=kind, pts=pts, key_sum=res.key_summary * seg.length, **extra)
+        weight = int(seg.content.sum()) if seg.content is not None and bool(seg.content.any()) else seg.length
+        item = _WindowItem(kv=res.kv, kind=kind, pts=pts, key_sum=res.key_summary * weight, key_weight=weight,
+                           content=seg.content, **extra)
         self._window.append(item)
         self._window_len += seg.length
         self._last_attention = res.attention_length
@@ -197,6 +209,11 @@ class Session:
     # ---- input ---------------------------------------------------------------------------------
     def ingest(self, frame: Frame, *, evaluate_watches: bool = True) -> FrameResult:
         """Watch one frame: drop redundant tokens, prefill the kept ones once, move old KV to memory.
+
+        Backends whose frames enter in groups (``spec.frames_per_step`` > 1, e.g. Qwen2.5-VL's
+        temporal patch of 2) get frames buffered until a step is complete; the result then says
+        ``pending``. An incomplete last step is completed by repeating its last frame when a
+        question is asked, watches are checked, or the memory is saved (:meth:`flush`).
 
         With ``evaluate_watches``, watch rules are evaluated here when the scene changed (a session
         manager passes ``False`` and schedules :meth:`check_watches` itself, at lower priority).
@@ -208,35 +225,52 @@ class Session:
             self.last_active = time.time()
             self._counters["frames"] += 1
             self._last_pts = max(self._last_pts, frame.pts)
-            small = self.backend.resize_frame(frame.rgb)
-            pre = self._drop.before_encode(frame.pts, small)
-            n = self.spec.tokens_per_frame
-            if not pre.run_encoder:
-                self._counters["frames_skipped"] += 1
-                self._counters["tokens_seen"] += n
-                self._kept_history.append((frame.pts, 0.0))
-                return FrameResult(frame.index, frame.pts, False, n, 0, False, 0)
-            t0 = time.perf_counter()
-            tokens = self.backend.encode_frames([frame.rgb])[0]
-            self._timing["encode_s"] += time.perf_counter() - t0
-            self._counters["frames_encoded"] += 1
-            keep = self._drop.after_encode(frame.pts, tokens, pre)
-            kept = int(keep.sum())
+            self._pending_frames.append(frame)
+            if len(self._pending_frames) < self.spec.frames_per_step:
+                return FrameResult(frame.index, frame.pts, False, 0, 0, False, 0, pending=True)
+            result = self._ingest_step()
+            if evaluate_watches and self._rules and (result.scene_change or self.config.watch_on_every_frame):
+                result = replace(result, alerts=tuple(self.check_watches()))
+            return result
+
+    def flush(self) -> FrameResult | None:
+        """Complete a partial frame step by repeating its last frame (no-op when nothing waits)."""
+        with self._lock:
+            if not self._pending_frames:
+                return None
+            last = self._pending_frames[-1]
+            while len(self._pending_frames) < self.spec.frames_per_step:
+                self._pending_frames.append(last)
+            return self._ingest_step()
+
+    def _ingest_step(self) -> FrameResult:
+        frames, self._pending_frames = self._pending_frames, []
+        first, last = frames[0], frames[-1]
+        small = self.backend.resize_frame(last.rgb)
+        pre = self._drop.before_encode(last.pts, small)
+        n = self.spec.tokens_per_frame
+        if not pre.run_encoder:
+            self._counters["frames_skipped"] += len(frames)
             self._counters["tokens_seen"] += n
-            self._counters["tokens_kept"] += kept
-            self._kept_history.append((frame.pts, kept / n))
-            scene_change = bool(self._drop.stats().scene_change)
-            if kept == 0:
-                self._counters["frames_empty"] += 1
-                return FrameResult(frame.index, frame.pts, True, n, 0, scene_change, 0)
-            seg = self.backend.frame_segment(frame.pts, tokens, keep, self._next_pos)
-            attn = self._prefill_into_window(
-                seg, "frame", frame.pts, frame_index=frame.index, thumbnail=_thumbnail(small)
-            )
-            alerts: tuple[Alert, ...] = ()
-            if evaluate_watches and self._rules and (scene_change or self.config.watch_on_every_frame):
-                alerts = tuple(self.check_watches())
-            return FrameResult(frame.index, frame.pts, True, n, kept, scene_change, attn, alerts)
+            self._kept_history.append((first.pts, 0.0))
+            return FrameResult(last.index, first.pts, False, n, 0, False, 0)
+        t0 = time.perf_counter()
+        tokens = self.backend.encode_frames([f.rgb for f in frames])[0]
+        self._timing["encode_s"] += time.perf_counter() - t0
+        self._counters["frames_encoded"] += len(frames)
+        self._counters["encoder_calls"] += 1
+        keep = self._drop.after_encode(last.pts, tokens, pre)
+        kept = int(keep.sum())
+        self._counters["tokens_seen"] += n
+        self._counters["tokens_kept"] += kept
+        self._kept_history.append((first.pts, kept / n))
+        scene_change = bool(self._drop.stats().scene_change)
+        if kept == 0:
+            self._counters["frames_empty"] += 1
+            return FrameResult(last.index, first.pts, True, n, 0, scene_change, 0)
+        seg = self.backend.frame_segment(first.pts, tokens, keep, self._next_pos)
+        attn = self._prefill_into_window(seg, "frame", first.pts, frame_index=first.index, thumbnail=_thumbnail(small))
+        return FrameResult(last.index, first.pts, True, n, kept, scene_change, attn)
 
     def ingest_text(self, pts: float, text: str) -> int:
         """A timed text event (subtitle, transcript line, note) enters the stream like a frame.
@@ -256,7 +290,8 @@ class Session:
         with self._lock:
             self._check_open()
             self.last_active = time.time()
-            seg = self.backend.text_segment(f"Note at {format_timestamp(pts)}: {text.strip()}\n", self._next_pos)
+            self.flush()  # keep time order: frames waiting for their step go first
+            seg = self.backend.text_segment(text.strip(), self._next_pos, prefix=f"Note at {format_timestamp(pts)}: ", suffix="\n")
             self._counters["text_events"] += 1
             self._last_pts = max(self._last_pts, pts)
             self._prefill_into_window(seg, "text", pts, text=text.strip())
@@ -315,6 +350,7 @@ class Session:
             self._check_open()
             self.last_active = time.time()
             t0 = time.perf_counter()
+            self.flush()
             qseg, context, retrieved = self._ask_context(question, k, max_new)
             t_retrieved = time.perf_counter()
             result = None
@@ -349,15 +385,16 @@ class Session:
 
     def _ask_context(self, question: str, k: int, max_new: int):
         """-> (question segment, context segments, retrieved chunks) for answering ``question`` now."""
-        chat = self.backend.chat
-        fmt = chat.next_question if self._dialog else chat.first_question
-        qseg = self.backend.text_segment(fmt.format(q=question.strip()), self._next_pos)
+        qseg = self.backend.question_segment(question.strip(), self._next_pos, first=not self._dialog)
         self._check_positions(qseg.length + max_new)
         local = self._local_context() + list(self._dialog)
         retrieved = []
         if k > 0 and len(self._bank):
-            probe, _ = self.backend.prefill(qseg, local)
-            retrieved = self._bank.retrieve(probe.query_summary, k, dtype=self.backend.dtype)
+            from .retrieval import retrieve
+
+            probe, _ = self.backend.prefill(qseg, local, want_query_tokens=self.config.rerank)
+            retrieved = retrieve(self.backend, self._bank, probe, k, candidates=self.config.rerank_candidates,
+                                 rerank=self.config.rerank, dtype=self.backend.dtype)
         memory = [KVSegment(r.chunk.keys, r.chunk.values, r.chunk.positions) for r in retrieved]
         context = [self._sink] + memory + [w.kv for w in self._window] + list(self._dialog)
         return qseg, context, retrieved
@@ -371,6 +408,7 @@ class Session:
         k = self.config.top_k if top_k is None else int(top_k)
         with self._lock:
             self._check_open()
+            self.flush()
             qseg, context, retrieved = self._ask_context(question, k, 1)
             res, _ = self.backend.prefill(qseg, context, logits_to_keep=qseg.length)
             return res.logits, self._evidence(retrieved)
@@ -442,13 +480,14 @@ class Session:
         alerts: list[Alert] = []
         with self._lock:
             self._check_open()
+            self.flush()
             pts = self._last_pts
             for rule in list(self._rules.values()):
                 last = self._last_alert.get(rule.rule_id)
                 if last is not None and pts - last < self.config.watch_min_interval_s:
                     continue
                 text = f"Answer only yes or no. Looking at the latest frames: {rule.text}"
-                qseg = self.backend.text_segment(self.backend.chat.first_question.format(q=text), self._next_pos)
+                qseg = self.backend.question_segment(text, self._next_pos, first=True)
                 answer = ""
                 for item in self.backend.generate(qseg, self._local_context(), max_new_tokens=3):
                     if isinstance(item, str):
@@ -473,7 +512,7 @@ class Session:
     def stats(self) -> dict[str, Any]:
         with self._lock:
             c = dict(self._counters)
-            encoded = max(1, c["frames_encoded"])
+            encoded = max(1, c["encoder_calls"])
             bank_bytes = self._bank.nbytes()
             window_bytes = sum(w.kv.nbytes for w in self._window)
             dialog_bytes = sum(d.nbytes for d in self._dialog)
@@ -496,8 +535,8 @@ class Session:
                 "next_position": self._next_pos,
                 "last_attention_length": self._last_attention,
                 "max_attention_length": self._max_attention,
-                "encode_ms_per_frame": 1000 * self._timing["encode_s"] / encoded,
-                "prefill_ms_per_item": 1000 * self._timing["prefill_s"] / max(1, c["frames_encoded"] - c["frames_empty"] + c["text_events"]),
+                "encode_ms_per_step": 1000 * self._timing["encode_s"] / encoded,
+                "prefill_ms_per_item": 1000 * self._timing["prefill_s"] / max(1, c["encoder_calls"] - c["frames_empty"] + c["text_events"]),
                 "watch_rules": len(self._rules),
                 "alerts": len(self._alerts),
             }
@@ -515,6 +554,7 @@ class Session:
             self._check_open()
             if self.config.memory_dir is None:
                 raise SessionError("saving needs memory_dir (the directory the memory is kept in)")
+            self.flush()
             items = [w for w in self._window if not w.banked]
             i = 0
             while i < len(items):

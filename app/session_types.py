@@ -26,6 +26,7 @@ class FrameResult:
         scene_change: the drop ratio says the scene changed (watch rules are evaluated then).
         attention_length: KV entries the frame's prefill attended to (sink + window + itself).
         alerts: watch-rule alerts fired by this frame (when the session evaluates them itself).
+        pending: the frame waits for the rest of its step (backends whose frames enter in groups).
     """
 
     index: int
@@ -36,6 +37,7 @@ class FrameResult:
     scene_change: bool
     attention_length: int
     alerts: tuple["Alert", ...] = ()
+    pending: bool = False  # buffered until the backend's step is complete (frames enter in pairs for Qwen2.5-VL)
 
     @property
     def kept_ratio(self) -> float:

@@ -692,8 +692,8 @@ class MemoryBank:
         """Load the saved index, else rebuild it; returns whether the saved index file was used."""
         info = manifest.get("index") or {}
         summaries = manifest.get("summaries") or {}
-        live = set(int(i) for i in summaries.get("ids", []))
         try:
+            live = {int(i) for i in summaries.get("ids", [])}
             path = root / INDEX_FILE
             if _file_sha256(path) != info.get("sha256"):
                 raise ValueError("checksum mismatch")
@@ -701,7 +701,7 @@ class MemoryBank:
                 raise ValueError("index ids are not chunks of the manifest")
             self._index = read_index(path, self._config, self._dim, live, info)
             return True
-        except (OSError, ValueError, RuntimeError) as exc:
+        except (OSError, ValueError, TypeError, AttributeError, RuntimeError) as exc:
             log.warning("index file of %s unusable (%s); rebuilding it from the saved summaries", root, exc)
         self._index = new_index(self._config, self._dim)
         try:
@@ -716,7 +716,7 @@ class MemoryBank:
                 block = np.ascontiguousarray(rows[start : start + _ROWS], dtype=np.float32)
                 self._index.add(np.asarray(ids[start : start + _ROWS], dtype=np.int64), block)
             return False
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
             log.warning("summaries of %s unusable (%s); rebuilding the index from the chunk files", root, exc)
         self._index = new_index(self._config, self._dim)
         for cid, entry in list(self._disk.items()):

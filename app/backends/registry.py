@@ -20,16 +20,22 @@ logger = logging.getLogger(__name__)
 #: family -> module implementing it.
 FAMILIES: dict[str, str] = {
     "smolvlm": "app.backends.smolvlm",
+    "qwen2_5_vl": "app.backends.qwen2_5_vl",
+    "llava_onevision": "app.backends.llava_onevision",
 }
 
 #: transformers ``model_type`` in a checkpoint's config.json -> family.
 MODEL_TYPES: dict[str, str] = {
     "smolvlm": "smolvlm",
+    "qwen2_5_vl": "qwen2_5_vl",
+    "llava_onevision": "llava_onevision",
 }
 
 #: hub id prefixes -> family, for ids that are not cached locally.
 HUB_PREFIXES: dict[str, str] = {
     "HuggingFaceTB/SmolVLM": "smolvlm",
+    "Qwen/Qwen2.5-VL-": "qwen2_5_vl",
+    "llava-hf/llava-onevision-": "llava_onevision",
 }
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolVLM2-256M-Video-Instruct"
@@ -37,6 +43,8 @@ DEFAULT_MODEL = "HuggingFaceTB/SmolVLM2-256M-Video-Instruct"
 _BUILTIN_FAMILY: dict[str, str] = {
     "tiny-smolvlm": "smolvlm",
     "smolvlm2-256m-smollm2": "smolvlm",
+    "tiny-qwen2_5_vl": "qwen2_5_vl",
+    "tiny-llava-ov": "llava_onevision",
 }
 
 

@@ -23,6 +23,7 @@ import torch
 
 from .base import BackendError, BackendSpec, ModelNotAvailable, SegmentInput, VideoLLM
 from .chat_format import derive_chat_format
+from ..timefmt import format_timestamp  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -53,17 +54,6 @@ DEFAULT_SYSTEM = (
     "You are LiveSight, an assistant watching a live video stream. Frames and notes arrive with their "
     "stream timestamps. Answer questions about what you have seen, briefly and precisely."
 )
-
-
-def format_timestamp(pts: float) -> str:
-    """Stream time as ``MM:SS`` (``H:MM:SS`` past an hour), with tenths when not whole."""
-    pts = max(0.0, float(pts))
-    whole = abs(pts - round(pts)) < 0.05
-    total = int(round(pts)) if whole else int(pts)
-    h, rem = divmod(total, 3600)
-    m, s = divmod(rem, 60)
-    secs = f"{s:02d}" if whole else f"{s:02d}.{int((pts - int(pts)) * 10):d}"
-    return f"{h}:{m:02d}:{secs}" if h else f"{m:02d}:{secs}"
 
 
 class SmolVLMBackend(VideoLLM):
@@ -152,8 +142,11 @@ class SmolVLMBackend(VideoLLM):
         embeds = torch.cat(
             [self.embed_ids(prefix), tokens[keep.to(tokens.device)].to(self.dtype), self.embed_ids(suffix)], dim=0
         )
-        ids = torch.cat([prefix, torch.full((int(keep.sum()),), self.image_token_id), suffix])
-        return SegmentInput(embeds, positions, suf_start + int(suffix.numel()), ids)
+        n_kept = int(keep.sum())
+        ids = torch.cat([prefix, torch.full((n_kept,), self.image_token_id), suffix])
+        content = torch.zeros(ids.numel(), dtype=torch.bool)
+        content[a : a + n_kept] = True
+        return SegmentInput(embeds, positions, suf_start + int(suffix.numel()), ids, content)
 
     def frame_placeholder_text(self, pts: float) -> str:
         """The text form of a full frame segment, with ``<image>`` placeholders (for reference forwards)."""
@@ -166,6 +159,9 @@ class SmolVLMBackend(VideoLLM):
     # ---- model plumbing ----------------------------------------------------------------------------
     def attention_modules(self):
         return [layer.self_attn for layer in self.model.model.text_model.layers]
+
+    def rotary_module(self):
+        return self.model.model.text_model.rotary_emb
 
     def language_model_forward(self, embeds, positions, cache, logits_to_keep):
         out = self.model(

@@ -104,7 +104,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ratio = common.median([p["ours"]["wall_s"] / p["bare"]["wall_s"] for p in pairs])
     best_ratio = min(p["ours"]["wall_s"] for p in pairs) / min(p["bare"]["wall_s"] for p in pairs)
     cpu_ratio = common.median([p["ours"]["cpu_s"] / p["bare"]["cpu_s"] for p in pairs if p["bare"]["cpu_s"] > 0] or [0.0])
-    overhead_pct = (ratio - 1.0) * 100.0
+    # The headline is the larger of the wall-time and CPU-time estimates (conservative: on a shared
+    # machine either can flatter us).
+    overhead_pct = (max(ratio, cpu_ratio) - 1.0) * 100.0
     like_for_like = config.keep_all
     metrics = {
         "frames_bare": bare_frames,
@@ -117,6 +119,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "time_ratio_median": ratio,
         "cpu_ratio_median": cpu_ratio,
         "best_time_ratio": best_ratio,
+        "overhead_wall_pct": (ratio - 1.0) * 100.0,
+        "overhead_cpu_pct": (cpu_ratio - 1.0) * 100.0,
         "overhead_pct": overhead_pct,
         "target_overhead_pct": TARGET_OVERHEAD_PCT,
         "like_for_like": like_for_like,
@@ -146,9 +150,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         f"| FileSource + Sampler (synchronous) | {ours_frames} | {ours_wall:.3f} | "
         f"{metrics['fps_ours']:.1f} | {common.median([p['ours']['cpu_s'] for p in pairs]):.3f} |",
         "",
-        f"Overhead (median of per-pair wall-time ratios): {verdict}. Also: ratio of best wall times "
-        f"{best_ratio:.3f}, median per-pair CPU-time ratio {cpu_ratio:.3f} (CPU time of all threads, "
-        f"less sensitive to other load on the machine).",
+        f"Overhead: {verdict}, the larger of two estimates: the median per-pair wall-time ratio "
+        f"{ratio:.3f} ({metrics['overhead_wall_pct']:+.1f}%) and the median per-pair CPU-time ratio "
+        f"{cpu_ratio:.3f} ({metrics['overhead_cpu_pct']:+.1f}%; CPU time of all threads, less sensitive to "
+        f"other load on the machine). Ratio of the best wall times: {best_ratio:.3f}.",
+        "",
+        "Both sides decode the same packets and convert the same frames, so a wall-time ratio below 1 is not a "
+        "faster decoder (frame-threaded decoding is sensitive to scheduling, more so on a shared machine); the "
+        "CPU-time ratio measures what our Python around each frame costs (pts, fps rule, Frame, stats).",
     ])
     return {
         "title": "Ingest: FileSource + Sampler vs bare PyAV decode",

@@ -15,6 +15,7 @@ from typing import Any
 #: Bench name -> module. One line per bench.
 BENCHES: dict[str, str] = {
     "ingest": "app.bench.ingest",
+    "backends": "app.bench.backends",
 }
 
 

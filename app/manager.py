@@ -1,0 +1,1021 @@
+"""Many sessions, one loaded model: the session manager behind the websocket API and the page.
+
+* All model work of all sessions runs on one :class:`~app.scheduler.Scheduler` worker thread, by
+  priority: answers, then control work (text events, building a session), then watch-rule checks,
+  then frames. Each session keeps at most one pending frame (newest wins); the replaced frame is
+  counted as dropped (``backlog``). Frames beyond ``max_fps`` are refused at once (``rate_limit``).
+* A session's model state (:class:`~app.session.Session`, whose sink prefill is model work) is
+  built on the worker when it is first needed: by its first frame, text event, question or watch
+  rule, or by :meth:`SessionManager.get`. Until then :meth:`SessionManager.update_session` may
+  change any setting; afterwards only :data:`LIVE_FIELDS`.
+* Watch rules: frames are ingested with ``evaluate_watches=False``; when a frame's drop ratio
+  signals a scene change and the session has rules, ``Session.check_watches`` is queued at alert
+  priority (one pending check per session; a pending one already sees the newest frames) and each
+  alert goes to subscribers as an ``alert.triggered`` event.
+* A session can pull its own source (:meth:`SessionManager.set_source`): a file, RTSP or HTTP
+  stream is read by a per-session thread and its frames enter like pushed ones.
+* A housekeeping thread sends ``input_video.stats`` events every ``stats_interval_s`` while frames
+  flow and closes sessions idle for ``session_ttl_s`` (subscribers get ``session.closed``).
+* Every failure of a task belongs to its session: it becomes an exception of that call's future
+  or an ``error`` event for that session, never a crash of the process or another session.
+
+Events given to :meth:`SessionManager.subscribe` callbacks are plain dicts with a ``type``:
+``input_video.stats`` ``{stats}``, ``alert.triggered`` ``{rule_id, rule, pts, answer, wall}``,
+``input_source.ended`` ``{source, reason, frames, pts}``, ``input_source.error``
+``{source, error: {code, source_error, message}}``, ``input_source.gap`` ``{source, gap}``,
+``error`` ``{error: {code, message}}`` (a frame or text event that failed), ``session.closed``
+``{reason}``. Callbacks run on manager threads and must return quickly.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import logging
+import math
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from streaming.frame import Frame
+
+from .config import ConfigError, SessionConfig
+from .scheduler import ALERT, ANSWER, CONTROL, Scheduler, SchedulerClosed
+from .session import MAX_QUESTION_CHARS, Session
+from .session_types import Answer, SessionClosed, SessionError, WatchRule
+
+logger = logging.getLogger(__name__)
+
+#: Session settings that may change after a session's input has started (read per request).
+#: Everything else (drop mode, KV bits, window, system prompt, memory settings) is fixed from then.
+LIVE_FIELDS = frozenset({"max_new_tokens", "top_k", "dialog_max_tokens", "watch_min_interval_s", "watch_on_every_frame"})
+
+#: Seconds over which the processed-frame rate is measured.
+FPS_WINDOW_S = 2.0
+
+
+# --------------------------------------------------------------------------- errors
+
+class ManagerError(SessionError):
+    """A request to the session manager that cannot be served."""
+
+
+class UnknownSession(ManagerError):
+    """No open session has that id (never created, closed, or expired)."""
+
+
+class SessionLimit(ManagerError):
+    """``max_sessions`` sessions are open already."""
+
+
+class FrameTooLarge(ManagerError):
+    """A frame is larger than ``max_frame_side`` pixels on a side (or ``max_frame_bytes`` encoded)."""
+
+
+class ResponseInProgress(ManagerError):
+    """The session is already answering a question (one answer at a time per session)."""
+
+
+class InvalidRequest(ManagerError):
+    """A request argument is out of range or of the wrong type; the message names it."""
+
+
+class LiveUpdateRefused(ConfigError):
+    """A setting that is fixed once a session's input has started was asked to change."""
+
+
+# --------------------------------------------------------------------------- config
+
+def _check_number(name: str, value: Any, lo: float, hi: float, *, lo_open: bool = False, integer: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and integer:
+        ok = isinstance(value, int)
+    if ok:
+        ok = (value > lo if lo_open else value >= lo) and value <= hi
+    if not ok:
+        kind = "an integer" if integer else "a number"
+        left = "(" if lo_open else "["
+        raise ConfigError(f"{name} must be {kind} in {left}{lo:g}, {hi:g}]; got {value!r}")
+
+
+@dataclass(frozen=True)
+class ManagerConfig:
+    """Limits and defaults of a :class:`SessionManager`.
+
+    Attributes:
+        max_sessions: open sessions at most. [1, 10000]
+        session_ttl_s: a session with no activity for this long is closed. (0, 604800]
+        max_fps: frames per second accepted per session (token bucket holding one second's worth, >= 1);
+            frames beyond it are dropped and counted as ``rate_limit``. (0, 1000]
+        max_frame_side: frames wider or taller than this are refused (:class:`FrameTooLarge`); frames a
+            server-pulled source delivers are shrunk to it instead. [16, 16384]
+        max_frame_bytes: largest encoded (JPEG/PNG) frame accepted, bytes (enforced by the websocket layer).
+            [1024, 1 GiB]
+        default_session: settings every new session starts from.
+        session_ram_budget_mb: memory-bank RAM per session; used when the session's own
+            ``ram_budget_mb`` is None (``None`` here too = unlimited). (0, 1_048_576]
+        stats_interval_s: how often ``input_video.stats`` events go out while frames flow. [0.05, 3600]
+        allow_file_sources: :meth:`SessionManager.set_source` admits local paths / ``file:`` URLs / webcams
+            when its caller does not say (the page passes ``allow_files=True`` for its own uploads).
+        source_open_timeout_s: how long opening a server-pulled source may take. (0, 600]
+    """
+
+    max_sessions: int = 16
+    session_ttl_s: float = 600.0
+    max_fps: float = 4.0
+    max_frame_side: int = 1920
+    max_frame_bytes: int = 8 * 2**20
+    default_session: SessionConfig = field(default_factory=SessionConfig)
+    session_ram_budget_mb: float | None = 256.0
+    stats_interval_s: float = 1.0
+    allow_file_sources: bool = False
+    source_open_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        _check_number("max_sessions", self.max_sessions, 1, 10000, integer=True)
+        _check_number("session_ttl_s", self.session_ttl_s, 0, 604800, lo_open=True)
+        _check_number("max_fps", self.max_fps, 0, 1000, lo_open=True)
+        _check_number("max_frame_side", self.max_frame_side, 16, 16384, integer=True)
+        _check_number("max_frame_bytes", self.max_frame_bytes, 1024, 2**30, integer=True)
+        if not isinstance(self.default_session, SessionConfig):
+            raise ConfigError(f"default_session must be a SessionConfig; got {type(self.default_session).__name__}")
+        if self.session_ram_budget_mb is not None:
+            _check_number("session_ram_budget_mb", self.session_ram_budget_mb, 0, 1_048_576, lo_open=True)
+        _check_number("stats_interval_s", self.stats_interval_s, 0.05, 3600)
+        if not isinstance(self.allow_file_sources, bool):
+            raise ConfigError(f"allow_file_sources must be true or false; got {self.allow_file_sources!r}")
+        _check_number("source_open_timeout_s", self.source_open_timeout_s, 0, 600, lo_open=True)
+
+    def updated(self, **changes: Any) -> "ManagerConfig":
+        """A validated copy with ``changes``; unknown names raise :class:`ConfigError`."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ConfigError(f"unknown manager setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class FrameVerdict:
+    """What :meth:`SessionManager.offer_frame` did with a frame.
+
+    Attributes:
+        accepted: the frame is queued for the model.
+        reason: why it was not accepted (``"rate_limit"``), else None.
+        replaced: it replaced an older pending frame of the session (counted as a ``backlog`` drop).
+    """
+
+    accepted: bool
+    reason: str | None = None
+    replaced: bool = False
+
+
+# --------------------------------------------------------------------------- per-session state
+
+class _RateLimiter:
+    """A token bucket: ``rate`` tokens per second, at most one second's worth (>= 1) stored."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = float(rate)
+        self.burst = max(1.0, self.rate)
+        self._tokens = self.burst
+        self._t = time.monotonic()
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._t) * self.rate)
+        self._t = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+
+@dataclass
+class _AnswerJob:
+    future: concurrent.futures.Future
+    cancel: threading.Event
+
+
+@dataclass
+class _Entry:
+    sid: str
+    owner: str | None
+    config: SessionConfig
+    limiter: _RateLimiter
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    session: Session | None = None
+    closed: bool = False
+    inputs: int = 0  # frames, texts, questions, watch rules, sources so far
+    created: float = field(default_factory=time.time)
+    last_active: float = field(default_factory=time.monotonic)
+    subscribers: list = field(default_factory=list)
+    answer: _AnswerJob | None = None
+    source: "_SourceRunner | None" = None
+    counters: dict = field(default_factory=lambda: {
+        "frames_submitted": 0, "frames_accepted": 0, "frames_processed": 0, "frame_errors": 0,
+        "texts": 0, "text_errors": 0, "answers": 0, "answer_errors": 0, "watch_checks": 0, "alerts": 0,
+    })
+    dropped: dict = field(default_factory=lambda: {"rate_limit": 0, "backlog": 0})
+    processed_at: deque = field(default_factory=deque)
+    lag_s: float = 0.0
+    last_pts: float | None = None
+    snapshot: dict | None = None
+    snapshot_at: float = 0.0
+    kept_history: list = field(default_factory=list)
+    stats_dirty: bool = False
+    stats_sent_at: float = 0.0
+    alerts: deque = field(default_factory=lambda: deque(maxlen=200))
+
+    def touch(self) -> None:
+        self.last_active = time.monotonic()
+
+
+# --------------------------------------------------------------------------- server-pulled sources
+
+class _SourceRunner:
+    """Reads one server-pulled source in its own thread and feeds the session's frames.
+
+    ``paced``: frames of a non-live source are released at their stream times (a file or HTTP
+    download played as a live camera). ``blocking``: each frame waits for the model (nothing is
+    dropped; ``realtime=False``).
+    """
+
+    def __init__(self, manager: "SessionManager", entry: _Entry, sampler, spec: str, *, paced: bool, blocking: bool) -> None:
+        self.manager = manager
+        self.entry = entry
+        self.sampler = sampler
+        self.spec = spec
+        self.name = sampler.source.name
+        self.info = sampler.info
+        self.paced = paced
+        self.blocking = blocking
+        self.frames = 0
+        self.pts: float | None = None
+        self.first_pts: float | None = None
+        self.error: str | None = None
+        self.finished = False
+        self._gaps_seen = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"source-{entry.sid}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, join_s: float = 2.0) -> None:
+        self._stop.set()
+        self.sampler.close(join_timeout_s=min(join_s, 1.0))
+        if threading.current_thread() is not self._thread:
+            self._thread.join(join_s)
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def progress(self) -> dict[str, Any]:
+        duration = self.info.duration_s
+        pts = self.pts
+        rel = None if pts is None else pts - (self.first_pts or 0.0)
+        fraction = None
+        if duration and rel is not None:
+            fraction = 1.0 if self.finished and not self.error else max(0.0, min(1.0, rel / duration))
+        return {"source": self.name, "pts": pts, "duration_s": duration, "fraction": fraction,
+                "finished": self.finished, "error": self.error, "frames": self.frames, "live": self.info.live}
+
+    def _check_gaps(self) -> None:
+        gaps = self.sampler.source.counters.gaps
+        while self._gaps_seen < len(gaps):
+            g = gaps[self._gaps_seen]
+            self._gaps_seen += 1
+            self.manager._emit(self.entry, {"type": "input_source.gap", "source": self.name,
+                                            "gap": dataclasses.asdict(g)})
+
+    def _run(self) -> None:
+        from streaming.errors import SourceError
+        from streaming.pacing import RealtimeClock
+
+        clock = RealtimeClock(1.0, self._stop) if self.paced else None
+        reason = "end of stream"
+        try:
+            while not self._stop.is_set():
+                frame = self.sampler.poll(timeout=0.5)
+                self._check_gaps()
+                if frame is None:
+                    if self.sampler.finished:
+                        break
+                    continue
+                if clock is not None:
+                    due = clock.wait(frame.pts)
+                    if due is None:
+                        break
+                    frame = dataclasses.replace(frame, wall=due)
+                if self.first_pts is None:
+                    self.first_pts = frame.pts
+                self.pts = frame.pts
+                self.frames += 1
+                future = self.manager._enqueue_frame(self.entry, frame)
+                if self.blocking and future is not None:
+                    self._wait(future)
+        except SourceError as exc:
+            self.error = str(exc)
+            self.manager._emit(self.entry, {"type": "input_source.error", "source": self.name, "error": {
+                "code": "source_error", "source_error": type(exc).__name__, "message": str(exc)}})
+        except (SessionClosed, SchedulerClosed):
+            reason = "session closed"
+        except Exception as exc:  # noqa: BLE001 - any failure ends this source alone
+            logger.exception("source %s of session %s failed", self.name, self.entry.sid)
+            self.error = f"{type(exc).__name__}: {exc}"
+            self.manager._emit(self.entry, {"type": "input_source.error", "source": self.name, "error": {
+                "code": "internal_error", "source_error": type(exc).__name__, "message": str(exc)}})
+        finally:
+            self.finished = True
+            self.sampler.close(join_timeout_s=0.5)
+        if self.error is None and not self.entry.closed:
+            if self._stop.is_set():
+                reason = "stopped"
+            self.manager._emit(self.entry, {"type": "input_source.ended", "source": self.name, "reason": reason,
+                                            "frames": self.frames, "pts": self.pts})
+
+    def _wait(self, future: concurrent.futures.Future) -> None:
+        while not self._stop.is_set():
+            try:
+                future.result(timeout=0.5)
+                return
+            except concurrent.futures.TimeoutError:
+                continue
+            except concurrent.futures.CancelledError:
+                return
+            except Exception:  # noqa: BLE001 - already reported as an error event by the manager
+                return
+
+
+# --------------------------------------------------------------------------- the manager
+
+class SessionManager:
+    """Sessions sharing one backend, with a priority scheduler, limits, sources and events.
+
+    Args:
+        backend: the loaded :class:`~app.backends.base.VideoLLM` every session uses.
+        config: limits and defaults.
+        model_notice: a line for users about the model (e.g. "the default model could not be
+            loaded; tiny random weights answer, answers are not meaningful"); shown by the page.
+    """
+
+    def __init__(self, backend, config: ManagerConfig | None = None, *, model_notice: str | None = None) -> None:
+        self.backend = backend
+        self.config = config if config is not None else ManagerConfig()
+        if not isinstance(self.config, ManagerConfig):
+            raise ConfigError(f"config must be a ManagerConfig; got {type(config).__name__}")
+        self.model_notice = model_notice
+        self._lock = threading.Lock()
+        self._entries: dict[str, _Entry] = {}
+        self._closed = False
+        self._counters = {"sessions_created": 0, "sessions_closed": 0, "sessions_expired": 0}
+        self.scheduler = Scheduler()
+        self._stop = threading.Event()
+        self._housekeeper = threading.Thread(target=self._housekeeping, name="livesight-housekeeping", daemon=True)
+        self._housekeeper.start()
+
+    # ---- sessions ------------------------------------------------------------------------------
+    def _effective(self, cfg: SessionConfig) -> SessionConfig:
+        if cfg.ram_budget_mb is None and self.config.session_ram_budget_mb is not None:
+            return cfg.updated(ram_budget_mb=self.config.session_ram_budget_mb)
+        return cfg
+
+    def create_session(self, overrides: dict | None = None, *, owner: str | None = None) -> str:
+        """Open a session with ``default_session`` plus ``overrides`` (SessionConfig field names).
+
+        Cheap: no model work happens until the session's first input.
+
+        Raises:
+            ConfigError: an unknown setting or a value out of range (the message names it).
+            SessionLimit: ``max_sessions`` are open.
+            ManagerError: the manager is shut down.
+        """
+        if overrides is not None and not isinstance(overrides, dict):
+            raise ConfigError(f"session settings must be a mapping of field names to values; got {type(overrides).__name__}")
+        cfg = self._effective(self.config.default_session.updated(**(overrides or {})))
+        sid = "sess_" + uuid.uuid4().hex[:16]
+        with self._lock:
+            if self._closed:
+                raise ManagerError("the session manager is shut down")
+            if len(self._entries) >= self.config.max_sessions:
+                raise SessionLimit(f"the server holds {self.config.max_sessions} sessions already (max_sessions); "
+                                   "close one or try later")
+            self._entries[sid] = _Entry(sid, owner, cfg, _RateLimiter(self.config.max_fps))
+            self._counters["sessions_created"] += 1
+        logger.info("session %s created (owner %s)", sid, owner)
+        return sid
+
+    def _entry(self, sid: str) -> _Entry:
+        with self._lock:
+            entry = self._entries.get(sid) if isinstance(sid, str) else None
+        if entry is None or entry.closed:
+            raise UnknownSession(f"no open session {sid!r} (closed, expired or never created)")
+        return entry
+
+    def sessions(self) -> list[str]:
+        """Ids of the open sessions."""
+        with self._lock:
+            return list(self._entries)
+
+    def session_config(self, sid: str) -> SessionConfig:
+        """The session's current settings."""
+        return self._entry(sid).config
+
+    def has_input(self, sid: str) -> bool:
+        """True once the session has taken a frame, text, question, watch rule or source
+        (from then on only :data:`LIVE_FIELDS` can change)."""
+        return self._entry(sid).inputs > 0
+
+    def _ensure(self, entry: _Entry) -> Session:
+        """The entry's Session, built on first use (runs on the scheduler's worker)."""
+        with entry.lock:
+            if entry.closed:
+                raise SessionClosed(f"session {entry.sid} is closed")
+            if entry.session is None:
+                entry.session = Session(self.backend, entry.config, session_id=entry.sid)
+                self._refresh_snapshot(entry, force=True)
+            return entry.session
+
+    def _run_control(self, entry: _Entry, fn: Callable[[], Any], priority: int = CONTROL) -> Any:
+        """Run ``fn`` on the worker (directly when already there) and wait for it."""
+        if self.scheduler.in_worker():
+            return fn()
+        try:
+            return self.scheduler.submit(priority, fn, key=entry.sid).result()
+        except concurrent.futures.CancelledError:
+            raise SessionClosed(f"session {entry.sid} was closed") from None
+        except SchedulerClosed:
+            raise ManagerError("the session manager is shut down") from None
+
+    def get(self, sid: str) -> Session:
+        """The session's :class:`Session` (built now if its input has not started; that waits for the
+        model worker). Use its read-only methods (``stats``, ``kept_history``, ``alerts``, ``rules``);
+        feed it through the manager.
+
+        Raises:
+            UnknownSession: no open session with that id.
+        """
+        entry = self._entry(sid)
+        if entry.session is not None:
+            return entry.session
+        return self._run_control(entry, lambda: self._ensure(entry))
+
+    def update_session(self, sid: str, overrides: dict) -> SessionConfig:
+        """Change a session's settings; returns the new settings.
+
+        Before the session's input has started any field may change. Afterwards only
+        :data:`LIVE_FIELDS` (``max_new_tokens``, ``top_k``, ``dialog_max_tokens``,
+        ``watch_min_interval_s``, ``watch_on_every_frame``) may; the others (drop mode, KV bits,
+        window, system prompt, memory settings) shape state that already exists.
+
+        Raises:
+            ConfigError: unknown field or value out of range (names the field).
+            LiveUpdateRefused: a field that is fixed once input started (a :class:`ConfigError`).
+        """
+        if not isinstance(overrides, dict):
+            raise ConfigError(f"session settings must be a mapping of field names to values; got {type(overrides).__name__}")
+        entry = self._entry(sid)
+        entry.touch()
+        with entry.lock:
+            new = entry.config.updated(**overrides)
+            if "ram_budget_mb" not in overrides:
+                new = self._effective(new)
+            changed = sorted(k for k in overrides if getattr(new, k) != getattr(entry.config, k))
+            if not changed:
+                return entry.config
+            if entry.inputs > 0:
+                fixed = [k for k in changed if k not in LIVE_FIELDS]
+                if fixed:
+                    raise LiveUpdateRefused(
+                        f"{', '.join(fixed)} cannot change after the session's input has started "
+                        f"(settings that can: {', '.join(sorted(LIVE_FIELDS))})")
+                entry.config = new
+                if entry.session is not None:
+                    entry.session.config = new  # live fields are read per request
+                return new
+            if entry.session is None:
+                entry.config = new
+                return new
+
+        def rebuild() -> SessionConfig:
+            with entry.lock:
+                if entry.closed:
+                    raise SessionClosed(f"session {sid} is closed")
+                old = entry.session
+                entry.session = Session(self.backend, new, session_id=sid)
+                entry.config = new
+                self._refresh_snapshot(entry, force=True)
+            if old is not None:
+                old.close()
+            return new
+
+        return self._run_control(entry, rebuild)
+
+    def close_session(self, sid: str, *, reason: str = "closed") -> None:
+        """Close a session: its source stops, pending work is cancelled, a running answer is
+        cancelled, and its memory is freed (disk too unless it persists). Idempotent for ids
+        that are already closed."""
+        with self._lock:
+            entry = self._entries.pop(sid, None)
+            if entry is not None:
+                self._counters["sessions_closed"] += 1
+        if entry is None:
+            return
+        with entry.lock:
+            entry.closed = True
+            session = entry.session
+            runner, entry.source = entry.source, None
+            job = entry.answer
+        if job is not None:
+            job.cancel.set()
+        if runner is not None:
+            runner.stop(join_s=1.0)
+        self.scheduler.cancel_key(sid)
+        if session is not None:
+            try:
+                session.close()
+            except Exception:  # noqa: BLE001 - closing must not fail the caller
+                logger.exception("closing session %s failed", sid)
+        self._emit(entry, {"type": "session.closed", "reason": reason})
+        with entry.lock:
+            entry.subscribers.clear()
+        logger.info("session %s closed (%s)", sid, reason)
+
+    # ---- frames ------------------------------------------------------------------------------
+    def check_frame(self, frame: Frame) -> None:
+        """Raise :class:`FrameTooLarge` when ``frame`` exceeds ``max_frame_side``."""
+        side = self.config.max_frame_side
+        if frame.width > side or frame.height > side:
+            raise FrameTooLarge(f"frame of {frame.width}x{frame.height} exceeds max_frame_side={side} pixels")
+
+    def offer_frame(self, sid: str, frame: Frame) -> FrameVerdict:
+        """Queue a frame (non-blocking); see :class:`FrameVerdict`.
+
+        Raises:
+            UnknownSession, FrameTooLarge; InvalidRequest when ``frame`` is not a :class:`Frame`.
+        """
+        if not isinstance(frame, Frame):
+            raise InvalidRequest(f"a frame must be a streaming.Frame; got {type(frame).__name__}")
+        entry = self._entry(sid)
+        self.check_frame(frame)
+        with entry.lock:
+            entry.counters["frames_submitted"] += 1
+            entry.touch()
+            if not entry.limiter.allow():
+                entry.dropped["rate_limit"] += 1
+                entry.stats_dirty = True
+                return FrameVerdict(False, "rate_limit")
+        replaced = self._enqueue_frame(entry, frame, count_submit=False, return_replaced=True)
+        return FrameVerdict(True, None, bool(replaced))
+
+    def submit_frame(self, sid: str, frame: Frame) -> bool:
+        """Queue a frame for the model (non-blocking, newest wins per session).
+
+        Returns:
+            False when the frame was dropped at once (over ``max_fps``); True when it is queued
+            (it may still be replaced by a newer frame before the model gets to it: counted as a
+            ``backlog`` drop).
+
+        Raises:
+            UnknownSession, FrameTooLarge.
+        """
+        return self.offer_frame(sid, frame).accepted
+
+    def _enqueue_frame(self, entry: _Entry, frame: Frame, *, count_submit: bool = True, return_replaced: bool = False):
+        """Put a frame in the scheduler's slot of its session; returns its future (or ``replaced``)."""
+        with entry.lock:
+            if entry.closed:
+                raise SessionClosed(f"session {entry.sid} is closed")
+            if count_submit:
+                entry.counters["frames_submitted"] += 1
+            entry.counters["frames_accepted"] += 1
+            entry.inputs += 1
+            entry.stats_dirty = True
+            entry.touch()
+
+        def dropped() -> None:
+            with entry.lock:
+                entry.dropped["backlog"] += 1
+
+        future, replaced = self.scheduler.submit_frame(entry.sid, lambda: self._process_frame(entry, frame), on_drop=dropped)
+        return replaced if return_replaced else future
+
+    def _process_frame(self, entry: _Entry, frame: Frame):
+        session = self._ensure(entry)
+        lag = max(0.0, time.time() - frame.wall)
+        try:
+            result = session.ingest(frame, evaluate_watches=False)
+        except Exception as exc:
+            with entry.lock:
+                entry.counters["frame_errors"] += 1
+            if not isinstance(exc, SessionClosed):
+                logger.warning("session %s: frame %d failed: %s", entry.sid, frame.index, exc)
+                self._emit(entry, {"type": "error", "error": {"code": "internal_error",
+                                                              "message": f"frame {frame.index} (pts {frame.pts:.3f}) failed: {exc}"}})
+            raise
+        now = time.monotonic()
+        with entry.lock:
+            entry.counters["frames_processed"] += 1
+            entry.lag_s = lag
+            entry.last_pts = frame.pts
+            entry.processed_at.append(now)
+            while entry.processed_at and entry.processed_at[0] < now - FPS_WINDOW_S:
+                entry.processed_at.popleft()
+            entry.stats_dirty = True
+            entry.touch()
+        self._refresh_snapshot(entry)
+        cfg = session.config
+        if (result.scene_change or cfg.watch_on_every_frame) and session.rules():
+            try:
+                self.scheduler.submit(ALERT, lambda: self._check_watches(entry), key=entry.sid,
+                                      coalesce=("watch", entry.sid))
+            except SchedulerClosed:
+                pass
+        return result
+
+    def _check_watches(self, entry: _Entry) -> list:
+        session = self._ensure(entry)
+        alerts = session.check_watches()
+        with entry.lock:
+            entry.counters["watch_checks"] += 1
+            entry.counters["alerts"] += len(alerts)
+            entry.alerts.extend(alerts)
+        for alert in alerts:
+            self._emit(entry, {"type": "alert.triggered", **alert.to_dict()})
+        return alerts
+
+    # ---- text, questions, watches --------------------------------------------------------------
+    def submit_text(self, sid: str, pts: float, text: str) -> concurrent.futures.Future:
+        """Queue a timed text event (never dropped). The future gives the number of tokens prefilled.
+
+        Raises:
+            InvalidRequest: empty text or a bad stream time (at once; other failures go to the future).
+        """
+        entry = self._entry(sid)
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidRequest("text must be a non-empty string")
+        if isinstance(pts, bool) or not isinstance(pts, (int, float)) or not math.isfinite(pts) or pts < 0:
+            raise InvalidRequest(f"pts must be a finite number of seconds >= 0; got {pts!r}")
+        with entry.lock:
+            entry.inputs += 1
+            entry.touch()
+
+        def work() -> int:
+            try:
+                n = self._ensure(entry).ingest_text(float(pts), text)
+            except Exception:
+                with entry.lock:
+                    entry.counters["text_errors"] += 1
+                raise
+            with entry.lock:
+                entry.counters["texts"] += 1
+            self._refresh_snapshot(entry, force=True)
+            return n
+
+        return self._submit(entry, CONTROL, work)
+
+    def _submit(self, entry: _Entry, priority: int, fn: Callable[[], Any]) -> concurrent.futures.Future:
+        try:
+            return self.scheduler.submit(priority, fn, key=entry.sid)
+        except SchedulerClosed:
+            raise ManagerError("the session manager is shut down") from None
+
+    def ask(self, sid: str, question: str, *, on_delta: Callable[[str], None] | None = None,
+            max_new_tokens: int | None = None, top_k: int | None = None) -> concurrent.futures.Future:
+        """Queue a question at the highest priority; the future gives the :class:`Answer`.
+
+        ``on_delta(text)`` is called on the model worker for each piece of answer text, in order,
+        before the future completes. One answer at a time per session.
+
+        Raises:
+            ResponseInProgress: the session is still answering.
+            InvalidRequest: an empty or over-long question, or ``max_new_tokens``/``top_k`` out of range.
+        """
+        entry = self._entry(sid)
+        if not isinstance(question, str) or not question.strip():
+            raise InvalidRequest("a question needs non-empty text")
+        if len(question) > MAX_QUESTION_CHARS:
+            raise InvalidRequest(f"a question is limited to {MAX_QUESTION_CHARS} characters, got {len(question)}")
+        if max_new_tokens is not None and (isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int)
+                                           or not 1 <= max_new_tokens <= 4096):
+            raise InvalidRequest(f"max_new_tokens must be an integer in [1, 4096]; got {max_new_tokens!r}")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or not 0 <= top_k <= 4096):
+            raise InvalidRequest(f"top_k must be an integer in [0, 4096]; got {top_k!r}")
+        cancel = threading.Event()
+
+        def work() -> Answer:
+            try:
+                answer = self._ensure(entry).answer(question, on_delta=on_delta, should_stop=cancel.is_set,
+                                                    max_new_tokens=max_new_tokens, top_k=top_k)
+            except Exception:
+                with entry.lock:
+                    entry.counters["answer_errors"] += 1
+                raise
+            with entry.lock:
+                entry.counters["answers"] += 1
+                entry.touch()
+            self._refresh_snapshot(entry, force=True)
+            return answer
+
+        with entry.lock:
+            job = entry.answer
+            if job is not None and not job.future.done():
+                raise ResponseInProgress(f"session {sid} is still answering; cancel it or wait for it to finish")
+            entry.inputs += 1
+            entry.touch()
+            future = self._submit(entry, ANSWER, work)
+            entry.answer = _AnswerJob(future, cancel)
+        return future
+
+    def cancel(self, sid: str) -> bool:
+        """Cancel the session's pending or running answer. Returns True when there was one."""
+        entry = self._entry(sid)
+        with entry.lock:
+            job = entry.answer
+        if job is None or job.future.done():
+            return False
+        job.cancel.set()
+        job.future.cancel()  # succeeds only while it has not started; a running answer stops at the next token
+        return True
+
+    def answering(self, sid: str) -> bool:
+        """True while the session has a pending or running answer."""
+        job = self._entry(sid).answer
+        return job is not None and not job.future.done()
+
+    def watch(self, sid: str, rule: str) -> WatchRule:
+        """Register a standing yes/no question, evaluated when the scene changes.
+
+        Raises:
+            SessionError: empty or over-long rule text, or too many rules.
+        """
+        entry = self._entry(sid)
+        if not isinstance(rule, str) or not rule.strip():
+            raise InvalidRequest("a watch rule needs non-empty text")
+        with entry.lock:
+            entry.inputs += 1
+            entry.touch()
+        session = entry.session or self._run_control(entry, lambda: self._ensure(entry))
+        return session.watch(rule)
+
+    def unwatch(self, sid: str, rule_id: str) -> bool:
+        """Remove a watch rule; False when the session has no such rule."""
+        entry = self._entry(sid)
+        entry.touch()
+        return entry.session.unwatch(rule_id) if entry.session is not None else False
+
+    def rules(self, sid: str) -> list[WatchRule]:
+        entry = self._entry(sid)
+        return entry.session.rules() if entry.session is not None else []
+
+    def alerts(self, sid: str) -> list:
+        """The session's recent alerts (:class:`~app.session_types.Alert`), oldest first."""
+        entry = self._entry(sid)
+        with entry.lock:
+            return list(entry.alerts)
+
+    # ---- server-pulled sources -------------------------------------------------------------------
+    def set_source(self, sid: str, spec: str, *, fps: float | None = 1.0, realtime: bool = True,
+                   allow_files: bool | None = None) -> Any:
+        """Make the server pull ``spec`` (RTSP/HTTP URL; a local file or webcam only when allowed)
+        into the session; replaces a running source. Returns the source's ``SourceInfo``.
+
+        Args:
+            fps: frames per second of stream time fed to the model, in (0, max_fps]; None = max_fps.
+            realtime: True: frames arrive at stream speed (a file or download is played as a live
+                camera; newest wins when the model is slower). False: every sampled frame waits for
+                the model (nothing dropped).
+            allow_files: admit local paths, ``file:`` URLs and webcams (None: ``allow_file_sources``).
+
+        Raises:
+            streaming.errors.SourceError: at once: ``SchemeNotAllowed``, ``SourceUnreachable`` (within
+                ``source_open_timeout_s``), ``SourceNotFound``, ``NotAVideo``, ...
+            InvalidRequest: ``fps`` out of range or an empty spec.
+        """
+        from streaming import Sampler, SamplerConfig, open_source
+
+        entry = self._entry(sid)
+        if fps is None:
+            fps = self.config.max_fps
+        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or not 0 < fps <= self.config.max_fps:
+            raise InvalidRequest(f"fps must be a number in (0, {self.config.max_fps:g}] (max_fps); got {fps!r}")
+        if not isinstance(spec, str) or not spec.strip():
+            raise InvalidRequest("a source needs a non-empty URL or path")
+        allow = self.config.allow_file_sources if allow_files is None else bool(allow_files)
+        timeout = self.config.source_open_timeout_s
+        try:
+            source = open_source(spec.strip(), allow_files=allow, realtime=bool(realtime),
+                                 open_timeout_s=timeout, read_timeout_s=timeout)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from exc
+        paced = bool(realtime) and not source.live
+        sampler = Sampler(source, SamplerConfig(fps=float(fps), max_side=self.config.max_frame_side),
+                          live=source.live)
+        runner = _SourceRunner(self, entry, sampler, spec, paced=paced, blocking=not realtime)
+        with entry.lock:
+            if entry.closed:
+                sampler.close()
+                raise UnknownSession(f"no open session {sid!r}")
+            old, entry.source = entry.source, runner
+            entry.inputs += 1
+            entry.touch()
+        if old is not None:
+            old.stop()
+        runner.start()
+        logger.info("session %s pulls %s (%s)", sid, runner.name, "live" if source.live else "file")
+        return runner.info
+
+    def stop_source(self, sid: str) -> bool:
+        """Stop the session's server-pulled source (an ``input_source.ended`` event with reason
+        ``stopped`` follows). Returns False when no source was running."""
+        entry = self._entry(sid)
+        with entry.lock:
+            runner = entry.source
+        if runner is None or runner.finished:
+            return False
+        runner.stop()
+        return True
+
+    def source_progress(self, sid: str) -> dict | None:
+        """``{"source", "pts", "duration_s", "fraction", "finished", "error", "frames", "live"}`` of the
+        session's pulled source (``fraction`` None when the duration is unknown), or None."""
+        runner = self._entry(sid).source
+        return None if runner is None else runner.progress()
+
+    # ---- events and stats ------------------------------------------------------------------------
+    def subscribe(self, sid: str, callback: Callable[[dict], None]) -> Callable[[], None]:
+        """Call ``callback(event_dict)`` for each event of the session; returns an unsubscribe function."""
+        if not callable(callback):
+            raise InvalidRequest("callback must be callable")
+        entry = self._entry(sid)
+        with entry.lock:
+            entry.subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            with entry.lock:
+                if callback in entry.subscribers:
+                    entry.subscribers.remove(callback)
+
+        return unsubscribe
+
+    def _emit(self, entry: _Entry, event: dict) -> None:
+        with entry.lock:
+            subscribers = list(entry.subscribers)
+        event.setdefault("session_id", entry.sid)
+        for callback in subscribers:
+            try:
+                callback(dict(event))
+            except Exception:  # noqa: BLE001 - one subscriber cannot break the others
+                logger.exception("session %s: event subscriber failed", entry.sid)
+
+    def _refresh_snapshot(self, entry: _Entry, force: bool = False) -> None:
+        """Cache the session's stats (on the worker, so readers never wait for the model)."""
+        now = time.monotonic()
+        session = entry.session
+        if session is None or (not force and now - entry.snapshot_at < 0.25):
+            return
+        try:
+            snap = session.stats()
+            history = session.kept_history()[-2000:]
+        except SessionError:
+            return
+        with entry.lock:
+            entry.snapshot, entry.snapshot_at, entry.kept_history = snap, now, history
+
+    def kept_history(self, sid: str) -> list[tuple[float, float]]:
+        """``[(pts, kept_ratio)]`` of recent frames (at most 2000; cached, never waits for the model)."""
+        entry = self._entry(sid)
+        with entry.lock:
+            return list(entry.kept_history)
+
+    def stats(self, sid: str) -> dict:
+        """The session's statistics (never waits for the model).
+
+        Keys: the session's own stats (``frames``, ``kept_ratio``, ``memory_bytes`` {window, ram,
+        disk}, ``bank_chunks``, ``encode_ms_per_step``, ... as of the last model step; absent until
+        the session is built), plus ``ingest`` {``frames_submitted``, ``frames_accepted``,
+        ``frames_processed``, ``frame_errors``, ``fps`` (processed per second, last 2 s), ``lag_s``
+        (processing start minus frame arrival, last frame), ``last_pts``, ``dropped`` {``rate_limit``,
+        ``backlog``, ``source`` (dropped inside a pulled source's sampler)}, ``dropped_total``},
+        ``watch`` {``rules``, ``checks``, ``alerts``}, ``answers``, ``answering``, ``source``
+        (:meth:`source_progress` plus the pulled source's ingest stats) and ``scheduler``
+        (the session's pending work; the worker's busy fraction).
+        """
+        entry = self._entry(sid)
+        now = time.monotonic()
+        with entry.lock:
+            while entry.processed_at and entry.processed_at[0] < now - FPS_WINDOW_S:
+                entry.processed_at.popleft()
+            fps = len(entry.processed_at) / FPS_WINDOW_S
+            c = dict(entry.counters)
+            dropped = dict(entry.dropped)
+            snap = dict(entry.snapshot or {})
+            runner = entry.source
+            job = entry.answer
+            lag, last_pts = entry.lag_s, entry.last_pts
+        source = None
+        if runner is not None:
+            source = runner.progress()
+            ing = runner.sampler.stats()
+            dropped["source"] = ing.dropped
+            source["ingest"] = {"decoded": ing.decoded, "sampled": ing.sampled, "delivered": ing.delivered,
+                                "dropped": ing.dropped, "decode_errors": ing.decode_errors, "lag_s": ing.lag_s,
+                                "fps": ing.fps, "reconnects": ing.reconnects, "reconnecting": ing.reconnecting,
+                                "gaps": len(ing.gaps)}
+        else:
+            dropped["source"] = 0
+        sched = self.scheduler.stats()
+        return {
+            "session_id": sid,
+            **snap,
+            "ingest": {
+                "frames_submitted": c["frames_submitted"],
+                "frames_accepted": c["frames_accepted"],
+                "frames_processed": c["frames_processed"],
+                "frame_errors": c["frame_errors"],
+                "fps": round(fps, 3),
+                "lag_s": round(lag, 4),
+                "last_pts": last_pts,
+                "dropped": dropped,
+                "dropped_total": sum(dropped.values()),
+            },
+            "texts": c["texts"],
+            "answers": c["answers"],
+            "answering": job is not None and not job.future.done(),
+            "watch": {"rules": len(entry.session.rules()) if entry.session is not None else 0,
+                      "checks": c["watch_checks"], "alerts": c["alerts"]},
+            "source": source,
+            "scheduler": {"pending": self.scheduler.pending(sid), "busy_fraction": sched["busy_fraction"],
+                          "running": sched["running"]},
+        }
+
+    def manager_stats(self) -> dict:
+        """Process-wide counters: sessions, scheduler."""
+        with self._lock:
+            out = {"sessions": len(self._entries), **self._counters}
+        out["scheduler"] = self.scheduler.stats()
+        return out
+
+    def _housekeeping(self) -> None:
+        tick = min(0.5, self.config.stats_interval_s / 2)
+        while not self._stop.wait(tick):
+            now = time.monotonic()
+            with self._lock:
+                entries = list(self._entries.values())
+            for entry in entries:
+                if entry.closed:
+                    continue
+                busy = entry.answer is not None and not entry.answer.future.done()
+                pulling = entry.source is not None and not entry.source.finished
+                if not busy and not pulling and now - entry.last_active > self.config.session_ttl_s:
+                    with self._lock:
+                        self._counters["sessions_expired"] += 1
+                    logger.info("session %s expired after %.0f s idle", entry.sid, now - entry.last_active)
+                    self.close_session(entry.sid, reason="expired")
+                    continue
+                if entry.stats_dirty and now - entry.stats_sent_at >= self.config.stats_interval_s:
+                    entry.stats_dirty = False
+                    entry.stats_sent_at = now
+                    try:
+                        stats = self.stats(entry.sid)
+                    except UnknownSession:
+                        continue
+                    self._emit(entry, {"type": "input_video.stats", "stats": stats})
+
+    # ---- shutdown ----------------------------------------------------------------------------------
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Close every session, stop every source and the worker (waits ``timeout`` s at most for a
+        running model step). Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            entries = list(self._entries.values())
+        self._stop.set()
+        for entry in entries:
+            if entry.answer is not None:
+                entry.answer.cancel.set()
+            if entry.source is not None:
+                entry.source._stop.set()
+        self.scheduler.shutdown(timeout=timeout)
+        for entry in entries:
+            self.close_session(entry.sid, reason="server shutdown")
+        if threading.current_thread() is not self._housekeeper:
+            self._housekeeper.join(2.0)
+        logger.info("session manager shut down")
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> "SessionManager":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()

@@ -1,0 +1,394 @@
+"""The websocket API's wire format: event schema, validation, error codes and the binary frame header.
+
+Every JSON message is one event object ``{"type": ..., "event_id": ...}``. Client events are
+validated here into :class:`ClientEvent` (unknown extra fields are ignored, so clients may send
+more than this version reads); server events are built with :func:`server_event`. This module
+does no I/O and knows nothing of sessions or sockets.
+
+Binary frame messages (a video frame without base64)::
+
+    offset  size  field
+    0       4     magic b"LSF1"
+    4       4     flags, uint32 little-endian (bit 0: the pts field is set; other bits must be 0)
+    8       8     pts, float64 little-endian, seconds of stream time (ignored without flag bit 0)
+    16      ...   the image: JPEG or PNG bytes (WebP and BMP also decode)
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import struct
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+#: Magic bytes that open a binary frame message.
+FRAME_MAGIC = b"LSF1"
+#: magic, flags (uint32), pts (float64), little-endian: 16 bytes.
+FRAME_HEADER = struct.Struct("<4sId")
+#: Flag bit 0: the header's pts is set.
+FLAG_PTS = 0x1
+KNOWN_FLAGS = FLAG_PTS
+
+#: Every error code an ``error`` event may carry.
+ERROR_CODES = (
+    "invalid_json",          # a text message that is not a JSON object
+    "invalid_event",         # a known event with missing/wrong fields, or a request the session cannot take
+    "unknown_event_type",    # a "type" this server does not know
+    "message_too_large",     # a text message over the message limit (the connection stays open)
+    "frame_too_large",       # an image over max_frame_bytes, or wider/taller than max_frame_side
+    "bad_image",             # image bytes (or base64) that do not decode
+    "rate_limited",          # frames over the per-session fps limit were dropped
+    "invalid_config",        # a session setting that is unknown, out of range, or fixed once input started
+    "source_error",          # a server-pulled source failed (error.source_error names its class)
+    "scheme_not_allowed",    # input_source.set with a scheme (or local file) the server does not admit
+    "response_in_progress",  # response.create while an answer is still running
+    "unauthorized",          # (handshake) a missing or wrong bearer token: HTTP 401
+    "session_limit",         # the server holds max_sessions sessions already
+    "internal_error",        # a server fault; the message says what failed
+)
+
+CLIENT_EVENT_TYPES = (
+    "session.update",
+    "session.stats",
+    "input_source.set",
+    "input_source.stop",
+    "input_video.append",
+    "input_text.append",
+    "conversation.item.create",
+    "response.create",
+    "response.cancel",
+    "watch.create",
+    "watch.delete",
+)
+
+SERVER_EVENT_TYPES = (
+    "session.created", "session.updated", "session.closed",
+    "input_source.started", "input_source.ended", "input_source.error", "input_source.gap",
+    "input_text.committed", "input_video.stats",
+    "conversation.item.created",
+    "response.created", "response.output_text.delta", "response.output_text.done", "response.done",
+    "watch.created", "watch.deleted", "alert.triggered",
+    "error",
+)
+
+MAX_EVENT_ID_CHARS = 128
+
+
+class ProtocolError(Exception):
+    """A client message that breaks the protocol; becomes an ``error`` event with ``code``.
+
+    Attributes:
+        code: one of :data:`ERROR_CODES`.
+        event_id: the offending client event's id, when known.
+        extra: more fields for the error object (e.g. ``param``).
+    """
+
+    def __init__(self, code: str, message: str, event_id: str | None = None, **extra: Any) -> None:
+        if code not in ERROR_CODES:
+            raise ValueError(f"unknown error code {code!r}")
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.event_id = event_id
+        self.extra = extra
+
+
+@dataclass(frozen=True)
+class ClientEvent:
+    """A validated client event: its ``type``, optional ``event_id`` and normalised fields."""
+
+    type: str
+    event_id: str | None
+    data: dict[str, Any]
+
+
+# --------------------------------------------------------------------------- server events
+
+def new_id(prefix: str) -> str:
+    """A fresh id such as ``evt_3f2a...`` (prefix + 16 hex digits)."""
+    return f"{prefix}_{uuid.uuid4().hex[:16]}"
+
+
+def server_event(type_: str, *, reply_to: str | None = None, **fields: Any) -> dict[str, Any]:
+    """``{"type": type_, "event_id": "evt_...", **fields}`` (+ ``reply_to`` when answering a client event)."""
+    event = {"type": type_, "event_id": new_id("evt")}
+    if reply_to is not None:
+        event["reply_to"] = reply_to
+    event.update(fields)
+    return event
+
+
+def error_event(code: str, message: str, event_id: str | None = None, **extra: Any) -> dict[str, Any]:
+    """An ``error`` event; ``event_id`` is the client event it concerns (None for binary frames)."""
+    if code not in ERROR_CODES:
+        raise ValueError(f"unknown error code {code!r}")
+    return server_event("error", error={"code": code, "message": message, "event_id": event_id, **extra})
+
+
+def dumps(event: dict[str, Any]) -> str:
+    """Serialise a server event (NaN/inf become null, as JSON has neither)."""
+    return json.dumps(_finite(event), separators=(",", ":"), allow_nan=False)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+# --------------------------------------------------------------------------- client events
+
+def parse_message(text: str) -> ClientEvent:
+    """Parse and validate one JSON text message.
+
+    Raises:
+        ProtocolError: ``invalid_json``, ``unknown_event_type`` or ``invalid_event`` (naming the field).
+    """
+    try:
+        obj = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise ProtocolError("invalid_json", f"the message is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("invalid_json", f"a message must be a JSON object, got {type(obj).__name__}")
+    event_id = obj.get("event_id")
+    if event_id is not None and (not isinstance(event_id, str) or len(event_id) > MAX_EVENT_ID_CHARS):
+        raise ProtocolError("invalid_event", f"event_id must be a string of at most {MAX_EVENT_ID_CHARS} characters",
+                            None, param="event_id")
+    type_ = obj.get("type")
+    if not isinstance(type_, str) or not type_:
+        raise ProtocolError("invalid_event", "a message needs a string field 'type'", event_id, param="type")
+    validator = _VALIDATORS.get(type_)
+    if validator is None:
+        raise ProtocolError("unknown_event_type", f"unknown event type {type_[:80]!r}; known: {', '.join(CLIENT_EVENT_TYPES)}",
+                            event_id)
+    return ClientEvent(type_, event_id, validator(obj, event_id))
+
+
+def _bad(event_id: str | None, param: str, message: str) -> ProtocolError:
+    return ProtocolError("invalid_event", message, event_id, param=param)
+
+
+def _str(obj: dict, key: str, event_id: str | None, *, required: bool = True, max_len: int | None = None,
+         where: str = "") -> str | None:
+    value = obj.get(key)
+    name = f"{where}{key}"
+    if value is None:
+        if required:
+            raise _bad(event_id, name, f"missing required field '{name}' (a string)")
+        return None
+    if not isinstance(value, str):
+        raise _bad(event_id, name, f"field '{name}' must be a string, got {type(value).__name__}")
+    if required and not value.strip():
+        raise _bad(event_id, name, f"field '{name}' must not be empty")
+    if max_len is not None and len(value) > max_len:
+        raise _bad(event_id, name, f"field '{name}' is limited to {max_len} characters, got {len(value)}")
+    return value
+
+
+def _num(obj: dict, key: str, event_id: str | None, *, lo: float, hi: float, where: str = "",
+         integer: bool = False, lo_open: bool = False) -> float | int | None:
+    value = obj.get(key)
+    name = f"{where}{key}"
+    if value is None:
+        return None
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and integer:
+        ok = isinstance(value, int)
+    if ok:
+        ok = (value > lo if lo_open else value >= lo) and value <= hi
+    if not ok:
+        kind = "an integer" if integer else "a number"
+        raise _bad(event_id, name, f"field '{name}' must be {kind} in {'(' if lo_open else '['}{lo:g}, {hi:g}]; got {value!r}")
+    return value
+
+
+def _bool(obj: dict, key: str, event_id: str | None, where: str = "") -> bool | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, bool):
+        raise _bad(event_id, f"{where}{key}", f"field '{where}{key}' must be true or false, got {value!r}")
+    return value
+
+
+def content_text(content: Any, event_id: str | None, where: str) -> str:
+    """The text of a content list ``[{"type": "input_text", "text": ...}, ...]`` (joined by newlines)."""
+    if isinstance(content, str):
+        if not content.strip():
+            raise _bad(event_id, where, f"field '{where}' must not be empty")
+        return content
+    if not isinstance(content, list) or not content:
+        raise _bad(event_id, where, f"field '{where}' must be a non-empty list of {{\"type\": \"input_text\", \"text\": ...}} parts")
+    texts = []
+    for i, part in enumerate(content):
+        name = f"{where}[{i}]"
+        if not isinstance(part, dict) or part.get("type") != "input_text":
+            raise _bad(event_id, f"{name}.type", f"'{name}' must be an object with type \"input_text\"")
+        texts.append(_str(part, "text", event_id, where=f"{name}."))
+    return "\n".join(texts)
+
+
+def _v_session_update(obj: dict, eid: str | None) -> dict:
+    session = obj.get("session")
+    if not isinstance(session, dict):
+        raise _bad(eid, "session", "session.update needs an object field 'session' with the settings to change")
+    return {"session": dict(session)}
+
+
+def _v_empty(obj: dict, eid: str | None) -> dict:
+    return {}
+
+
+def _v_source_set(obj: dict, eid: str | None) -> dict:
+    return {"url": _str(obj, "url", eid, max_len=4096),
+            "fps": _num(obj, "fps", eid, lo=0, hi=1000, lo_open=True),
+            "realtime": _bool(obj, "realtime", eid)}
+
+
+def _v_video_append(obj: dict, eid: str | None) -> dict:
+    return {"image": _str(obj, "image", eid), "pts": _num(obj, "pts", eid, lo=0, hi=1e12)}
+
+
+def _v_text_append(obj: dict, eid: str | None) -> dict:
+    return {"text": _str(obj, "text", eid, max_len=4000), "pts": _num(obj, "pts", eid, lo=0, hi=1e12)}
+
+
+def _v_item_create(obj: dict, eid: str | None) -> dict:
+    item = obj.get("item")
+    if not isinstance(item, dict):
+        raise _bad(eid, "item", "conversation.item.create needs an object field 'item'")
+    if item.get("type", "message") != "message":
+        raise _bad(eid, "item.type", "only items of type \"message\" are supported")
+    if item.get("role") != "user":
+        raise _bad(eid, "item.role", "item.role must be \"user\"")
+    return {"text": content_text(item.get("content"), eid, "item.content")}
+
+
+def _v_response_create(obj: dict, eid: str | None) -> dict:
+    response = obj.get("response", {})
+    if response is None:
+        response = {}
+    if not isinstance(response, dict):
+        raise _bad(eid, "response", "field 'response' must be an object")
+    text = None
+    if response.get("input") is not None:
+        text = content_text(response["input"], eid, "response.input")
+    return {"input": text,
+            "max_output_tokens": _num(response, "max_output_tokens", eid, lo=1, hi=4096, integer=True, where="response."),
+            "top_k": _num(response, "top_k", eid, lo=0, hi=4096, integer=True, where="response.")}
+
+
+def _v_watch_create(obj: dict, eid: str | None) -> dict:
+    rule = obj.get("rule")
+    if isinstance(rule, dict):
+        return {"rule": _str(rule, "text", eid, max_len=500, where="rule.")}
+    return {"rule": _str(obj, "rule", eid, max_len=500)}
+
+
+def _v_watch_delete(obj: dict, eid: str | None) -> dict:
+    return {"rule_id": _str(obj, "rule_id", eid, max_len=64)}
+
+
+_VALIDATORS = {
+    "session.update": _v_session_update,
+    "session.stats": _v_empty,
+    "input_source.set": _v_source_set,
+    "input_source.stop": _v_empty,
+    "input_video.append": _v_video_append,
+    "input_text.append": _v_text_append,
+    "conversation.item.create": _v_item_create,
+    "response.create": _v_response_create,
+    "response.cancel": _v_empty,
+    "watch.create": _v_watch_create,
+    "watch.delete": _v_watch_delete,
+}
+
+
+# --------------------------------------------------------------------------- frames
+
+def pack_frame(image: bytes, pts: float | None = None) -> bytes:
+    """A binary frame message: the 16-byte header, then ``image`` (JPEG/PNG bytes)."""
+    if not isinstance(image, (bytes, bytearray, memoryview)):
+        raise TypeError(f"image must be bytes, got {type(image).__name__}")
+    if pts is not None and (not math.isfinite(pts) or pts < 0):
+        raise ValueError(f"pts must be a finite number of seconds >= 0; got {pts!r}")
+    flags = FLAG_PTS if pts is not None else 0
+    return FRAME_HEADER.pack(FRAME_MAGIC, flags, float(pts or 0.0)) + bytes(image)
+
+
+def unpack_frame(data: bytes) -> tuple[float | None, bytes]:
+    """``(pts or None, image bytes)`` of a binary frame message.
+
+    Raises:
+        ProtocolError: ``invalid_event`` for a short message, a wrong magic, unknown flags or a bad pts.
+    """
+    if len(data) <= FRAME_HEADER.size:
+        raise ProtocolError("invalid_event", f"a binary frame message needs the {FRAME_HEADER.size}-byte header "
+                                             f"and image bytes; got {len(data)} bytes")
+    magic, flags, pts = FRAME_HEADER.unpack_from(data)
+    if magic != FRAME_MAGIC:
+        raise ProtocolError("invalid_event", f"a binary message must start with {FRAME_MAGIC!r}; got {bytes(magic)!r}")
+    if flags & ~KNOWN_FLAGS:
+        raise ProtocolError("invalid_event", f"unknown frame flags 0x{flags:x} (known: 0x{KNOWN_FLAGS:x})")
+    if flags & FLAG_PTS:
+        if not math.isfinite(pts) or pts < 0 or pts > 1e12:
+            raise ProtocolError("invalid_event", f"frame pts must be a finite number of seconds in [0, 1e12]; got {pts!r}")
+        return float(pts), bytes(data[FRAME_HEADER.size:])
+    return None, bytes(data[FRAME_HEADER.size:])
+
+
+def decode_base64_image(text: str, max_bytes: int, event_id: str | None = None) -> bytes:
+    """The bytes of a base64 image (a ``data:image/...;base64,`` prefix is allowed).
+
+    Raises:
+        ProtocolError: ``frame_too_large`` beyond ``max_bytes`` decoded bytes; ``bad_image`` for bad base64.
+    """
+    if text.startswith("data:"):
+        head, _, text = text.partition(",")
+        if ";base64" not in head:
+            raise ProtocolError("bad_image", "a data: URL image must be base64-encoded", event_id)
+    if len(text) // 4 * 3 > max_bytes + 3:
+        raise ProtocolError("frame_too_large", f"the image is about {len(text) // 4 * 3} bytes; the limit is "
+                                               f"{max_bytes} bytes (max_frame_bytes)", event_id)
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ProtocolError("bad_image", f"field 'image' is not valid base64: {exc}", event_id) from None
+    if len(data) > max_bytes:
+        raise ProtocolError("frame_too_large", f"the image is {len(data)} bytes; the limit is {max_bytes} bytes "
+                                               "(max_frame_bytes)", event_id)
+    return data
+
+
+# --------------------------------------------------------------------------- answers
+
+def response_status(stop_reason: str) -> str:
+    """``eos`` -> ``completed``, ``max_tokens`` -> ``incomplete``, ``cancelled`` -> ``cancelled``."""
+    return {"eos": "completed", "max_tokens": "incomplete", "cancelled": "cancelled"}.get(stop_reason, "completed")
+
+
+def response_object(response_id: str, answer, *, with_thumbnails: bool = False) -> dict[str, Any]:
+    """The ``response`` object of ``response.done`` for a finished :class:`~app.session_types.Answer`."""
+    status = response_status(answer.stop_reason)
+    out = {
+        "id": response_id,
+        "object": "response",
+        "status": status,
+        "stop_reason": answer.stop_reason,
+        "question": answer.question,
+        "output_text": answer.text,
+        "asked_at": answer.asked_at,
+        "evidence": [e.to_dict(with_thumbnails) for e in answer.evidence],
+        "usage": dict(answer.usage),
+    }
+    if status == "incomplete":
+        out["status_details"] = {"reason": "max_output_tokens"}
+    return out

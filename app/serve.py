@@ -1,0 +1,165 @@
+"""Process wiring of ``livesight serve``: load the model (with a fallback), start the session
+manager, the websocket API and the Gradio page, and shut everything down cleanly.
+
+The page comes from ``ui.page.launch(manager, host=..., port=...)``; when ``ui.page`` is not part
+of this build the websocket API is served alone and the log says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from .config import ConfigError
+from .manager import ManagerConfig, SessionManager
+from .ws_server import ServerConfig, WebSocketServer
+
+logger = logging.getLogger(__name__)
+
+FALLBACK_MODEL = "tiny-smolvlm"
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """Everything ``livesight serve`` needs.
+
+    Attributes:
+        model, device, dtype, quantization: what :func:`app.backends.registry.load_backend` loads.
+        fallback_model: loaded when ``model`` is not available (None: fail instead).
+        offline: never try the network for weights (sets ``HF_HUB_OFFLINE=1`` before loading).
+        host: interface of the page and the websocket API. Beyond loopback the API needs ``token``.
+        port: the page's port; ws_port: the websocket API's port (0 = any free port). [0, 65535]
+        token: the websocket API's bearer token (None: none; loopback only).
+        ui: serve the Gradio page too.
+        manager: the session manager's limits and session defaults.
+    """
+
+    model: str
+    device: str = "cpu"
+    dtype: str = "float32"
+    quantization: Any = None
+    fallback_model: str | None = FALLBACK_MODEL
+    offline: bool = False
+    host: str = "127.0.0.1"
+    port: int = 7860
+    ws_port: int = 8765
+    token: str | None = None
+    ui: bool = True
+    manager: ManagerConfig = field(default_factory=ManagerConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("port", "ws_port"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+                raise ConfigError(f"{name} must be an integer in [0, 65535]; got {value!r}")
+        if self.ui and self.port == self.ws_port and self.port != 0:
+            raise ConfigError(f"port and ws_port must differ (both {self.port})")
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise ConfigError("model must be a non-empty name, directory or hub id")
+
+
+def load_backend_with_fallback(model: str, *, device: str = "cpu", dtype: str = "float32", quantization=None,
+                               fallback: str | None = FALLBACK_MODEL):
+    """Load ``model``; when it cannot be had (not cached and no network) load ``fallback`` instead.
+
+    Returns:
+        ``(backend, notice)``: ``notice`` is a sentence for users when the answers will not be
+        meaningful (the fallback, or any model with random weights), else None.
+
+    Raises:
+        BackendError: ``model`` failed for another reason, or the fallback failed too.
+    """
+    from .backends.base import ModelNotAvailable
+    from .backends.registry import load_backend
+
+    try:
+        backend = load_backend(model, device=device, dtype=dtype, quantization=quantization)
+    except (ModelNotAvailable, OSError) as exc:
+        if fallback is None or fallback == model:
+            raise
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        notice = (f"The model {model} could not be loaded ({reason}). LiveSight fell back to {fallback}, a tiny model "
+                  "with random weights: its answers are not meaningful.")
+        logger.warning("%s", notice)
+        backend = load_backend(fallback, device=device, dtype="float32")
+        return backend, notice
+    if backend.spec.random_weights:
+        notice = f"{backend.spec.name} has random weights: its answers are not meaningful."
+        logger.warning("%s", notice)
+        return backend, notice
+    return backend, None
+
+
+def _launch_page(manager: SessionManager, host: str, port: int) -> bool:
+    """Start the Gradio page. Returns False when ``ui.page`` is missing from this build."""
+    try:
+        from ui.page import launch
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("ui", "ui.page"):
+            raise
+        logger.warning("the page (ui.page) is not part of this build; serving the websocket API only")
+        return False
+    launch(manager, host=host, port=port)
+    return True
+
+
+def _interrupt(stop: threading.Event):
+    """A SIGINT/SIGTERM handler: set ``stop`` and interrupt the main thread (also a page's blocking loop).
+
+    Installed explicitly because a server started in the background by a non-interactive shell
+    inherits SIGINT as ignored."""
+
+    def handler(signum, frame) -> None:
+        stop.set()
+        raise KeyboardInterrupt
+
+    return handler
+
+
+def run_server(opts: ServeOptions, *, out: TextIO = sys.stdout, stop: threading.Event | None = None) -> int:
+    """Serve until Ctrl-C, SIGTERM or ``stop`` is set; returns an exit status.
+
+    Prints where the API (and page) listen on ``out``. Everything shuts down cleanly on the way out.
+    """
+    if opts.offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    # Check the server settings before the (slow) model load.
+    server_config = ServerConfig(host=opts.host, port=opts.ws_port, token=opts.token)
+    backend, notice = load_backend_with_fallback(opts.model, device=opts.device, dtype=opts.dtype,
+                                                 quantization=opts.quantization, fallback=opts.fallback_model)
+    stop = stop or threading.Event()
+    manager = SessionManager(backend, opts.manager, model_notice=notice)
+    server = WebSocketServer(manager, server_config)
+    previous = None
+    try:
+        server.start()
+        out.write(f"model: {backend.spec.name}" + (f"  ({notice})" if notice else "") + "\n")
+        out.write(f"websocket API: {server.url}" + ("  (bearer token required)" if opts.token else "") + "\n")
+        out.flush()
+        if threading.current_thread() is threading.main_thread():
+            previous = {sig: signal.signal(sig, _interrupt(stop)) for sig in (signal.SIGINT, signal.SIGTERM)}
+        if opts.ui:
+            if _launch_page(manager, opts.host, opts.port):
+                out.write(f"page: http://{opts.host}:{opts.port}\n")
+                out.flush()
+        out.write("ready (Ctrl-C stops)\n")
+        out.flush()
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        logger.info("shutting down")
+        server.stop()
+        manager.shutdown()
+        backend.close()
+        for sig, handler in (previous or {}).items():
+            signal.signal(sig, handler)
+        out.write("stopped\n")
+        out.flush()
+    return 0

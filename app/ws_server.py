@@ -1,0 +1,643 @@
+"""The websocket API: one connection = one session, JSON events plus binary frames.
+
+Built on the ``websockets`` asyncio server (v17 API). All model work goes through the
+:class:`~app.manager.SessionManager` (its scheduler thread); this module only speaks the protocol
+(:mod:`app.protocol`), enforces message limits, authenticates the handshake and paces outgoing
+events. Blocking manager calls (opening a source, building a session) run in worker threads so the
+event loop keeps serving every connection.
+
+Outgoing events per connection go through a bounded outbox: ``input_video.stats`` events are
+merged (only the newest waits), everything else (answer deltas, errors, alerts) is kept in order;
+a client that lets ``send_queue`` events pile up is disconnected (close code 1013).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import hmac
+import ipaddress
+import logging
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from .config import ConfigError
+from .manager import (
+    FrameTooLarge,
+    InvalidRequest,
+    ManagerError,
+    ResponseInProgress,
+    SessionLimit,
+    SessionManager,
+    UnknownSession,
+)
+from .protocol import (
+    ClientEvent,
+    ProtocolError,
+    decode_base64_image,
+    dumps,
+    error_event,
+    new_id,
+    parse_message,
+    response_object,
+    server_event,
+    unpack_frame,
+    FRAME_HEADER,
+)
+from .session_types import SessionError
+
+logger = logging.getLogger(__name__)
+
+#: Session settings a remote client may not set unless the server allows file access: they name
+#: server-side paths.
+SERVER_PATH_FIELDS = frozenset({"memory_dir", "persist"})
+#: Connection-level settings accepted by ``session.update`` besides SessionConfig fields.
+CONNECTION_FIELDS = frozenset({"evidence_thumbnails"})
+
+
+class ServerConfigError(ConfigError):
+    """A server setting is invalid (e.g. listening beyond loopback without a token)."""
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Where and how the websocket API listens.
+
+    Attributes:
+        host: interface to listen on. Anything but loopback needs ``token``.
+        port: TCP port (0 = any free port; :attr:`WebSocketServer.port` tells which). [0, 65535]
+        token: bearer token every connection must present (``Authorization: Bearer <token>`` or
+            ``?token=<token>``); None = no auth, allowed on loopback only. At least 8 characters.
+        max_message_bytes: largest JSON text message; None = enough for a base64 frame of
+            ``max_frame_bytes`` plus 64 KiB. Larger ones get ``message_too_large`` and the connection
+            stays open. [1024, 1 GiB]
+        hard_max_bytes: messages beyond this close the connection (1009); None = 2x the larger of the
+            message and binary-frame limits. Must be >= both. [1024, 4 GiB]
+        send_queue: outgoing events held for a slow client before it is disconnected (stats events
+            are merged and do not count up). [16, 1_000_000]
+        ping_interval_s: keepalive ping interval (None: off). (0, 3600]
+        rate_limit_error_interval_s: at most one ``rate_limited`` error per this many seconds per
+            connection (every drop is counted in the stats). [0, 3600]
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    token: str | None = None
+    max_message_bytes: int | None = None
+    hard_max_bytes: int | None = None
+    send_queue: int = 4096
+    ping_interval_s: float | None = 20.0
+    rate_limit_error_interval_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.host, str) or not self.host.strip():
+            raise ServerConfigError(f"host must be a non-empty string; got {self.host!r}")
+        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
+            raise ServerConfigError(f"port must be an integer in [0, 65535]; got {self.port!r}")
+        if self.token is not None and (not isinstance(self.token, str) or len(self.token) < 8 or not self.token.isprintable()
+                                       or " " in self.token):
+            raise ServerConfigError("token must be a string of at least 8 printable characters without spaces")
+        if self.token is None and not is_loopback(self.host):
+            raise ServerConfigError(f"listening on {self.host!r} (beyond loopback) needs a token: pass --token "
+                                    "(or LIVESIGHT_TOKEN); without one, listen on 127.0.0.1")
+        for name, hi in (("max_message_bytes", 2**30), ("hard_max_bytes", 2**32)):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1024 <= value <= hi):
+                raise ServerConfigError(f"{name} must be an integer in [1024, {hi}] or None; got {value!r}")
+        if isinstance(self.send_queue, bool) or not isinstance(self.send_queue, int) or not 16 <= self.send_queue <= 1_000_000:
+            raise ServerConfigError(f"send_queue must be an integer in [16, 1000000]; got {self.send_queue!r}")
+        if self.ping_interval_s is not None and not (isinstance(self.ping_interval_s, (int, float))
+                                                     and 0 < self.ping_interval_s <= 3600):
+            raise ServerConfigError(f"ping_interval_s must be a number in (0, 3600] or None; got {self.ping_interval_s!r}")
+        if not isinstance(self.rate_limit_error_interval_s, (int, float)) or not 0 <= self.rate_limit_error_interval_s <= 3600:
+            raise ServerConfigError("rate_limit_error_interval_s must be a number in [0, 3600]; "
+                                    f"got {self.rate_limit_error_interval_s!r}")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The byte limits in force (derived from :class:`ServerConfig` and the manager's ``max_frame_bytes``)."""
+
+    max_message_bytes: int
+    max_frame_bytes: int
+    max_binary_bytes: int
+    hard_max_bytes: int
+
+    @classmethod
+    def derive(cls, server: ServerConfig, max_frame_bytes: int) -> "Limits":
+        message = server.max_message_bytes or (math.ceil(max_frame_bytes / 3) * 4 + 64 * 1024)
+        binary = max_frame_bytes + FRAME_HEADER.size
+        hard = server.hard_max_bytes or 2 * max(message, binary)
+        if hard < max(message, binary):
+            raise ServerConfigError(f"hard_max_bytes ({hard}) must be at least the message limit ({message}) and the "
+                                    f"binary frame limit ({binary})")
+        return cls(message, max_frame_bytes, binary, hard)
+
+
+def error_for(exc: BaseException, event_id: str | None) -> dict[str, Any]:
+    """The ``error`` event for an exception raised while serving a client event."""
+    from streaming.errors import SchemeNotAllowed, SourceError
+
+    if isinstance(exc, ProtocolError):
+        return error_event(exc.code, exc.message, exc.event_id if exc.event_id is not None else event_id, **exc.extra)
+    if isinstance(exc, SchemeNotAllowed):
+        return error_event("scheme_not_allowed", str(exc), event_id, scheme=exc.scheme, allowed=list(exc.allowed))
+    if isinstance(exc, SourceError):
+        return error_event("source_error", str(exc), event_id, source_error=type(exc).__name__)
+    if isinstance(exc, ConfigError):
+        return error_event("invalid_config", str(exc), event_id)
+    if isinstance(exc, FrameTooLarge):
+        return error_event("frame_too_large", str(exc), event_id)
+    if isinstance(exc, ResponseInProgress):
+        return error_event("response_in_progress", str(exc), event_id)
+    if isinstance(exc, SessionLimit):
+        return error_event("session_limit", str(exc), event_id)
+    if isinstance(exc, (InvalidRequest, SessionError, ValueError)):
+        return error_event("invalid_event", str(exc), event_id)
+    logger.error("internal error while serving %s", event_id, exc_info=exc)
+    return error_event("internal_error", f"{type(exc).__name__}: {exc}", event_id)
+
+
+# --------------------------------------------------------------------------- per-connection
+
+class _Outbox:
+    """Outgoing events of one connection: ordered, stats merged, bounded."""
+
+    MERGED = "input_video.stats"
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._items: deque[dict] = deque()
+        self._stats: dict | None = None  # the queued stats event (merged in place)
+        self._ready = asyncio.Event()
+        self.overflow = False
+        self.merged = 0
+
+    def put(self, event: dict) -> None:
+        if event.get("type") == self.MERGED and event.get("reply_to") is None:
+            if self._stats is not None:
+                self._stats.clear()
+                self._stats.update(event)
+                self.merged += 1
+                return
+            self._stats = event
+        self._items.append(event)
+        if len(self._items) > self.limit:
+            self.overflow = True
+        self._ready.set()
+
+    async def get(self) -> dict:
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        event = self._items.popleft()
+        if event is self._stats:
+            self._stats = None
+        return event
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class _Connection:
+    """State of one websocket connection and its session."""
+
+    def __init__(self, server: "WebSocketServer", ws, sid: str) -> None:
+        self.server = server
+        self.ws = ws
+        self.sid = sid
+        self.loop = asyncio.get_running_loop()
+        self.outbox = _Outbox(server.config.send_queue)
+        self.thumbnails = False
+        self.items: list[str] = []  # user message texts waiting for response.create
+        self.frame_index = 0
+        self.t0 = time.time()
+        self.last_pts: float | None = None
+        self.last_rate_error = -math.inf
+        self.closing = False
+        self.response_id: str | None = None
+
+    # events from manager threads
+    def from_thread(self, event: dict) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.push, event)
+        except RuntimeError:  # the loop is closed: the connection is gone
+            pass
+
+    def on_manager_event(self, event: dict) -> None:
+        kind = event.get("type")
+        if kind == "error":
+            err = event.get("error", {})
+            event = error_event(err.get("code", "internal_error"), err.get("message", ""), None)
+        else:
+            event = {"type": kind, "event_id": new_id("evt"), **{k: v for k, v in event.items() if k != "type"}}
+        self.from_thread(event)
+        if kind == "session.closed" and event.get("reason") not in ("disconnected",):
+            self.from_thread({"type": "_close", "reason": event.get("reason", "closed")})
+
+    def push(self, event: dict) -> None:
+        """Queue an event (event-loop thread only). ``_finish`` turns a finished answer future into
+        its closing events here, so they follow every delta already queued."""
+        if self.closing:
+            return
+        if event.get("type") == "_finish":
+            for e in self.server._finish_events(self, event["future"], event["rid"], event["parts"], event["event_id"]):
+                self.outbox.put(e)
+            return
+        self.outbox.put(event)
+
+    async def send_loop(self) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            while True:
+                event = await self.outbox.get()
+                if self.outbox.overflow:
+                    logger.warning("session %s: client reads too slowly (%d events waiting); disconnecting",
+                                   self.sid, len(self.outbox))
+                    self.closing = True
+                    await self.ws.close(1013, "client too slow: outgoing event queue full")
+                    return
+                if event.get("type") == "_close":
+                    self.closing = True
+                    await self.ws.close(1000, f"session {event['reason']}"[:120])
+                    return
+                await self.ws.send(dumps(event))
+        except ConnectionClosed:
+            return
+
+
+# --------------------------------------------------------------------------- the server
+
+class WebSocketServer:
+    """The websocket API over a :class:`SessionManager`.
+
+    Use :meth:`start` / :meth:`stop` to run it in a background thread with its own event loop, or
+    ``await serve()`` inside an existing loop.
+
+    Raises:
+        ServerConfigError: (at construction) a non-loopback host without a token, bad limits.
+    """
+
+    def __init__(self, manager: SessionManager, config: ServerConfig | None = None) -> None:
+        self.manager = manager
+        self.config = config if config is not None else ServerConfig()
+        self.limits = Limits.derive(self.config, manager.config.max_frame_bytes)
+        self._server = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._connections: set[_Connection] = set()
+        self._counters = {"connections": 0, "rejected_auth": 0, "messages": 0, "errors": 0}
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+    async def serve(self):
+        """Start listening in the running loop; returns the websockets ``Server``."""
+        from websockets.asyncio.server import serve
+
+        self._loop = asyncio.get_running_loop()
+        self._server = await serve(
+            self._handler, self.config.host, self.config.port,
+            process_request=self._process_request,
+            max_size=self.limits.hard_max_bytes,
+            compression=None,  # frames are JPEG/PNG already; deflate would only cost CPU
+            ping_interval=self.config.ping_interval_s,
+            close_timeout=2.0,
+        )
+        logger.info("websocket API listening on %s", self.url)
+        return self._server
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with ``port=0``)."""
+        if self._server is None:
+            return self.config.port
+        return int(next(iter(self._server.sockets)).getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        host = self.config.host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"ws://{host}:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> "WebSocketServer":
+        """Run the server in a background thread; returns once it listens.
+
+        Raises:
+            OSError: the port is taken or the host cannot be bound.
+        """
+        started = concurrent.futures.Future()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(self.serve())
+            except BaseException as exc:  # handed to start()
+                started.set_exception(exc)
+                loop.close()
+                return
+            started.set_result(True)
+            try:
+                loop.run_forever()
+            finally:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.close()
+
+        self._thread = threading.Thread(target=run, name="livesight-ws", daemon=True)
+        self._thread.start()
+        started.result(timeout)
+        return self
+
+    async def aclose(self, timeout: float = 5.0) -> None:
+        """Stop listening and close every connection (their sessions close); connections that do
+        not finish their closing handshake within ``timeout`` s are cancelled."""
+        if self._server is None:
+            return
+        self._server.close(close_connections=True)
+        try:
+            await asyncio.wait_for(self._server.wait_closed(), timeout)
+        except asyncio.TimeoutError:
+            logger.warning("websocket connections did not close within %.0f s; cancelling them", timeout)
+            current = asyncio.current_task()
+            tasks = [t for t in asyncio.all_tasks() if t is not current]
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks, timeout=2.0)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop a server started with :meth:`start` (idempotent)."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None or not thread.is_alive():
+            return
+        fut = asyncio.run_coroutine_threadsafe(self.aclose(timeout=max(0.5, timeout - 3.0)), loop)
+        try:
+            fut.result(timeout)
+        except (concurrent.futures.TimeoutError, RuntimeError):
+            logger.warning("websocket server did not close within %.0f s", timeout)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout)
+
+    def stats(self) -> dict[str, Any]:
+        return {**self._counters, "open": len(self._connections)}
+
+    # ---- handshake ----------------------------------------------------------------------------
+    def _process_request(self, connection, request):
+        token = self.config.token
+        if token is None:
+            return None
+        given = None
+        auth = request.headers.get("Authorization")
+        if auth and auth[:7].lower() == "bearer ":
+            given = auth[7:].strip()
+        else:
+            values = parse_qs(urlsplit(request.path).query).get("token")
+            given = values[0] if values else None
+        if given is None or not hmac.compare_digest(given.encode(), token.encode()):
+            self._counters["rejected_auth"] += 1
+            logger.info("websocket handshake from %s refused: %s token", connection.remote_address,
+                        "missing" if given is None else "wrong")
+            return connection.respond(HTTPStatus.UNAUTHORIZED,
+                                      "unauthorized: send 'Authorization: Bearer <token>' (or ?token=<token>)\n")
+        return None
+
+    # ---- connection -----------------------------------------------------------------------------
+    async def _handler(self, ws) -> None:
+        remote = ws.remote_address
+        owner = f"ws:{remote[0]}:{remote[1]}" if remote else "ws"
+        try:
+            sid = await asyncio.to_thread(self.manager.create_session, None, owner=owner)
+        except (SessionLimit, ManagerError) as exc:
+            code = "session_limit" if isinstance(exc, SessionLimit) else "internal_error"
+            await ws.send(dumps(error_event(code, str(exc))))
+            await ws.close(1013, "session limit reached" if code == "session_limit" else "server shutting down")
+            return
+        conn = _Connection(self, ws, sid)
+        self._connections.add(conn)
+        self._counters["connections"] += 1
+        unsubscribe = self.manager.subscribe(sid, conn.on_manager_event)
+        conn.push(server_event("session.created", session=self._session_view(conn), model=self._model_view(),
+                               limits=self._limits_view()))
+        sender = asyncio.create_task(conn.send_loop())
+        try:
+            async for message in ws:
+                self._counters["messages"] += 1
+                try:
+                    await self._dispatch(conn, message)
+                except UnknownSession:
+                    break  # the session expired or was closed: end the connection
+                except Exception as exc:  # noqa: BLE001 - a bad message fails alone
+                    self._counters["errors"] += 1
+                    conn.push(error_for(exc, None))
+        except Exception as exc:  # noqa: BLE001 - e.g. ConnectionClosedError
+            logger.debug("connection of session %s ended: %s", sid, exc)
+        finally:
+            unsubscribe()
+            self._connections.discard(conn)
+            try:
+                await asyncio.to_thread(self.manager.close_session, sid, reason="disconnected")
+            finally:
+                if not sender.done():
+                    # let queued events go out if the socket is still open, then stop
+                    try:
+                        await asyncio.wait_for(asyncio.shield(sender), 0.2)
+                    except (asyncio.TimeoutError, Exception):  # noqa: BLE001
+                        sender.cancel()
+
+    def _session_view(self, conn: _Connection) -> dict[str, Any]:
+        cfg = self.manager.session_config(conn.sid)
+        return {"id": conn.sid, **cfg.to_dict(), "evidence_thumbnails": conn.thumbnails}
+
+    def _model_view(self) -> dict[str, Any]:
+        spec = self.manager.backend.spec
+        return {"name": spec.name, "family": spec.family, "random_weights": spec.random_weights,
+                "notice": self.manager.model_notice}
+
+    def _limits_view(self) -> dict[str, Any]:
+        from .manager import LIVE_FIELDS
+
+        mc = self.manager.config
+        return {"max_message_bytes": self.limits.max_message_bytes, "max_frame_bytes": self.limits.max_frame_bytes,
+                "hard_max_bytes": self.limits.hard_max_bytes, "max_frame_side": mc.max_frame_side,
+                "max_fps": mc.max_fps, "live_fields": sorted(LIVE_FIELDS), "allow_file_sources": mc.allow_file_sources}
+
+    # ---- dispatch -----------------------------------------------------------------------------
+    async def _dispatch(self, conn: _Connection, message: str | bytes) -> None:
+        if isinstance(message, (bytes, bytearray, memoryview)):
+            if len(message) > self.limits.max_binary_bytes:
+                raise ProtocolError("frame_too_large", f"binary frame message of {len(message)} bytes; the limit is "
+                                                       f"{self.limits.max_binary_bytes} bytes (header + max_frame_bytes)")
+            pts, image = unpack_frame(bytes(message))
+            await self._frame(conn, image, pts, None)
+            return
+        if len(message) > self.limits.max_message_bytes:
+            # len() counts characters; a character is at least one byte, so this never refuses a legal message
+            raise ProtocolError("message_too_large", f"text message of {len(message)} characters; the limit is "
+                                                     f"{self.limits.max_message_bytes} bytes (max_message_bytes)")
+        event = parse_message(message)
+        handler = getattr(self, "_on_" + event.type.replace(".", "_"))
+        try:
+            await handler(conn, event)
+        except UnknownSession:
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported to this client only
+            self._counters["errors"] += 1
+            conn.push(error_for(exc, event.event_id))
+
+    async def _frame(self, conn: _Connection, image: bytes, pts: float | None, event_id: str | None) -> None:
+        from streaming.frame import Frame
+        from streaming.imageops import decode_image
+
+        if len(image) > self.limits.max_frame_bytes:
+            raise ProtocolError("frame_too_large", f"the image is {len(image)} bytes; the limit is "
+                                                   f"{self.limits.max_frame_bytes} bytes (max_frame_bytes)", event_id)
+        rgb = await asyncio.to_thread(decode_image, image)
+        if rgb is None:
+            raise ProtocolError("bad_image", f"{len(image)} bytes are not a decodable image (JPEG or PNG expected)", event_id)
+        wall = time.time()
+        pts = wall - conn.t0 if pts is None else float(pts)
+        frame = Frame(conn.frame_index, pts, wall, rgb)
+        conn.frame_index += 1
+        conn.last_pts = pts
+        verdict = self.manager.offer_frame(conn.sid, frame)
+        if not verdict.accepted and verdict.reason == "rate_limit":
+            now = time.monotonic()
+            if now - conn.last_rate_error >= self.config.rate_limit_error_interval_s:
+                conn.last_rate_error = now
+                stats = self.manager.stats(conn.sid)["ingest"]["dropped"]
+                conn.push(error_event("rate_limited", f"frames over {self.manager.config.max_fps:g} per second are "
+                                      f"dropped ({stats['rate_limit']} so far)", event_id,
+                                      max_fps=self.manager.config.max_fps, dropped=stats["rate_limit"]))
+
+    async def _on_input_video_append(self, conn: _Connection, ev: ClientEvent) -> None:
+        image = decode_base64_image(ev.data["image"], self.limits.max_frame_bytes, ev.event_id)
+        await self._frame(conn, image, ev.data["pts"], ev.event_id)
+
+    async def _on_session_update(self, conn: _Connection, ev: ClientEvent) -> None:
+        changes = dict(ev.data["session"])
+        changes.pop("id", None)
+        if "evidence_thumbnails" in changes:
+            value = changes.pop("evidence_thumbnails")
+            if not isinstance(value, bool):
+                raise ConfigError(f"evidence_thumbnails must be true or false; got {value!r}")
+            thumbnails = value
+        else:
+            thumbnails = conn.thumbnails
+        forbidden = sorted(SERVER_PATH_FIELDS & set(changes))
+        if forbidden and not self.manager.config.allow_file_sources:
+            raise ConfigError(f"{', '.join(forbidden)} name server-side paths and cannot be set over the websocket API "
+                              "on this server")
+        if changes:
+            await asyncio.to_thread(self.manager.update_session, conn.sid, changes)
+        conn.thumbnails = thumbnails
+        conn.push(server_event("session.updated", reply_to=ev.event_id, session=self._session_view(conn)))
+
+    async def _on_session_stats(self, conn: _Connection, ev: ClientEvent) -> None:
+        conn.push(server_event("input_video.stats", reply_to=ev.event_id, stats=self.manager.stats(conn.sid)))
+
+    async def _on_input_source_set(self, conn: _Connection, ev: ClientEvent) -> None:
+        realtime = True if ev.data["realtime"] is None else ev.data["realtime"]
+        info = await asyncio.to_thread(self.manager.set_source, conn.sid, ev.data["url"], fps=ev.data["fps"] or 1.0,
+                                       realtime=realtime)
+        conn.push(server_event("input_source.started", reply_to=ev.event_id, source=dataclasses.asdict(info)))
+
+    async def _on_input_source_stop(self, conn: _Connection, ev: ClientEvent) -> None:
+        stopped = await asyncio.to_thread(self.manager.stop_source, conn.sid)
+        if not stopped:
+            raise InvalidRequest("no server-pulled source is running in this session")
+
+    async def _on_input_text_append(self, conn: _Connection, ev: ClientEvent) -> None:
+        pts = ev.data["pts"]
+        if pts is None:
+            pts = conn.last_pts if conn.last_pts is not None else time.time() - conn.t0
+        future = self.manager.submit_text(conn.sid, float(pts), ev.data["text"])
+
+        def done(f: concurrent.futures.Future) -> None:
+            if f.cancelled():
+                return
+            exc = f.exception()
+            if exc is not None:
+                conn.from_thread(error_for(exc, ev.event_id))
+            else:
+                conn.from_thread(server_event("input_text.committed", reply_to=ev.event_id, pts=pts, tokens=f.result()))
+
+        future.add_done_callback(done)
+
+    async def _on_conversation_item_create(self, conn: _Connection, ev: ClientEvent) -> None:
+        text = ev.data["text"]
+        conn.items.append(text)
+        item_id = new_id("item")
+        conn.push(server_event("conversation.item.created", reply_to=ev.event_id, item={
+            "id": item_id, "type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}))
+
+    async def _on_response_create(self, conn: _Connection, ev: ClientEvent) -> None:
+        question = ev.data["input"]
+        if question is None:
+            if not conn.items:
+                raise ProtocolError("invalid_event", "response.create needs a question: send conversation.item.create "
+                                                     "first, or give response.input", ev.event_id, param="response.input")
+            question = "\n".join(conn.items)
+        rid = new_id("resp")
+        parts: list[str] = []
+
+        def on_delta(text: str) -> None:
+            parts.append(text)
+            conn.from_thread(server_event("response.output_text.delta", response_id=rid, delta=text))
+
+        future = self.manager.ask(conn.sid, question, on_delta=on_delta, max_new_tokens=ev.data["max_output_tokens"],
+                                  top_k=ev.data["top_k"])
+        if ev.data["input"] is None:
+            conn.items.clear()
+        conn.response_id = rid
+        conn.push(server_event("response.created", reply_to=ev.event_id,
+                               response={"id": rid, "object": "response", "status": "in_progress", "question": question}))
+        future.add_done_callback(lambda f: conn.from_thread({"type": "_finish", "future": f, "rid": rid,
+                                                             "parts": parts, "event_id": ev.event_id}))
+
+    def _finish_events(self, conn: _Connection, f: concurrent.futures.Future, rid: str, parts: list[str],
+                       event_id: str | None) -> list[dict]:
+        if f.cancelled():
+            text = "".join(parts)
+            return [server_event("response.done", response={"id": rid, "object": "response", "status": "cancelled",
+                                                            "stop_reason": "cancelled", "output_text": text,
+                                                            "evidence": [], "usage": {}})]
+        exc = f.exception()
+        if exc is not None:
+            err = error_for(exc, event_id)
+            return [err, server_event("response.done", response={"id": rid, "object": "response", "status": "failed",
+                                                                 "output_text": "".join(parts), "evidence": [],
+                                                                 "usage": {}, "error": err["error"]})]
+        answer = f.result()
+        return [server_event("response.output_text.done", response_id=rid, text=answer.text),
+                server_event("response.done", response=response_object(rid, answer, with_thumbnails=conn.thumbnails))]
+
+    async def _on_response_cancel(self, conn: _Connection, ev: ClientEvent) -> None:
+        if not self.manager.cancel(conn.sid):
+            raise InvalidRequest("no response is in progress")
+
+    async def _on_watch_create(self, conn: _Connection, ev: ClientEvent) -> None:
+        rule = await asyncio.to_thread(self.manager.watch, conn.sid, ev.data["rule"])
+        conn.push(server_event("watch.created", reply_to=ev.event_id, rule={"rule_id": rule.rule_id, "text": rule.text}))
+
+    async def _on_watch_delete(self, conn: _Connection, ev: ClientEvent) -> None:
+        deleted = self.manager.unwatch(conn.sid, ev.data["rule_id"])
+        if not deleted:
+            raise InvalidRequest(f"no watch rule {ev.data['rule_id']!r} in this session")
+        conn.push(server_event("watch.deleted", reply_to=ev.event_id, rule_id=ev.data["rule_id"]))

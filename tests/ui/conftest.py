@@ -1,0 +1,73 @@
+"""Fixtures of the page tests: the real page served in-process on a free loopback port.
+
+The page runs on a :class:`app.manager.SessionManager` with the ``tiny-smolvlm`` backend (random
+weights: the answers mean nothing, but every byte of them goes through the real model, the
+real session, the real manager and the real Gradio server).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from tests.conftest import free_port
+
+#: Environment the Gradio server reads: no telemetry, quick detection of departed clients.
+GRADIO_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_HEARTBEAT_INTERVAL": "0.5"}
+
+
+@dataclass
+class PageServer:
+    """A running page: its URL, the manager behind it and the Blocks."""
+
+    url: str
+    manager: object
+    demo: object
+
+    @property
+    def tabs(self):
+        """The page's :class:`ui.tabs.TabRegistry` (``session_hash`` -> session id)."""
+        return self.demo.livesight_tabs
+
+
+@pytest.fixture(scope="session")
+def ui_backend():
+    from app.backends.registry import load_backend
+
+    return load_backend("tiny-smolvlm", device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def page_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in (*GRADIO_ENV, "GRADIO_TEMP_DIR")}
+    os.environ.update(GRADIO_ENV)
+    os.environ["GRADIO_TEMP_DIR"] = str(tmp_path_factory.mktemp("gradio-uploads"))
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def page(ui_backend, page_env) -> Iterator[PageServer]:
+    """The page on ``http://127.0.0.1:<free port>/`` with a fresh manager (one per test module)."""
+    from app.config import SessionConfig
+    from app.manager import ManagerConfig, SessionManager
+    from ui.page import launch
+
+    manager = SessionManager(
+        ui_backend,
+        ManagerConfig(max_sessions=8, max_fps=10.0, default_session=SessionConfig(window_tokens=32, max_new_tokens=12)),
+    )
+    port = free_port()
+    demo = launch(manager, "127.0.0.1", port, prevent_thread_lock=True, stats_every=0.5, source_fps=4.0)
+    try:
+        yield PageServer(f"http://127.0.0.1:{port}/", manager, demo)
+    finally:
+        demo.close()
+        manager.shutdown()

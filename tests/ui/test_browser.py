@@ -1,0 +1,150 @@
+"""End to end in a real browser: headless Chromium (Debian's) driven by Playwright streams its
+fake camera (a Y4M clip) into the page, asks a question in the chat and sees the answer stream
+in, then its evidence: timestamps and thumbnails of the frames the answer used.
+
+Under ``make test`` a missing Chromium fails the test; elsewhere it is installed with apt-get
+when possible and the test skips (saying why) only when that fails.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.ui.browser import CHROMIUM, CHROMIUM_ARGS, chromium_problem, under_make, write_y4m_clip
+
+pytestmark = [pytest.mark.browser, pytest.mark.network, pytest.mark.timeout(300)]
+
+#: Records every text the first bot message shows, so the test can tell that the answer streamed.
+WATCH_BOT_JS = """
+() => {
+  window.__botTexts = [];
+  const seen = (t) => { const a = window.__botTexts; if (!a.length || a[a.length - 1] !== t) a.push(t); };
+  new MutationObserver(() => {
+    const bot = document.querySelector('[data-testid=bot]');
+    if (bot) seen(bot.innerText);
+  }).observe(document.body, {subtree: true, childList: true, characterData: true});
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def chromium_path() -> str:
+    problem = chromium_problem(try_install=True)
+    if problem:
+        if under_make():
+            pytest.fail(f"the browser test needs Chromium: {problem}")
+        pytest.skip(problem)
+    return CHROMIUM
+
+
+def _wait(predicate, timeout: float, what: str, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _save_screenshot(page, tmp_path: Path) -> Path:
+    shot = tmp_path / "livesight_page.png"
+    page.screenshot(path=str(shot), full_page=True)
+    extra = os.environ.get("LIVESIGHT_SCREENSHOT_DIR")
+    if extra:
+        Path(extra).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot, Path(extra) / shot.name)
+    return shot
+
+
+def test_webcam_stream_chat_answer_with_evidence(page, chromium_path, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    clip = write_y4m_clip(tmp_path / "camera.y4m")
+    manager = page.manager
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium_path, headless=True,
+                                     args=[*CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={clip}"])
+        try:
+            tab = browser.new_page(viewport={"width": 1440, "height": 1000})
+            tab.goto(page.url, wait_until="domcontentloaded")
+
+            # the page load created this tab's own session, shown in the header
+            header = tab.locator("#ls-header code", has_text="sess_")
+            header.wait_for(timeout=30_000)
+            sid = header.inner_text().strip()
+            assert sid in manager.sessions()
+            assert page.tabs.sessions() and sid in page.tabs.sessions().values()
+
+            # the model notice is at the top (tiny-smolvlm has random weights)
+            notice = tab.locator("#ls-notice")
+            assert notice.is_visible() and "not meaningful" in notice.inner_text()
+
+            # start the fake webcam and stream it to the server
+            tab.get_by_role("button", name="Click to Access Webcam").click()
+            tab.wait_for_function(
+                "() => { const v = document.querySelector('[data-testid=webcam-video]'); return v && v.readyState >= 2; }",
+                timeout=30_000)
+            record = tab.get_by_role("button", name="capture photo")
+            record.click()
+            _wait(lambda: manager.stats(sid)["ingest"]["frames_processed"] >= 4, 60, "4 webcam frames processed")
+            frames = manager.stats(sid)["frames"]
+            assert frames >= 4
+            # the live stats on the page count them too (refreshed by the timer)
+            tab.wait_for_function(
+                "() => { const s = document.querySelector('#ls-stats'); if (!s) return false;"
+                " const v = [...s.querySelectorAll('.ls-stat')].find(e => e.innerText.toLowerCase().includes('frames'));"
+                " return v && parseInt(v.querySelector('.ls-stat-v').innerText) >= 4; }", timeout=30_000)
+            kept = manager.kept_history(sid)
+            assert len(kept) >= 4 and kept[0][1] == pytest.approx(1.0)  # the first frame is kept whole
+            assert all(b[0] > a[0] for a, b in zip(kept, kept[1:]))      # stream time from the tab's clock grows
+
+            # ask in the chat: the answer streams in, then its evidence appears in the bot message
+            tab.evaluate(WATCH_BOT_JS)
+            question = tab.locator("#ls-question textarea")
+            question.fill("What moved across the scene?")
+            question.press("Enter")
+            bot = tab.locator("[data-testid=bot]").first
+            bot.locator("img.ls-thumb").first.wait_for(timeout=60_000)
+            texts = tab.evaluate("() => window.__botTexts")
+            streaming = [t for t in texts if "▍" in t]
+            assert streaming, f"no partial answer was shown before the final one: {texts[:5]}"
+            final = bot.inner_text()
+            answer_text = final.split("Evidence")[0].strip()
+            assert answer_text and "▍" not in final
+            assert any(len(t.replace("▍", "").strip()) < len(answer_text) for t in streaming)
+
+            stamps = bot.locator(".ls-ts").all_inner_texts()
+            assert stamps and all(re.fullmatch(r"\d\d:\d\d(\.\d)?(-\d\d:\d\d(\.\d)?)?", s) for s in stamps), stamps
+            thumbs = bot.locator("img.ls-thumb")
+            assert thumbs.count() >= 1
+            src = thumbs.first.get_attribute("src")
+            assert src.startswith("data:image/jpeg;base64,")
+            # the thumbnail really decodes in the browser
+            assert tab.evaluate("(img) => img.complete && img.naturalWidth > 0", thumbs.first.element_handle())
+            # the answer the page showed is the one the session produced (the details panel has it)
+            answer = manager.stats(sid)["answers"]
+            assert answer == 1
+
+            _wait(lambda: tab.locator("#ls-kept-plot canvas, #ls-kept-plot svg").count() > 0, 15, "the kept-ratio plot")
+            shot = _save_screenshot(tab, tmp_path)
+            assert shot.stat().st_size > 10_000
+
+            # stop the webcam: no more frames arrive
+            record.click()
+            time.sleep(1.5)
+            before = manager.stats(sid)["ingest"]["frames_submitted"]
+            time.sleep(1.5)
+            assert manager.stats(sid)["ingest"]["frames_submitted"] == before
+
+            # closing the tab closes its session
+            tab.close()
+            _wait(lambda: sid not in manager.sessions(), 30, "the session to close with its tab")
+        finally:
+            browser.close()

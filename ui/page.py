@@ -1,0 +1,466 @@
+"""The LiveSight Gradio page: live video in, a chat that cites the moments it used, live stats.
+
+``build_page(manager)`` returns the ``gr.Blocks``; ``launch(manager, host, port)`` serves it and
+``mount(app, manager, path)`` puts it on an existing FastAPI app. One manager session per browser
+tab (or per ``gradio_client.Client``): created when the page loads (or on an API client's first
+call), kept in a ``gr.State``, closed when the tab goes (``demo.unload``) or the State expires.
+
+Public API endpoints (``gradio_client``), each acting on the caller's own session:
+
+* ``/chat`` (message, history) -> (history, "", answer details): the page's chat; streams.
+* ``/ask`` (question, max_new_tokens=0) -> (answer text so far, details): streams; the last
+  value's details are the answer (``Answer.to_dict``) with evidence thumbnails as base64 JPEG.
+* ``/play_video`` (file) -> status HTML: play a video file as a live stream (server side).
+* ``/set_source`` (url) -> dict, ``/stop_source`` () -> dict: a camera URL the server pulls.
+* ``/watch`` (rule) -> dict, ``/unwatch`` (rule_id) -> dict: watch rules.
+* ``/settings`` (overrides) -> dict, ``/new_session`` (overrides) -> dict.
+* ``/stats`` () -> dict: ``manager.stats`` plus the kept-ratio history, source progress, alerts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import gradio as gr
+
+from app.config import DROP_MODES, KV_BITS
+
+from . import render
+from .actions import PageActions, PageError
+from .style import PAGE_CSS, page_theme
+from .tabs import TabRegistry
+
+logger = logging.getLogger(__name__)
+
+#: Seconds between browser webcam frames sent to the server.
+STREAM_EVERY_S = 0.5
+#: Seconds between live-stats refreshes.
+STATS_EVERY_S = 1.0
+
+
+def model_notice(manager) -> str | None:
+    """The notice shown at the top of the page: the manager's, or a warning about random weights."""
+    notice = getattr(manager, "model_notice", None)
+    if notice:
+        return str(notice)
+    spec = getattr(getattr(manager, "backend", None), "spec", None)
+    if spec is not None and getattr(spec, "random_weights", False):
+        return (f"The model {spec.name!r} has random weights (a test model): its answers are not meaningful. "
+                "Evidence, timings and statistics are real.")
+    return None
+
+
+def _session_hash(request) -> str | None:
+    return getattr(request, "session_hash", None) if request is not None else None
+
+
+def build_page(manager, *, title: str = "LiveSight", session_overrides: dict | None = None,
+               stream_every: float = STREAM_EVERY_S, stats_every: float = STATS_EVERY_S,
+               source_fps: float | None = 1.0):
+    """Build the page for ``manager`` (an :class:`app.manager.SessionManager`).
+
+    Args:
+        title: the browser tab's title.
+        session_overrides: settings for every tab's session, on top of the manager's defaults.
+        stream_every: seconds between webcam frames the browser sends.
+        stats_every: seconds between live-stats refreshes.
+        source_fps: frames per second of stream time an uploaded video or camera URL feeds the model.
+
+    Returns:
+        ``gr.Blocks`` with its queue configured; launch it with :func:`launch_options`
+        (theme and CSS) or use :func:`launch` / :func:`mount`. ``blocks.livesight_tabs`` is the
+        :class:`~ui.tabs.TabRegistry` (one session per Gradio session).
+    """
+    if not 0.05 <= float(stream_every) <= 10:
+        raise ValueError(f"stream_every must be in [0.05, 10] seconds; got {stream_every!r}")
+    if not 0.2 <= float(stats_every) <= 60:
+        raise ValueError(f"stats_every must be in [0.2, 60] seconds; got {stats_every!r}")
+
+    tabs = TabRegistry(manager, session_overrides)
+    actions = PageActions(manager, tabs, source_fps=source_fps)
+    spec = getattr(getattr(manager, "backend", None), "spec", None)
+    model_name = getattr(spec, "name", None)
+    notice = model_notice(manager)
+    defaults = manager.config.default_session
+
+    with gr.Blocks(title=title, analytics_enabled=False) as demo:
+        sid_state = gr.State(None, delete_callback=tabs.release_state)
+        notice_box = gr.HTML(render.notice_html(notice), visible=bool(notice), elem_id="ls-notice")
+        header = gr.HTML(render.header_html(model_name, None), elem_id="ls-header")
+
+        with gr.Row(equal_height=False):
+            # ------------------------------------------------------------------ video + stats
+            with gr.Column(scale=5, min_width=360):
+                with gr.Tabs():
+                    with gr.Tab("Webcam", id="webcam"):
+                        cam = gr.Image(label="Webcam (streams to the server while recording)", sources=["webcam"],
+                                       streaming=True, webcam_options=gr.WebcamOptions(mirror=False), height=300,
+                                       elem_id="ls-webcam")
+                    with gr.Tab("Video file", id="file"):
+                        upload = gr.File(label="Video file, played as a live stream", file_types=["video"],
+                                         type="filepath", height=120, elem_id="ls-upload")
+                    with gr.Tab("Camera URL", id="url"):
+                        url_box = gr.Textbox(label="RTSP / HTTP camera URL", placeholder="rtsp://camera.local:8554/stream",
+                                             max_lines=1, elem_id="ls-url")
+                        connect_btn = gr.Button("Connect", variant="primary", size="sm")
+                with gr.Row():
+                    source_box = gr.HTML(render.progress_html(None), elem_id="ls-source")
+                    stop_src_btn = gr.Button("Stop source", size="sm", scale=0, min_width=110)
+                stats_box = gr.HTML(render.stats_html(None), elem_id="ls-stats")
+                kept_plot = gr.LinePlot(render.kept_frame([]), x=render.KEPT_X, y=render.KEPT_Y, y_lim=[0, 1],
+                                        title="Kept visual tokens per frame", height=220, x_axis_format=".1f",
+                                        y_axis_format=".0%", elem_id="ls-kept-plot")
+            # ------------------------------------------------------------------ chat + rules
+            with gr.Column(scale=6, min_width=420):
+                chatbot = gr.Chatbot(label="Ask about the stream", height=470, elem_id="ls-chat",
+                                     placeholder="Start a source, then ask about anything it showed. "
+                                                 "Answers cite the moments they used.",
+                                     feedback_options=None, layout="bubble", buttons=["copy"])
+                with gr.Row():
+                    msg = gr.Textbox(show_label=False, placeholder="Ask: what happened before the cut?", scale=6,
+                                     max_lines=3, elem_id="ls-question")
+                    send_btn = gr.Button("Ask", variant="primary", scale=1, min_width=80)
+                    stop_btn = gr.Button("Stop", scale=0, min_width=70)
+                with gr.Accordion("Watch rules and alerts", open=True):
+                    with gr.Row():
+                        rule_box = gr.Textbox(show_label=False, placeholder="Alert me when… (e.g. a person enters)",
+                                              scale=5, max_lines=1, elem_id="ls-rule")
+                        add_rule_btn = gr.Button("Add rule", scale=1, min_width=90)
+                    rules_box = gr.HTML(render.rules_html([]), elem_id="ls-rules")
+                    with gr.Row(equal_height=True, visible=False) as remove_row:
+                        remove_dd = gr.Dropdown(choices=[], value=None, show_label=False, scale=5,
+                                                elem_id="ls-remove-rule")
+                        remove_btn = gr.Button("Remove rule", size="sm", scale=1, min_width=90)
+                    gr.Markdown("**Alerts**")
+                    alerts_box = gr.HTML(render.alerts_html([]), elem_id="ls-alerts")
+                with gr.Accordion("Session settings", open=False):
+                    with gr.Row():
+                        drop_dd = gr.Dropdown(list(DROP_MODES), value=defaults.drop, label="Token drop")
+                        bits_dd = gr.Dropdown([str(b) for b in KV_BITS], value=str(defaults.kv_bits), label="KV bits in memory")
+                    with gr.Row():
+                        topk_sl = gr.Slider(0, 64, value=defaults.top_k, step=1, label="Chunks retrieved (top-k)")
+                        window_nb = gr.Number(value=defaults.window_tokens, precision=0, minimum=16, label="Window (tokens)")
+                    with gr.Row():
+                        apply_btn = gr.Button("Apply", size="sm")
+                        restart_btn = gr.Button("New session with these settings", size="sm")
+                    settings_note = gr.Markdown("Token drop, KV bits and window are fixed once the stream starts; "
+                                                "top-k can change at any time.", elem_id="ls-settings-note")
+                with gr.Accordion("Last answer (details)", open=False):
+                    details = gr.JSON(label="answer, evidence and usage", elem_id="ls-details")
+
+        timer = gr.Timer(stats_every)
+
+        # ------------------------------------------------------------------------ handlers
+        def settings_values(sid: str):
+            s = actions.settings(sid)
+            return s["drop"], str(s["kv_bits"]), s["top_k"], s["window_tokens"]
+
+        def on_load(sid, request: gr.Request):
+            try:
+                sid = actions.session(sid, _session_hash(request))
+            except PageError as exc:
+                return (None, render.header_html(model_name, None) + render.notice_html(str(exc)),
+                        gr.skip(), gr.skip(), gr.skip(), gr.skip())
+            return (sid, render.header_html(model_name, sid), *settings_values(sid))
+
+        def on_unload(request: gr.Request):
+            tabs.release_hash(_session_hash(request))
+
+        def on_frame(image, sid, request: gr.Request):
+            if image is None:
+                return gr.skip()
+            try:
+                sid = actions.session(sid, _session_hash(request))
+                tabs.webcam_frame(actions.tab(sid), image)
+            except (PageError, ValueError) as exc:
+                logger.warning("webcam frame refused: %s", exc)
+            except Exception as exc:  # noqa: BLE001 - a bad frame must not end the stream
+                from app.manager import ManagerError
+
+                if not isinstance(exc, ManagerError):
+                    raise
+                logger.warning("webcam frame refused: %s", exc)
+            return sid
+
+        def source_view(sid: str | None) -> str:
+            tab = tabs.tab(sid)
+            if sid is None or tab is None:
+                return render.source_html(None)
+            now = time.monotonic()
+            webcam = None
+            if tab.webcam_active(now):
+                fps = tab.webcam_fps(now)
+                webcam = f"streaming · {tab.frames_sent} frames sent" + (f" · {fps:.1f} fps" if fps else "")
+            return render.source_html(actions.progress(sid), tab.source_label, error=tab.source_error, webcam=webcam)
+
+        def on_upload(path, sid, request: gr.Request):
+            if not path:
+                return sid, source_view(sid)
+            try:
+                status = actions.play_file(sid, _session_hash(request), path)
+            except PageError as exc:
+                return sid, render.source_html(None, error=str(exc))
+            return status.sid, source_view(status.sid)
+
+        def on_connect(url, sid, request: gr.Request):
+            try:
+                status = actions.connect_url(sid, _session_hash(request), url)
+            except PageError as exc:
+                return sid, render.source_html(None, error=str(exc))
+            return status.sid, source_view(status.sid)
+
+        def on_stop_source(sid, request: gr.Request):
+            sid = actions.stop_source(sid, _session_hash(request))
+            return sid, source_view(sid)
+
+        def chat(message, history, sid, request: gr.Request):
+            history = list(history or [])
+            question = (message or "").strip()
+            if not question:
+                yield history, "", gr.skip(), sid
+                return
+            history.append({"role": "user", "content": render.esc(question)})
+            try:
+                sid = actions.session(sid, _session_hash(request))
+            except PageError as exc:
+                history.append({"role": "assistant", "content": render.error_message(str(exc))})
+                yield history, "", gr.skip(), sid
+                return
+            history.append({"role": "assistant", "content": render.streaming_message("")})
+            yield history, "", gr.skip(), sid
+            try:
+                for item in actions.ask(sid, question):
+                    if isinstance(item, str):
+                        history[-1] = {"role": "assistant", "content": render.streaming_message(item)}
+                        yield history, "", gr.skip(), sid
+                    else:
+                        history[-1] = {"role": "assistant", "content": render.answer_message(item)}
+                        yield history, "", item.to_dict(), sid
+            except Exception as exc:  # noqa: BLE001 - shown in the chat, never a crash of the page
+                logger.info("session %s: question failed: %s", sid, exc)
+                history[-1] = {"role": "assistant", "content": render.error_message(str(exc) or type(exc).__name__)}
+                yield history, "", gr.skip(), sid
+
+        def on_stop_answer(sid, request: gr.Request):
+            sid = actions.existing(sid, _session_hash(request))
+            if sid is not None:
+                try:
+                    manager.cancel(sid)
+                except Exception:  # noqa: BLE001 - nothing to cancel
+                    pass
+
+        def rules_view(sid):
+            rules = actions.rules(sid)
+            return (render.rules_html(rules), gr.update(choices=render.rule_choices(rules), value=None),
+                    gr.update(visible=bool(rules)))
+
+        def on_add_rule(text, sid, request: gr.Request):
+            try:
+                sid, _ = actions.add_watch(sid, _session_hash(request), text)
+            except PageError as exc:
+                gr.Warning(str(exc))
+                return sid, gr.skip(), *rules_view(sid)
+            return sid, "", *rules_view(sid)
+
+        def on_remove_rule(rule_id, sid, request: gr.Request):
+            sid, _ = actions.remove_watch(sid, _session_hash(request), rule_id)
+            return sid, *rules_view(sid)
+
+        def form_overrides(drop, bits, top_k, window) -> dict[str, Any]:
+            out: dict[str, Any] = {"drop": drop}
+            for name, value in (("kv_bits", bits), ("top_k", top_k), ("window_tokens", window)):
+                try:
+                    out[name] = int(float(value))
+                except (TypeError, ValueError):
+                    out[name] = value  # the manager names the field and its range
+            return out
+
+        def on_apply(drop, bits, top_k, window, sid, request: gr.Request):
+            try:
+                sid, cfg = actions.apply_settings(sid, _session_hash(request), form_overrides(drop, bits, top_k, window))
+            except PageError as exc:
+                return sid, f"⚠ **Not applied:** {exc}"
+            shown = ", ".join(f"{k} = {cfg[k]}" for k in ("drop", "kv_bits", "top_k", "window_tokens"))
+            return sid, f"✓ Applied: {shown}"
+
+        def on_restart(drop, bits, top_k, window, sid, request: gr.Request):
+            try:
+                sid = actions.restart(sid, _session_hash(request), form_overrides(drop, bits, top_k, window))
+            except PageError as exc:
+                return (sid, gr.skip(), f"⚠ **No new session:** {exc}", *[gr.skip()] * 6)
+            return (sid, render.header_html(model_name, sid), f"✓ New session `{sid}` started.", [], None,
+                    *rules_view(sid), render.alerts_html([]))
+
+        def on_tick(sid, request: gr.Request):
+            sid = actions.existing(sid, _session_hash(request))
+            tab = tabs.tab(sid)
+            if sid is None or tab is None:
+                return render.stats_html(None), gr.skip(), source_view(None), gr.skip()
+            try:
+                stats = actions.stats(sid)
+                history = manager.kept_history(sid)
+            except Exception as exc:  # noqa: BLE001 - the session closed between calls
+                from app.manager import ManagerError
+
+                if not isinstance(exc, ManagerError):
+                    raise
+                return render.stats_html(None), gr.skip(), source_view(None), gr.skip()
+            key = (len(history), history[-1][0] if history else None)
+            plot = gr.skip() if key == tab.plotted else render.kept_frame(history)
+            tab.plotted = key
+            for alert in tabs.new_alerts(tab)[-3:]:
+                gr.Info(f"Alert at {render.format_span(alert.pts, alert.pts)}: {alert.rule}", duration=6)
+            webcam_fps = stats.get("page", {}).get("webcam_fps")
+            return (render.stats_html(stats, webcam_fps=webcam_fps), plot, source_view(sid),
+                    render.alerts_html(tabs.alerts(tab)))
+
+        # ------------------------------------------------------------------------ wiring
+        private = dict(api_visibility="private")
+        demo.load(on_load, [sid_state], [sid_state, header, drop_dd, bits_dd, topk_sl, window_nb], **private)
+        demo.unload(on_unload)
+        cam.stream(on_frame, [cam, sid_state], [sid_state], stream_every=stream_every, time_limit=None,
+                   concurrency_limit=None, show_progress="hidden", **private)
+        upload.upload(on_upload, [upload, sid_state], [sid_state, source_box], api_name="play_video",
+                      concurrency_limit=None)
+        upload.clear(on_stop_source, [sid_state], [sid_state, source_box], **private)
+        gr.on([connect_btn.click, url_box.submit], on_connect, [url_box, sid_state], [sid_state, source_box],
+              concurrency_limit=None, **private)
+        stop_src_btn.click(on_stop_source, [sid_state], [sid_state, source_box], concurrency_limit=None, **private)
+        gr.on([msg.submit, send_btn.click], chat, [msg, chatbot, sid_state], [chatbot, msg, details, sid_state],
+              api_name="chat", concurrency_limit=16, show_progress="hidden")
+        stop_btn.click(on_stop_answer, [sid_state], None, queue=False, **private)
+        gr.on([add_rule_btn.click, rule_box.submit], on_add_rule, [rule_box, sid_state],
+              [sid_state, rule_box, rules_box, remove_dd, remove_row], concurrency_limit=None, **private)
+        remove_btn.click(on_remove_rule, [remove_dd, sid_state], [sid_state, rules_box, remove_dd, remove_row],
+                         concurrency_limit=None, **private)
+        apply_btn.click(on_apply, [drop_dd, bits_dd, topk_sl, window_nb, sid_state], [sid_state, settings_note],
+                        concurrency_limit=None, **private)
+        restart_btn.click(on_restart, [drop_dd, bits_dd, topk_sl, window_nb, sid_state],
+                          [sid_state, header, settings_note, chatbot, details, rules_box, remove_dd, remove_row, alerts_box],
+                          concurrency_limit=None, **private)
+        timer.tick(on_tick, [sid_state], [stats_box, kept_plot, source_box, alerts_box], concurrency_limit=None,
+                   show_progress="hidden", **private)
+
+        _api_endpoints(actions, tabs, manager)
+
+    demo.queue(default_concurrency_limit=8)
+    demo.livesight_tabs = tabs  # type: ignore[attr-defined]
+    return demo
+
+
+def _api_endpoints(actions: PageActions, tabs: TabRegistry, manager) -> None:
+    """Endpoints for ``gradio_client`` callers; each acts on the caller's own session."""
+
+    def fail(exc: Exception):
+        return gr.Error(str(exc))
+
+    def ask(question: str, max_new_tokens: int = 0, request: gr.Request = None) -> Iterator[tuple[str, dict]]:
+        """Ask about the stream: yields (answer text so far, {"done": false}), then (answer, details)
+        where details is the answer with its evidence (thumbnails as base64 JPEG) and usage."""
+        try:
+            sid = actions.session(None, _session_hash(request))
+            limit = int(max_new_tokens) if max_new_tokens else None
+            for item in actions.ask(sid, question, max_new_tokens=limit):
+                if isinstance(item, str):
+                    yield item, {"done": False, "session_id": sid}
+                else:
+                    yield item.text, {"done": True, "session_id": sid, **item.to_dict(with_thumbnails=True)}
+        except PageError as exc:
+            raise fail(exc) from exc
+
+    def stats(request: gr.Request = None) -> dict:
+        """This client's session statistics, kept-ratio history, source progress and recent alerts."""
+        try:
+            sid = actions.session(None, _session_hash(request))
+        except PageError as exc:
+            raise fail(exc) from exc
+        out = actions.stats(sid)
+        out["kept_history"] = [list(p) for p in manager.kept_history(sid)]
+        out["source_progress"] = actions.progress(sid)
+        tab = tabs.tab(sid)
+        out["alerts"] = [a.to_dict() for a in tabs.alerts(tab)] if tab else []
+        out["rules"] = [{"rule_id": r.rule_id, "text": r.text} for r in actions.rules(sid)]
+        return out
+
+    def watch(rule: str, request: gr.Request = None) -> dict:
+        """Add a watch rule (a standing yes/no question checked when the scene changes)."""
+        try:
+            sid, added = actions.add_watch(None, _session_hash(request), rule)
+        except PageError as exc:
+            raise fail(exc) from exc
+        return {"rule_id": added.rule_id, "text": added.text,
+                "rules": [{"rule_id": r.rule_id, "text": r.text} for r in actions.rules(sid)]}
+
+    def unwatch(rule_id: str, request: gr.Request = None) -> dict:
+        """Remove a watch rule by id."""
+        sid, removed = actions.remove_watch(None, _session_hash(request), rule_id)
+        return {"removed": removed, "rules": [{"rule_id": r.rule_id, "text": r.text} for r in actions.rules(sid)]}
+
+    def set_source(url: str, request: gr.Request = None) -> dict:
+        """Make the server pull an RTSP/HTTP camera into this session (local files are refused)."""
+        try:
+            status = actions.connect_url(None, _session_hash(request), url)
+        except PageError as exc:
+            raise fail(exc) from exc
+        return {"ok": status.ok, "message": status.message, "source": status.label, "info": status.info}
+
+    def stop_source(request: gr.Request = None) -> dict:
+        """Stop this session's server-pulled source."""
+        sid = actions.stop_source(None, _session_hash(request))
+        return {"stopped": sid is not None, "source_progress": actions.progress(sid) if sid else None}
+
+    def settings(overrides: dict, request: gr.Request = None) -> dict:
+        """Change this session's settings (SessionConfig field names); returns all settings."""
+        try:
+            _, cfg = actions.apply_settings(None, _session_hash(request), overrides)
+        except PageError as exc:
+            raise fail(exc) from exc
+        return cfg
+
+    def new_session(overrides: dict, request: gr.Request = None) -> dict:
+        """Close this client's session and start a new one with these settings."""
+        try:
+            sid = actions.restart(None, _session_hash(request), overrides or None)
+        except PageError as exc:
+            raise fail(exc) from exc
+        return {"session_id": sid, "settings": manager.session_config(sid).to_dict()}
+
+    for fn in (ask, stats, watch, unwatch, set_source, stop_source, settings, new_session):
+        gr.api(fn, api_name=fn.__name__, concurrency_limit=16 if fn is ask else None)
+
+
+def launch_options() -> dict[str, Any]:
+    """Theme and CSS for ``Blocks.launch`` or ``gr.mount_gradio_app`` (Gradio 6 takes them there)."""
+    return {"theme": page_theme(), "css": PAGE_CSS}
+
+
+def launch(manager, host: str = "127.0.0.1", port: int = 7860, *, prevent_thread_lock: bool = False, **kwargs):
+    """Serve the page for ``manager`` on ``host:port``.
+
+    Blocks until the server stops unless ``prevent_thread_lock`` (then returns at once; close with
+    ``demo.close()``). Other keyword arguments go to ``build_page`` (``title``, ``session_overrides``,
+    ``stream_every``, ``stats_every``, ``source_fps``) or to ``Blocks.launch``.
+
+    Returns:
+        The launched ``gr.Blocks`` (``.local_url`` is its address).
+    """
+    page_keys = {"title", "session_overrides", "stream_every", "stats_every", "source_fps"}
+    page_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in page_keys}
+    demo = build_page(manager, **page_kw)
+    options = {"show_error": True, "footer_links": ["api", "settings"], "quiet": True, **launch_options(), **kwargs}
+    demo.launch(server_name=host, server_port=int(port), prevent_thread_lock=prevent_thread_lock, **options)
+    return demo
+
+
+def mount(app, manager, path: str = "/", **kwargs):
+    """Mount the page on an existing FastAPI ``app`` at ``path`` (e.g. beside the websocket API).
+
+    Keyword arguments go to ``build_page`` or ``gr.mount_gradio_app``. Returns the FastAPI app.
+    """
+    page_keys = {"title", "session_overrides", "stream_every", "stats_every", "source_fps"}
+    page_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in page_keys}
+    demo = build_page(manager, **page_kw)
+    return gr.mount_gradio_app(app, demo, path=path, **{"footer_links": ["api", "settings"], **launch_options(), **kwargs})

@@ -1,0 +1,257 @@
+"""One manager session per browser tab (or per ``gradio_client.Client``).
+
+Gradio identifies each connected page or API client by its ``session_hash``. The page keeps
+the session id in a ``gr.State`` too, but handlers that cannot see the State (``demo.unload``,
+``gr.api`` endpoints) find the session through the hash here. Per-tab extras live here as
+well: the webcam clock (stream time of browser frames), the alert buffer fed by
+``manager.subscribe`` and a short record of the server-pulled source.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from streaming.frame import Frame
+
+logger = logging.getLogger(__name__)
+
+#: Alerts kept per tab for the feed.
+ALERT_BUFFER = 200
+
+#: A webcam gap longer than this starts a new run (its frames restart the fps count).
+WEBCAM_IDLE_S = 2.0
+
+
+@dataclass
+class Tab:
+    """What the page keeps for one session besides the manager's own state."""
+
+    sid: str
+    session_hash: str | None
+    created: float = field(default_factory=time.time)
+    clock_start: float | None = None  # time.monotonic() of the first webcam frame
+    frames_sent: int = 0
+    frames_refused: int = 0
+    sent_at: deque = field(default_factory=lambda: deque(maxlen=64))  # monotonic times of sent frames
+    alerts: deque = field(default_factory=lambda: deque(maxlen=ALERT_BUFFER))
+    alerts_shown: int = 0  # alerts already announced with a toast
+    alerts_total: int = 0
+    events: deque = field(default_factory=lambda: deque(maxlen=20))  # notable events: source errors/ends
+    source_label: str | None = None
+    source_error: str | None = None  # why the last source request failed (shown until the next one)
+    unsubscribe: Any = None
+    plotted: tuple[int, float | None] = (0, None)  # (points, newest pts) last drawn
+
+    def webcam_pts(self, now: float) -> float:
+        """Stream time of a browser frame arriving at ``now`` (monotonic): seconds since the
+        tab's webcam stream started."""
+        if self.clock_start is None:
+            self.clock_start = now
+        return now - self.clock_start
+
+    def webcam_fps(self, now: float, window_s: float = 2.0) -> float | None:
+        """Frames per second the browser sent over the last ``window_s`` (None when idle)."""
+        recent = [t for t in self.sent_at if now - t <= window_s]
+        if not recent:
+            return None
+        return len(recent) / window_s
+
+    def webcam_active(self, now: float) -> bool:
+        return bool(self.sent_at) and now - self.sent_at[-1] <= WEBCAM_IDLE_S
+
+
+class TabRegistry:
+    """Maps Gradio sessions (``session_hash``) to manager sessions and closes them when tabs go.
+
+    Thread-safe: Gradio calls handlers from many threads.
+
+    Args:
+        manager: the :class:`app.manager.SessionManager` the page serves.
+        overrides: settings for new sessions (on top of the manager's defaults).
+    """
+
+    def __init__(self, manager, overrides: dict | None = None) -> None:
+        self.manager = manager
+        self.overrides = dict(overrides or {})
+        self._lock = threading.RLock()
+        self._by_hash: dict[str, str] = {}
+        self._tabs: dict[str, Tab] = {}
+
+    # ---- lookup -----------------------------------------------------------------------------------
+    def _alive(self, sid: str | None) -> bool:
+        if not sid or sid not in self._tabs:
+            return False
+        try:
+            self.manager.session_config(sid)
+        except Exception:  # noqa: BLE001 - UnknownSession: closed or expired by the manager
+            return False
+        return True
+
+    def resolve(self, sid: str | None, session_hash: str | None, *, create: bool = True) -> str | None:
+        """The open session of this tab: the State's ``sid`` if still open, else the one
+        registered for ``session_hash``, else a new one (``create``) or None.
+
+        Raises:
+            app.manager.SessionLimit: the server holds its maximum number of sessions.
+        """
+        with self._lock:
+            if self._alive(sid):
+                if session_hash and self._by_hash.get(session_hash) != sid:
+                    self._by_hash[session_hash] = sid
+                return sid
+            known = self._by_hash.get(session_hash) if session_hash else None
+            if self._alive(known):
+                return known
+            if known is not None:
+                self._forget(known)
+            if sid is not None and sid in self._tabs:
+                self._forget(sid)
+            if not create:
+                return None
+            return self._create(session_hash, self.overrides)
+
+    def _create(self, session_hash: str | None, overrides: dict) -> str:
+        owner = f"page:{session_hash}" if session_hash else "page"
+        sid = self.manager.create_session(overrides or None, owner=owner)
+        tab = Tab(sid, session_hash)
+        tab.unsubscribe = self.manager.subscribe(sid, lambda event, _tab=tab: self._on_event(_tab, event))
+        self._tabs[sid] = tab
+        if session_hash:
+            self._by_hash[session_hash] = sid
+        logger.info("page session %s created for %s", sid, session_hash)
+        return sid
+
+    def reset(self, sid: str | None, session_hash: str | None, overrides: dict | None = None) -> str:
+        """Close this tab's session and open a fresh one with ``overrides`` (validated by the manager
+        first: bad settings leave the old session as it was). Returns the new session id."""
+        with self._lock:
+            old = {sid, self._by_hash.get(session_hash) if session_hash else None} - {None}
+            new = self._create(session_hash, {**self.overrides, **(overrides or {})})
+            for stale in old - {new}:
+                self.close(stale)
+            return new
+
+    def tab(self, sid: str | None) -> Tab | None:
+        with self._lock:
+            return self._tabs.get(sid) if sid else None
+
+    def sessions(self) -> dict[str, str]:
+        """``{session_hash: sid}`` of the tabs the page serves now."""
+        with self._lock:
+            return dict(self._by_hash)
+
+    # ---- closing ----------------------------------------------------------------------------------
+    def _forget(self, sid: str) -> Tab | None:
+        tab = self._tabs.pop(sid, None)
+        if tab is not None:
+            if tab.session_hash and self._by_hash.get(tab.session_hash) == sid:
+                del self._by_hash[tab.session_hash]
+            if tab.unsubscribe is not None:
+                try:
+                    tab.unsubscribe()
+                except Exception:  # noqa: BLE001 - the session may be gone already
+                    pass
+        return tab
+
+    def close(self, sid: str | None) -> None:
+        """Close one session (idempotent; unknown ids are ignored)."""
+        if not sid:
+            return
+        with self._lock:
+            self._forget(sid)
+        try:
+            self.manager.close_session(sid, reason="page closed")
+        except Exception:  # noqa: BLE001 - closing must never fail a Gradio callback
+            logger.exception("closing page session %s failed", sid)
+
+    def release_hash(self, session_hash: str | None) -> None:
+        """The tab (or API client) with ``session_hash`` went away: close its session."""
+        if not session_hash:
+            return
+        with self._lock:
+            sid = self._by_hash.get(session_hash)
+        if sid:
+            logger.info("page session %s: tab %s left", sid, session_hash)
+            self.close(sid)
+
+    def release_state(self, sid: Any) -> None:
+        """``gr.State`` delete callback: the State holding ``sid`` expired."""
+        if isinstance(sid, str):
+            self.close(sid)
+
+    def close_all(self) -> None:
+        with self._lock:
+            sids = list(self._tabs)
+        for sid in sids:
+            self.close(sid)
+
+    # ---- events -----------------------------------------------------------------------------------
+    def _on_event(self, tab: Tab, event: dict) -> None:
+        """``manager.subscribe`` callback (manager threads): buffer what the page shows."""
+        kind = event.get("type")
+        if kind == "alert.triggered":
+            from app.session_types import Alert
+
+            try:
+                alert = Alert(str(event["rule_id"]), str(event["rule"]), float(event["pts"]),
+                              str(event.get("answer", "")), float(event.get("wall", time.time())))
+            except (KeyError, TypeError, ValueError):
+                logger.warning("malformed alert event: %r", event)
+                return
+            with self._lock:
+                tab.alerts.append(alert)
+                tab.alerts_total += 1
+        elif kind in ("input_source.error", "input_source.ended", "error"):
+            with self._lock:
+                tab.events.append(event)
+
+    def new_alerts(self, tab: Tab) -> list:
+        """Alerts that arrived since the last call (for toasts)."""
+        with self._lock:
+            fresh = tab.alerts_total - tab.alerts_shown
+            tab.alerts_shown = tab.alerts_total
+            return list(tab.alerts)[-fresh:] if fresh > 0 else []
+
+    def alerts(self, tab: Tab) -> list:
+        with self._lock:
+            return list(tab.alerts)
+
+    # ---- webcam frames ----------------------------------------------------------------------------
+    def webcam_frame(self, tab: Tab, image: np.ndarray) -> bool:
+        """Turn a browser webcam image into a :class:`Frame` on the tab's clock and hand it to the
+        manager (non-blocking, newest wins). Returns whether the manager queued it.
+
+        Args:
+            image: ``(H, W, 3)`` (or ``(H, W, 4)``, alpha dropped) uint8 RGB as ``gr.Image`` gives it.
+
+        Raises:
+            ValueError: ``image`` is not an RGB uint8 picture.
+            app.manager.FrameTooLarge, app.manager.UnknownSession: from the manager.
+        """
+        arr = np.asarray(image)
+        if arr.ndim == 3 and arr.shape[2] == 4:
+            arr = arr[:, :, :3]
+        if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
+            raise ValueError(f"a webcam frame must be an (H, W, 3) uint8 RGB image; got shape {arr.shape} dtype {arr.dtype}")
+        now = time.monotonic()
+        with self._lock:
+            if tab.sent_at and now - tab.sent_at[-1] > WEBCAM_IDLE_S:
+                tab.sent_at.clear()
+            pts = tab.webcam_pts(now)
+            index = tab.frames_sent + tab.frames_refused
+        frame = Frame(index=index, pts=pts, wall=time.time(), rgb=np.ascontiguousarray(arr))
+        accepted = self.manager.submit_frame(tab.sid, frame)
+        with self._lock:
+            if accepted:
+                tab.frames_sent += 1
+            else:
+                tab.frames_refused += 1
+            tab.sent_at.append(now)
+        return accepted
