@@ -9,13 +9,16 @@ with a message fit to show as is.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from app.config import ConfigError
+from app.manager import LiveUpdateRefused, ManagerError
 from app.session_types import Answer, SessionError, WatchRule
+from streaming.errors import SourceError
 
 from .answers import stream_answer
 from .tabs import Tab, TabRegistry
@@ -41,12 +44,6 @@ class SourceStatus:
     info: dict[str, Any] | None = None
 
 
-def _source_error_types() -> tuple[type[BaseException], ...]:
-    from streaming.errors import SourceError
-
-    return (SourceError,)
-
-
 class PageActions:
     """The page's operations for one :class:`~app.manager.SessionManager`.
 
@@ -64,8 +61,6 @@ class PageActions:
     # ---- sessions ---------------------------------------------------------------------------------
     def session(self, sid: str | None, session_hash: str | None) -> str:
         """The tab's open session id (created when it has none)."""
-        from app.manager import ManagerError
-
         try:
             return self.tabs.resolve(sid, session_hash)
         except ManagerError as exc:  # SessionLimit, shut down
@@ -101,8 +96,6 @@ class PageActions:
         try:
             cfg = self.manager.update_session(sid, dict(overrides))
         except ConfigError as exc:
-            from app.manager import LiveUpdateRefused
-
             hint = " Use “New session with these settings” to start over with them." if isinstance(exc, LiveUpdateRefused) else ""
             raise PageError(f"{exc}.{hint}") from exc
         except SessionError as exc:
@@ -111,8 +104,6 @@ class PageActions:
 
     def restart(self, sid: str | None, session_hash: str | None, overrides: dict[str, Any] | None = None) -> str:
         """Close the tab's session and open a new one with ``overrides``. Returns the new id."""
-        from app.manager import ManagerError
-
         try:
             return self.tabs.reset(sid, session_hash, overrides)
         except (ConfigError, ManagerError) as exc:
@@ -136,13 +127,11 @@ class PageActions:
         return self._set_source(sid, url, None, allow_files=False)
 
     def _set_source(self, sid: str, spec: str, label: str | None, *, allow_files: bool) -> SourceStatus:
-        from app.manager import ManagerError
-
         tab = self.tab(sid)
         try:
             info = self.manager.set_source(sid, spec, fps=self.source_fps, realtime=True, allow_files=allow_files)
-        except _source_error_types() as exc:
-            tab.source_error = f"{label or spec}: {type(exc).__name__}: {exc}"
+        except SourceError as exc:
+            tab.source_error = f"{type(exc).__name__}: {exc}"  # source errors name their source
             return SourceStatus(sid, label or spec, False, f"{type(exc).__name__}: {exc}")
         except ManagerError as exc:
             tab.source_error = f"{label or spec}: {exc}"
@@ -174,8 +163,6 @@ class PageActions:
         Raises:
             PageError: an empty question, or an answer already running in this session.
         """
-        from app.manager import ManagerError
-
         if not isinstance(question, str) or not question.strip():
             raise PageError("type a question first")
         try:
@@ -211,8 +198,6 @@ class PageActions:
     # ---- stats ------------------------------------------------------------------------------------
     def stats(self, sid: str) -> dict[str, Any]:
         """``manager.stats(sid)`` plus what the page itself knows (webcam frames sent, alerts)."""
-        import time
-
         stats = self.manager.stats(sid)
         tab = self.tabs.tab(sid)
         if tab is not None:
@@ -223,6 +208,7 @@ class PageActions:
                 "webcam_fps": tab.webcam_fps(now),
                 "webcam_active": tab.webcam_active(now),
                 "source_label": tab.source_label,
+                "source_error": tab.source_error,
                 "alerts_received": tab.alerts_total,
             }
         return stats

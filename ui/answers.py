@@ -12,7 +12,7 @@ import queue
 import time
 from collections.abc import Iterator
 
-from app.session_types import Answer
+from app.session_types import Answer, SessionError
 
 logger = logging.getLogger(__name__)
 
@@ -62,5 +62,5 @@ def stream_answer(manager, sid: str, question: str, *, max_new_tokens: int | Non
         if not finished and not future.done():
             try:
                 manager.cancel(sid)
-            except Exception:  # noqa: BLE001 - the session may be closed already
+            except SessionError:  # the session was closed meanwhile
                 logger.debug("cancel of session %s failed", sid, exc_info=True)

@@ -27,19 +27,15 @@ from typing import Any
 import gradio as gr
 
 from app.config import DROP_MODES, KV_BITS
+from app.session_types import SessionError
 
 from . import render
 from .actions import PageActions, PageError
+from .config import PageConfig, PageConfigError
 from .style import PAGE_CSS, page_theme
 from .tabs import TabRegistry
 
 logger = logging.getLogger(__name__)
-
-#: Seconds between browser webcam frames sent to the server.
-STREAM_EVERY_S = 0.5
-#: Seconds between live-stats refreshes.
-STATS_EVERY_S = 1.0
-
 
 def model_notice(manager) -> str | None:
     """The notice shown at the top of the page: the manager's, or a warning about random weights."""
@@ -57,38 +53,30 @@ def _session_hash(request) -> str | None:
     return getattr(request, "session_hash", None) if request is not None else None
 
 
-def build_page(manager, *, title: str = "LiveSight", session_overrides: dict | None = None,
-               stream_every: float = STREAM_EVERY_S, stats_every: float = STATS_EVERY_S,
-               source_fps: float | None = 1.0):
+def build_page(manager, config: PageConfig | None = None):
     """Build the page for ``manager`` (an :class:`app.manager.SessionManager`).
 
-    Args:
-        title: the browser tab's title.
-        session_overrides: settings for every tab's session, on top of the manager's defaults.
-        stream_every: seconds between webcam frames the browser sends.
-        stats_every: seconds between live-stats refreshes.
-        source_fps: frames per second of stream time an uploaded video or camera URL feeds the model.
-
     Returns:
-        ``gr.Blocks`` with its queue configured; launch it with :func:`launch_options`
-        (theme and CSS) or use :func:`launch` / :func:`mount`. ``blocks.livesight_tabs`` is the
-        :class:`~ui.tabs.TabRegistry` (one session per Gradio session).
+        ``gr.Blocks`` with its queue configured; serve it with :func:`launch_options` (theme and
+        CSS go to ``launch`` in Gradio 6), or use :func:`launch` / :func:`mount`.
+        ``blocks.livesight_tabs`` is its :class:`~ui.tabs.TabRegistry` (Gradio session -> session id).
     """
-    if not 0.05 <= float(stream_every) <= 10:
-        raise ValueError(f"stream_every must be in [0.05, 10] seconds; got {stream_every!r}")
-    if not 0.2 <= float(stats_every) <= 60:
-        raise ValueError(f"stats_every must be in [0.2, 60] seconds; got {stats_every!r}")
-
-    tabs = TabRegistry(manager, session_overrides)
+    config = config if config is not None else PageConfig()
+    if not isinstance(config, PageConfig):
+        raise PageConfigError(f"config must be a PageConfig; got {type(config).__name__}")
+    source_fps = min(config.source_fps, manager.config.max_fps)
+    if source_fps < config.source_fps:
+        logger.info("page source_fps %.3g capped at the manager's max_fps %.3g", config.source_fps, source_fps)
+    tabs = TabRegistry(manager, config.session_overrides)
     actions = PageActions(manager, tabs, source_fps=source_fps)
     spec = getattr(getattr(manager, "backend", None), "spec", None)
     model_name = getattr(spec, "name", None)
     notice = model_notice(manager)
     defaults = manager.config.default_session
 
-    with gr.Blocks(title=title, analytics_enabled=False) as demo:
+    with gr.Blocks(title=config.title, analytics_enabled=False) as demo:
         sid_state = gr.State(None, delete_callback=tabs.release_state)
-        notice_box = gr.HTML(render.notice_html(notice), visible=bool(notice), elem_id="ls-notice")
+        gr.HTML(render.notice_html(notice), visible=bool(notice), elem_id="ls-notice")
         header = gr.HTML(render.header_html(model_name, None), elem_id="ls-header")
 
         with gr.Row(equal_height=False):
@@ -151,7 +139,7 @@ def build_page(manager, *, title: str = "LiveSight", session_overrides: dict | N
                 with gr.Accordion("Last answer (details)", open=False):
                     details = gr.JSON(label="answer, evidence and usage", elem_id="ls-details")
 
-        timer = gr.Timer(stats_every)
+        timer = gr.Timer(config.stats_every_s)
 
         # ------------------------------------------------------------------------ handlers
         def settings_values(sid: str):
@@ -174,15 +162,20 @@ def build_page(manager, *, title: str = "LiveSight", session_overrides: dict | N
                 return gr.skip()
             try:
                 sid = actions.session(sid, _session_hash(request))
-                tabs.webcam_frame(actions.tab(sid), image)
-            except (PageError, ValueError) as exc:
-                logger.warning("webcam frame refused: %s", exc)
-            except Exception as exc:  # noqa: BLE001 - a bad frame must not end the stream
-                from app.manager import ManagerError
-
-                if not isinstance(exc, ManagerError):
-                    raise
-                logger.warning("webcam frame refused: %s", exc)
+            except PageError as exc:
+                logger.warning("webcam frame without a session: %s", exc)
+                return sid
+            tab = tabs.tab(sid)
+            try:
+                tabs.webcam_frame(tab, image)
+            except (ValueError, SessionError) as exc:  # a bad or oversized frame fails alone
+                message = f"webcam frame refused: {exc}"
+                if tab.source_error != message:
+                    logger.warning("session %s: %s", sid, message)
+                tab.source_error = message
+            else:
+                if tab.source_error and tab.source_error.startswith("webcam frame refused"):
+                    tab.source_error = None
             return sid
 
         def source_view(sid: str | None) -> str:
@@ -240,7 +233,10 @@ def build_page(manager, *, title: str = "LiveSight", session_overrides: dict | N
                         history[-1] = {"role": "assistant", "content": render.answer_message(item)}
                         yield history, "", item.to_dict(), sid
             except Exception as exc:  # noqa: BLE001 - shown in the chat, never a crash of the page
-                logger.info("session %s: question failed: %s", sid, exc)
+                if isinstance(exc, (PageError, SessionError)):
+                    logger.info("session %s: question refused: %s", sid, exc)
+                else:
+                    logger.exception("session %s: question failed", sid)
                 history[-1] = {"role": "assistant", "content": render.error_message(str(exc) or type(exc).__name__)}
                 yield history, "", gr.skip(), sid
 
@@ -249,7 +245,7 @@ def build_page(manager, *, title: str = "LiveSight", session_overrides: dict | N
             if sid is not None:
                 try:
                     manager.cancel(sid)
-                except Exception:  # noqa: BLE001 - nothing to cancel
+                except SessionError:  # closed meanwhile: nothing to cancel
                     pass
 
         def rules_view(sid):
@@ -302,11 +298,7 @@ def build_page(manager, *, title: str = "LiveSight", session_overrides: dict | N
             try:
                 stats = actions.stats(sid)
                 history = manager.kept_history(sid)
-            except Exception as exc:  # noqa: BLE001 - the session closed between calls
-                from app.manager import ManagerError
-
-                if not isinstance(exc, ManagerError):
-                    raise
+            except SessionError:  # the session closed between calls (UnknownSession)
                 return render.stats_html(None), gr.skip(), source_view(None), gr.skip()
             key = (len(history), history[-1][0] if history else None)
             plot = gr.skip() if key == tab.plotted else render.kept_frame(history)
@@ -321,7 +313,7 @@ def build_page(manager, *, title: str = "LiveSight", session_overrides: dict | N
         private = dict(api_visibility="private")
         demo.load(on_load, [sid_state], [sid_state, header, drop_dd, bits_dd, topk_sl, window_nb], **private)
         demo.unload(on_unload)
-        cam.stream(on_frame, [cam, sid_state], [sid_state], stream_every=stream_every, time_limit=None,
+        cam.stream(on_frame, [cam, sid_state], [sid_state], stream_every=config.stream_every_s, time_limit=None,
                    concurrency_limit=None, show_progress="hidden", **private)
         upload.upload(on_upload, [upload, sid_state], [sid_state, source_box], api_name="play_video",
                       concurrency_limit=None)
@@ -348,6 +340,7 @@ def build_page(manager, *, title: str = "LiveSight", session_overrides: dict | N
 
     demo.queue(default_concurrency_limit=8)
     demo.livesight_tabs = tabs  # type: ignore[attr-defined]
+    demo.livesight_actions = actions  # type: ignore[attr-defined]
     return demo
 
 
@@ -437,30 +430,26 @@ def launch_options() -> dict[str, Any]:
     return {"theme": page_theme(), "css": PAGE_CSS}
 
 
-def launch(manager, host: str = "127.0.0.1", port: int = 7860, *, prevent_thread_lock: bool = False, **kwargs):
+def launch(manager, host: str = "127.0.0.1", port: int = 7860, *, config: PageConfig | None = None,
+           prevent_thread_lock: bool = False, **launch_kwargs):
     """Serve the page for ``manager`` on ``host:port``.
 
-    Blocks until the server stops unless ``prevent_thread_lock`` (then returns at once; close with
-    ``demo.close()``). Other keyword arguments go to ``build_page`` (``title``, ``session_overrides``,
-    ``stream_every``, ``stats_every``, ``source_fps``) or to ``Blocks.launch``.
+    Blocks until the server stops (Ctrl-C) unless ``prevent_thread_lock``: then it returns at once
+    and the caller stops the page with ``demo.close()``. ``launch_kwargs`` go to
+    ``Blocks.launch`` (e.g. ``auth=`` to protect a page served beyond loopback).
 
     Returns:
         The launched ``gr.Blocks`` (``.local_url`` is its address).
     """
-    page_keys = {"title", "session_overrides", "stream_every", "stats_every", "source_fps"}
-    page_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in page_keys}
-    demo = build_page(manager, **page_kw)
-    options = {"show_error": True, "footer_links": ["api", "settings"], "quiet": True, **launch_options(), **kwargs}
+    demo = build_page(manager, config)
+    options = {"show_error": True, "footer_links": ["api", "settings"], "quiet": True, **launch_options(), **launch_kwargs}
     demo.launch(server_name=host, server_port=int(port), prevent_thread_lock=prevent_thread_lock, **options)
     return demo
 
 
-def mount(app, manager, path: str = "/", **kwargs):
-    """Mount the page on an existing FastAPI ``app`` at ``path`` (e.g. beside the websocket API).
-
-    Keyword arguments go to ``build_page`` or ``gr.mount_gradio_app``. Returns the FastAPI app.
-    """
-    page_keys = {"title", "session_overrides", "stream_every", "stats_every", "source_fps"}
-    page_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in page_keys}
-    demo = build_page(manager, **page_kw)
-    return gr.mount_gradio_app(app, demo, path=path, **{"footer_links": ["api", "settings"], **launch_options(), **kwargs})
+def mount(app, manager, path: str = "/", *, config: PageConfig | None = None, **mount_kwargs):
+    """Mount the page on an existing FastAPI ``app`` at ``path``; ``mount_kwargs`` go to
+    ``gr.mount_gradio_app``. Returns the FastAPI app."""
+    demo = build_page(manager, config)
+    options = {"footer_links": ["api", "settings"], **launch_options(), **mount_kwargs}
+    return gr.mount_gradio_app(app, demo, path=path, **options)

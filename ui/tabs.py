@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from app.session_types import Alert, SessionError
 from streaming.frame import Frame
 
 logger = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ class TabRegistry:
             return False
         try:
             self.manager.session_config(sid)
-        except Exception:  # noqa: BLE001 - UnknownSession: closed or expired by the manager
+        except SessionError:  # UnknownSession: closed or expired by the manager
             return False
         return True
 
@@ -134,9 +135,9 @@ class TabRegistry:
         with self._lock:
             old = {sid, self._by_hash.get(session_hash) if session_hash else None} - {None}
             new = self._create(session_hash, {**self.overrides, **(overrides or {})})
-            for stale in old - {new}:
-                self.close(stale)
-            return new
+        for stale in old - {new}:
+            self.close(stale)
+        return new
 
     def tab(self, sid: str | None) -> Tab | None:
         with self._lock:
@@ -154,10 +155,7 @@ class TabRegistry:
             if tab.session_hash and self._by_hash.get(tab.session_hash) == sid:
                 del self._by_hash[tab.session_hash]
             if tab.unsubscribe is not None:
-                try:
-                    tab.unsubscribe()
-                except Exception:  # noqa: BLE001 - the session may be gone already
-                    pass
+                tab.unsubscribe()
         return tab
 
     def close(self, sid: str | None) -> None:
@@ -197,8 +195,6 @@ class TabRegistry:
         """``manager.subscribe`` callback (manager threads): buffer what the page shows."""
         kind = event.get("type")
         if kind == "alert.triggered":
-            from app.session_types import Alert
-
             try:
                 alert = Alert(str(event["rule_id"]), str(event["rule"]), float(event["pts"]),
                               str(event.get("answer", "")), float(event.get("wall", time.time())))

@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 FAMILIES = ("qwen2_5_vl", "llava_onevision")
 REAL_NAMES = {"qwen2_5_vl": "Qwen2.5-VL-3B shape (random weights)", "llava_onevision": "LLaVA-OneVision-0.5B shape (random weights)"}
 TINY_NAMES = {"qwen2_5_vl": "tiny-qwen2_5_vl", "llava_onevision": "tiny-llava-ov"}
+#: Parameters of the real shapes (for the free-memory check before building them).
+REAL_PARAMS = {"qwen2_5_vl": 3.76e9, "llava_onevision": 0.90e9}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,11 +77,27 @@ def stream_frames(path: Path, fps: float, duration: float) -> list:
         loop += 1
 
 
+def check_memory(family: str, dtype) -> None:
+    """Refuse to build a real shape that would not fit in the memory available now (no swap: it would be killed)."""
+    import psutil
+    import torch
+
+    needed = REAL_PARAMS[family] * (torch.finfo(dtype).bits // 8) * 1.1 + 2**30
+    available = psutil.virtual_memory().available
+    if available < needed:
+        raise ValueError(
+            f"{REAL_NAMES[family]} in {dtype} needs about {needed / 2**30:.1f} GiB of RAM; "
+            f"{available / 2**30:.1f} GiB is available now"
+        )
+
+
 def _build(family: str, args: argparse.Namespace, dtype):
     """-> (backend, description, build seconds)."""
     import time
 
     t0 = time.perf_counter()
+    if not args.quick:
+        check_memory(family, dtype)
     if args.quick:
         from app.backends.registry import load_backend
 

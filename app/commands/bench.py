@@ -16,6 +16,12 @@ from typing import Any
 BENCHES: dict[str, str] = {
     "ingest": "app.bench.ingest",
     "backends": "app.bench.backends",
+    "drop": "app.bench.drop",
+    "kv": "app.bench.kv",
+    "retrieval": "app.bench.retrieval",
+    "stream": "app.bench.stream",
+    "realtime": "app.bench.realtime",
+    "fidelity": "app.bench.fidelity",
 }
 
 

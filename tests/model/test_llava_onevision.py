@@ -202,6 +202,25 @@ def test_registry_resolves_llava_names(tmp_path):
         load_backend(str(tmp_path))
 
 
+def test_local_checkpoint_directory_loads(tmp_path, ov):
+    """A saved checkpoint (model, tokenizer, image processor) loads through the hub/directory path and encodes
+    frames exactly as the builtin it was saved from."""
+    from app.backends.registry import load_backend
+
+    ov.model.save_pretrained(tmp_path)
+    ov.tokenizer.save_pretrained(tmp_path)
+    ov.image_processor.save_pretrained(tmp_path)
+    backend = load_backend(str(tmp_path))
+    try:
+        assert backend.spec.family == "llava_onevision" and not backend.spec.random_weights
+        assert backend.spec.token_grid == ov.spec.token_grid
+        rgbs = [f.rgb for f in random_frames(2, seed=8)]
+        torch.testing.assert_close(backend.encode_frames(rgbs), ov.encode_frames(rgbs), atol=0, rtol=0)
+        assert backend.chat == ov.chat
+    finally:
+        backend.close()
+
+
 def test_weights_quantized_4bit_still_answer():
     from app.backends.registry import load_backend
     from compression.weights import WeightQuantConfig, quantized_linear_counts

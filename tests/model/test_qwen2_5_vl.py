@@ -149,13 +149,15 @@ def test_bad_inputs_raise_backend_errors(qwen):
 # ---- exactness (DESIGN.md invariant 1) -------------------------------------------------------------------
 
 
-def test_full_window_equals_the_model_forward_and_its_rope_index(qwen):
+@pytest.mark.parametrize("with_note", [True, False])
+def test_full_window_equals_the_model_forward_and_its_rope_index(qwen, with_note):
     """Window longer than the stream: positions equal get_rope_index, question logits equal the plain forward.
 
-    Five frames: the fifth waits for its pair and is completed by repeating it when the note arrives.
+    Five frames: the fifth waits for its pair and is completed by repeating it when the note (or,
+    without a note, the question) arrives.
     """
     frames = random_frames(5, seed=1)
-    texts = [(5.0, "The keys are under the blue mat.")]
+    texts = [(5.0, "The keys are under the blue mat.")] if with_note else []
     question = "Where are the keys?"
     cfg = SessionConfig(window_tokens=100_000, top_k=0, drop="off", kv_bits=32)
     with Session(qwen, cfg) as s:
@@ -164,9 +166,9 @@ def test_full_window_equals_the_model_forward_and_its_rope_index(qwen):
         assert [r.pts for r in results if not r.pending] == [0.0, 2.0]
         for pts, text in texts:
             s.ingest_text(pts, text)
+        logits, _ = s.question_logits(question)
         assert len(s.bank) == 0 and s.stats()["encoder_calls"] == 3
         held = window_positions(s)
-        logits, _ = s.question_logits(question)
     layout = session_layout(qwen, _steps(qwen, frames), texts, question)
     ids, rgbs = layout.input_ids, _paired(frames)
     rope = _rope_index(qwen, ids, rgbs)
@@ -312,6 +314,28 @@ def test_registry_resolves_qwen_names(tmp_path):
     assert resolve_family(str(tmp_path)) == "qwen2_5_vl"
     with pytest.raises(ModelNotAvailable, match="cannot load Qwen2.5-VL directory"):
         load_backend(str(tmp_path))  # a config but no weights
+
+
+def test_local_checkpoint_directory_loads(tmp_path, qwen):
+    """A saved checkpoint (model, tokenizer, image processor) loads through the hub/directory path."""
+    from app.backends.registry import load_backend
+
+    qwen.model.save_pretrained(tmp_path)
+    qwen.tokenizer.save_pretrained(tmp_path)
+    qwen.image_processor.save_pretrained(tmp_path)
+    backend = load_backend(str(tmp_path))
+    try:
+        assert backend.spec.family == "qwen2_5_vl" and not backend.spec.random_weights
+        assert backend.spec.frame_size == 448 and backend.spec.token_grid == (16, 16)  # checkpoints stream 448 px pairs
+        for name, p in backend.model.state_dict().items():
+            assert torch.equal(p, qwen.model.state_dict()[name]), name
+        with Session(backend, SessionConfig(max_new_tokens=2)) as s:
+            for f in random_frames(2, seed=8):
+                s.ingest(f)
+            assert s.stats()["tokens_seen"] == 256
+            assert s.answer("What is there?").stop_reason in ("eos", "max_tokens")
+    finally:
+        backend.close()
 
 
 def test_weights_quantized_8bit_still_answer():

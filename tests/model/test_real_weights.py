@@ -53,17 +53,21 @@ def test_greedy_answer_equals_transformers_generate(real_backend):
     assert "Paris" in ans.text
 
 
+@pytest.mark.timeout(1800)
 def test_needle_200_chunks_back_comes_from_memory(real_backend):
     random.seed(0)
     fact = "The secret password for the vault is BLUEBERRY."
     cfg = SessionConfig(window_tokens=256, top_k=8, max_new_tokens=16, kv_bits=16)
     with Session(real_backend, cfg) as s:
         s.ingest_text(3.0, fact)
-        for i in range(4, 222):
+        for i in range(4, 210):
             s.ingest_text(float(i), f"{random.choice(SUBJECTS)} {random.choice(STATES)}.")
         stats = s.stats()
         chunks_after = sum(1 for m in s.bank.metas() if m.t_start > 3.0)
-        assert chunks_after >= 200
+        assert chunks_after >= 200  # the needle is 200+ chunks back
+        # without memory (local window only) the model cannot know it
+        blind = s.answer("What is the secret password for the vault?", top_k=0)
+        assert "BLUEBERRY" not in blind.text.upper()
         ans = s.answer("What is the secret password for the vault?")
         window = [e for e in ans.evidence if e.source == "window"][0]
         memory = [e for e in ans.evidence if e.source == "memory"]
@@ -71,7 +75,4 @@ def test_needle_200_chunks_back_comes_from_memory(real_backend):
         assert window.t_start > 3.0
         assert any(e.t_start == 3.0 and e.text == fact for e in memory)
         assert "BLUEBERRY" in ans.text.upper()
-        # without memory the model cannot know it
-        blind = s.answer("What is the secret password for the vault?", top_k=0)
-        assert "BLUEBERRY" not in blind.text.upper()
     assert stats["bank_chunks"] >= 200

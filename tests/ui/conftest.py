@@ -58,14 +58,15 @@ def page(ui_backend, page_env) -> Iterator[PageServer]:
     """The page on ``http://127.0.0.1:<free port>/`` with a fresh manager (one per test module)."""
     from app.config import SessionConfig
     from app.manager import ManagerConfig, SessionManager
+    from ui.config import PageConfig
     from ui.page import launch
 
     manager = SessionManager(
         ui_backend,
-        ManagerConfig(max_sessions=8, max_fps=10.0, default_session=SessionConfig(window_tokens=32, max_new_tokens=12)),
+        ManagerConfig(max_sessions=8, max_fps=10.0, default_session=SessionConfig(window_tokens=32, max_new_tokens=48)),
     )
     port = free_port()
-    demo = launch(manager, "127.0.0.1", port, prevent_thread_lock=True, stats_every=0.5, source_fps=4.0)
+    demo = launch(manager, "127.0.0.1", port, config=PageConfig(stats_every_s=0.5, source_fps=4.0), prevent_thread_lock=True)
     try:
         yield PageServer(f"http://127.0.0.1:{port}/", manager, demo)
     finally:

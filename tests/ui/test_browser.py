@@ -113,7 +113,7 @@ def test_webcam_stream_chat_answer_with_evidence(page, chromium_path, tmp_path):
             bot = tab.locator("[data-testid=bot]").first
             bot.locator("img.ls-thumb").first.wait_for(timeout=60_000)
             texts = tab.evaluate("() => window.__botTexts")
-            streaming = [t for t in texts if "▍" in t]
+            streaming = [t for t in texts if "▍" in t and t.replace("▍", "").strip()]
             assert streaming, f"no partial answer was shown before the final one: {texts[:5]}"
             final = bot.inner_text()
             answer_text = final.split("Evidence")[0].strip()
@@ -128,9 +128,7 @@ def test_webcam_stream_chat_answer_with_evidence(page, chromium_path, tmp_path):
             assert src.startswith("data:image/jpeg;base64,")
             # the thumbnail really decodes in the browser
             assert tab.evaluate("(img) => img.complete && img.naturalWidth > 0", thumbs.first.element_handle())
-            # the answer the page showed is the one the session produced (the details panel has it)
-            answer = manager.stats(sid)["answers"]
-            assert answer == 1
+            assert manager.stats(sid)["answers"] == 1
 
             _wait(lambda: tab.locator("#ls-kept-plot canvas, #ls-kept-plot svg").count() > 0, 15, "the kept-ratio plot")
             shot = _save_screenshot(tab, tmp_path)

@@ -129,8 +129,9 @@ def test_chat_endpoint_streams_into_history_with_evidence(played):
     steps = [out for out in job]
     history, cleared, details = job.result()
     assert cleared == ""
-    partial = [step[0][-1]["content"][0]["text"] for step in steps if "▍" in step[0][-1]["content"][0]["text"]]
-    assert partial, "no partial answer was streamed into the chat"
+    shown = [step[0][-1]["content"][0]["text"] for step in steps if step[0][-1]["role"] == "assistant"]
+    partial = [text for text in shown if "▍" in text and text.replace("▍", "").strip()]
+    assert partial, f"no partial answer was streamed into the chat: {shown}"
     assert [m["role"] for m in history] == ["user", "assistant"]
     bot = history[-1]["content"][0]["text"]
     assert "▍" not in bot and details["text"] and _words(details["text"][:20]) in _words(bot)
@@ -183,6 +184,8 @@ def test_camera_url_errors_are_plain(page):
     try:
         refused = client.predict("file:///etc/passwd", api_name="/set_source")
         assert refused["ok"] is False and "SchemeNotAllowed" in refused["message"]
+        # the page keeps showing the error until the next source request
+        assert "SchemeNotAllowed" in client.predict(api_name="/stats")["page"]["source_error"]
         local = client.predict("/etc/hosts", api_name="/set_source")
         assert local["ok"] is False and "not allowed" in local["message"].lower()
         with socket.socket() as sock:  # a port nobody listens on
@@ -192,7 +195,10 @@ def test_camera_url_errors_are_plain(page):
         assert unreachable["ok"] is False and "SourceUnreachable" in unreachable["message"]
         empty = client.predict("  ", api_name="/set_source")
         assert empty["ok"] is False and "camera URL" in empty["message"]
-        assert client.predict(api_name="/stats")["source_progress"] is None
+        stats = client.predict(api_name="/stats")
+        assert stats["source_progress"] is None and "camera URL" in stats["page"]["source_error"]
+        assert client.predict(api_name="/stop_source")["stopped"] is True
+        assert client.predict(api_name="/stats")["page"]["source_error"] is None
     finally:
         client.close()
 
@@ -230,3 +236,19 @@ def test_settings_apply_refuse_and_restart(page, synthetic_media):
         assert client.predict(api_name="/stats")["session_id"] == fresh["session_id"]
     finally:
         client.close()
+
+
+def test_a_client_cannot_make_the_server_play_a_local_file(page, synthetic_media):
+    """/play_video takes uploads only: a FileData naming a server path that no one uploaded is
+    refused by Gradio before the handler runs, and no source starts."""
+    import httpx
+
+    before = set(page.manager.sessions())
+    base = page.url.rstrip("/")
+    payload = {"data": [{"path": str(synthetic_media.scene_mp4), "meta": {"_type": "gradio.FileData"}}]}
+    event = httpx.post(f"{base}/gradio_api/call/play_video", json=payload, timeout=10).json()["event_id"]
+    with httpx.stream("GET", f"{base}/gradio_api/call/play_video/{event}", timeout=30) as stream:
+        lines = [line for line in stream.iter_lines() if line]
+    assert lines[0] == "event: error" and "not uploaded by a user" in lines[1]
+    for sid in set(page.manager.sessions()) - before:
+        assert page.manager.source_progress(sid) is None

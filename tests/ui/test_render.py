@@ -123,3 +123,14 @@ def test_notice_and_header():
     assert 'role="alert"' in notice and "&lt;random&gt;" in notice
     header = render.header_html("tiny-smolvlm", "sess_1")
     assert "<code>tiny-smolvlm</code>" in header and "<code>sess_1</code>" in header
+
+
+def test_source_panel_keeps_the_error_above_the_running_source():
+    playing = {"pts": 4.0, "duration_s": 8.0, "fraction": 0.5, "finished": False, "error": None}
+    html = render.source_html(playing, "clip.mp4", error="file:///etc/passwd: SchemeNotAllowed: <file> refused")
+    assert html.index("ls-error") < html.index("clip.mp4") and "50%" in html and "&lt;file&gt;" in html
+    only_error = render.source_html(None, error="SourceUnreachable: rtsp://cam")
+    assert "SourceUnreachable" in only_error and "No server-side source" not in only_error
+    cam = render.source_html(None, webcam="streaming · 12 frames sent")
+    assert "<b>webcam</b>" in cam and "12 frames sent" in cam
+    assert "No server-side source" in render.source_html(None)

