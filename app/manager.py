@@ -1,8 +1,8 @@
 """Many sessions, one loaded model: the session manager behind the websocket API and the page.
 
 * All model work of all sessions runs on one :class:`~app.scheduler.Scheduler` worker thread, by
-  priority: answers, then control work (text events, building a session), then watch-rule checks,
-  then frames. Each session keeps at most one pending frame (newest wins); the replaced frame is
+  priority: answers and text events (in the order they were submitted, so a question sees the text
+  sent before it), then control work (building a session), then watch-rule checks, then frames. Each session keeps at most one pending frame (newest wins); the replaced frame is
   counted as dropped (``backlog``). Frames beyond ``max_fps`` are refused at once (``rate_limit``).
 * A session's model state (:class:`~app.session.Session`, whose sink prefill is model work) is
   built on the worker when it is first needed: by its first frame, text event, question or watch
@@ -230,6 +230,7 @@ class _Entry:
     stats_dirty: bool = False
     stats_sent_at: float = 0.0
     alerts: deque = field(default_factory=lambda: deque(maxlen=200))
+    rules: dict = field(default_factory=dict)  # rule_id -> WatchRule (a copy readers get without the session lock)
 
     def touch(self) -> None:
         self.last_active = time.monotonic()
@@ -264,6 +265,9 @@ class _SourceRunner:
         self._thread = threading.Thread(target=self._run, name=f"source-{entry.sid}", daemon=True)
 
     def start(self) -> None:
+        # Start the sampler here, not lazily in the reader thread: Sampler.close() from another thread
+        # racing a lazy Sampler.start() could try to join its reader before it was started.
+        self.sampler.start()
         self._thread.start()
 
     def stop(self, join_s: float = 2.0) -> None:
@@ -483,9 +487,7 @@ class SessionManager:
         entry = self._entry(sid)
         entry.touch()
         with entry.lock:
-            new = entry.config.updated(**overrides)
-            if "ram_budget_mb" not in overrides:
-                new = self._effective(new)
+            new = self._effective(entry.config.updated(**overrides))
             changed = sorted(k for k in overrides if getattr(new, k) != getattr(entry.config, k))
             if not changed:
                 return entry.config
@@ -641,7 +643,14 @@ class SessionManager:
 
     def _check_watches(self, entry: _Entry) -> list:
         session = self._ensure(entry)
-        alerts = session.check_watches()
+        try:
+            alerts = session.check_watches()
+        except Exception as exc:
+            if not isinstance(exc, SessionClosed):
+                logger.warning("session %s: watch-rule check failed: %s", entry.sid, exc, exc_info=True)
+                self._emit(entry, {"type": "error", "error": {"code": "internal_error",
+                                                              "message": f"watch-rule check failed: {exc}"}})
+            raise
         with entry.lock:
             entry.counters["watch_checks"] += 1
             entry.counters["alerts"] += len(alerts)
@@ -652,7 +661,8 @@ class SessionManager:
 
     # ---- text, questions, watches --------------------------------------------------------------
     def submit_text(self, sid: str, pts: float, text: str) -> concurrent.futures.Future:
-        """Queue a timed text event (never dropped). The future gives the number of tokens prefilled.
+        """Queue a timed text event (never dropped), at answer priority and in order with the session's
+        questions. The future gives the number of tokens prefilled.
 
         Raises:
             InvalidRequest: empty text or a bad stream time (at once; other failures go to the future).
@@ -678,7 +688,7 @@ class SessionManager:
             self._refresh_snapshot(entry, force=True)
             return n
 
-        return self._submit(entry, CONTROL, work)
+        return self._submit(entry, ANSWER, work)  # in order with the session's questions (a text is short)
 
     def _submit(self, entry: _Entry, priority: int, fn: Callable[[], Any]) -> concurrent.futures.Future:
         try:
@@ -762,17 +772,24 @@ class SessionManager:
             entry.inputs += 1
             entry.touch()
         session = entry.session or self._run_control(entry, lambda: self._ensure(entry))
-        return session.watch(rule)
+        watch_rule = session.watch(rule)
+        with entry.lock:
+            entry.rules[watch_rule.rule_id] = watch_rule
+        return watch_rule
 
     def unwatch(self, sid: str, rule_id: str) -> bool:
         """Remove a watch rule; False when the session has no such rule."""
         entry = self._entry(sid)
         entry.touch()
+        with entry.lock:
+            entry.rules.pop(rule_id, None)
         return entry.session.unwatch(rule_id) if entry.session is not None else False
 
     def rules(self, sid: str) -> list[WatchRule]:
+        """The session's watch rules, oldest first (never waits for the model)."""
         entry = self._entry(sid)
-        return entry.session.rules() if entry.session is not None else []
+        with entry.lock:
+            return list(entry.rules.values())
 
     def alerts(self, sid: str) -> list:
         """The session's recent alerts (:class:`~app.session_types.Alert`), oldest first."""
@@ -919,6 +936,7 @@ class SessionManager:
             runner = entry.source
             job = entry.answer
             lag, last_pts = entry.lag_s, entry.last_pts
+            n_rules = len(entry.rules)
         source = None
         if runner is not None:
             source = runner.progress()
@@ -948,8 +966,7 @@ class SessionManager:
             "texts": c["texts"],
             "answers": c["answers"],
             "answering": job is not None and not job.future.done(),
-            "watch": {"rules": len(entry.session.rules()) if entry.session is not None else 0,
-                      "checks": c["watch_checks"], "alerts": c["alerts"]},
+            "watch": {"rules": n_rules, "checks": c["watch_checks"], "alerts": c["alerts"]},
             "source": source,
             "scheduler": {"pending": self.scheduler.pending(sid), "busy_fraction": sched["busy_fraction"],
                           "running": sched["running"]},

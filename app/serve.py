@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 from .config import ConfigError
 from .manager import ManagerConfig, SessionManager
-from .ws_server import ServerConfig, WebSocketServer
+from .ws_server import ServerConfig, WebSocketServer, is_loopback
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,27 @@ class ServeOptions:
             raise ConfigError("model must be a non-empty name, directory or hub id")
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub (``HF_ENDPOINT``, default huggingface.co) accepts a TCP connection."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host = parts.hostname or "huggingface.co"
+    port = parts.port or (80 if parts.scheme == "http" else 443)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _is_hub_id(model: str) -> bool:
+    from .backends.registry import builtin_models
+
+    return model not in builtin_models() and not os.path.isdir(model) and "/" in model
+
+
 def load_backend_with_fallback(model: str, *, device: str = "cpu", dtype: str = "float32", quantization=None,
                                fallback: str | None = FALLBACK_MODEL):
     """Load ``model``; when it cannot be had (not cached and no network) load ``fallback`` instead.
@@ -95,17 +116,23 @@ def load_backend_with_fallback(model: str, *, device: str = "cpu", dtype: str = 
     return backend, None
 
 
-def _launch_page(manager: SessionManager, host: str, port: int) -> bool:
-    """Start the Gradio page. Returns False when ``ui.page`` is missing from this build."""
+def _launch_page(manager: SessionManager, host: str, port: int, token: str | None):
+    """Start the Gradio page without blocking; returns its ``gr.Blocks`` (``close()`` stops it), or
+    None when ``ui.page`` is missing from this build.
+
+    Beyond loopback the page is protected with HTTP basic auth: user ``livesight``, password ``token``.
+    """
     try:
         from ui.page import launch
     except ModuleNotFoundError as exc:
         if exc.name not in ("ui", "ui.page"):
             raise
         logger.warning("the page (ui.page) is not part of this build; serving the websocket API only")
-        return False
-    launch(manager, host=host, port=port)
-    return True
+        return None
+    kwargs: dict[str, Any] = {"prevent_thread_lock": True}
+    if not is_loopback(host) and token:
+        kwargs["auth"] = ("livesight", token)
+    return launch(manager, host=host, port=port, **kwargs)
 
 
 def _interrupt(stop: threading.Event):
@@ -115,6 +142,8 @@ def _interrupt(stop: threading.Event):
     inherits SIGINT as ignored."""
 
     def handler(signum, frame) -> None:
+        if stop.is_set():  # a second Ctrl-C while shutting down: the shutdown is already under way
+            return
         stop.set()
         raise KeyboardInterrupt
 
@@ -128,6 +157,11 @@ def run_server(opts: ServeOptions, *, out: TextIO = sys.stdout, stop: threading.
     """
     if opts.offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
+    elif _is_hub_id(opts.model) and not os.environ.get("HF_HUB_OFFLINE") and not hub_reachable():
+        # Without a network the hub client retries for about 30 s before giving up; cached weights
+        # still load offline.
+        logger.warning("the model hub cannot be reached: loading %s from the local cache only", opts.model)
+        os.environ["HF_HUB_OFFLINE"] = "1"
     # Check the server settings before the (slow) model load.
     server_config = ServerConfig(host=opts.host, port=opts.ws_port, token=opts.token)
     backend, notice = load_backend_with_fallback(opts.model, device=opts.device, dtype=opts.dtype,
@@ -136,6 +170,7 @@ def run_server(opts: ServeOptions, *, out: TextIO = sys.stdout, stop: threading.
     manager = SessionManager(backend, opts.manager, model_notice=notice)
     server = WebSocketServer(manager, server_config)
     previous = None
+    page = None
     try:
         server.start()
         out.write(f"model: {backend.spec.name}" + (f"  ({notice})" if notice else "") + "\n")
@@ -144,8 +179,11 @@ def run_server(opts: ServeOptions, *, out: TextIO = sys.stdout, stop: threading.
         if threading.current_thread() is threading.main_thread():
             previous = {sig: signal.signal(sig, _interrupt(stop)) for sig in (signal.SIGINT, signal.SIGTERM)}
         if opts.ui:
-            if _launch_page(manager, opts.host, opts.port):
-                out.write(f"page: http://{opts.host}:{opts.port}\n")
+            page = _launch_page(manager, opts.host, opts.port, opts.token)
+            if page is not None:
+                protected = bool(opts.token) and not is_loopback(opts.host)
+                out.write(f"page: http://{opts.host}:{opts.port}"
+                          + ("  (user livesight, password: the token)" if protected else "") + "\n")
                 out.flush()
         out.write("ready (Ctrl-C stops)\n")
         out.flush()
@@ -155,6 +193,11 @@ def run_server(opts: ServeOptions, *, out: TextIO = sys.stdout, stop: threading.
         pass
     finally:
         logger.info("shutting down")
+        if page is not None:
+            try:
+                page.close()
+            except Exception:  # noqa: BLE001 - shutting down regardless
+                logger.exception("closing the page failed")
         server.stop()
         manager.shutdown()
         backend.close()

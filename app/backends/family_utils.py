@@ -102,6 +102,7 @@ def build_model(model_cls, config, *, dtype: torch.dtype, seed: int, fast_init: 
 
             with no_init_weights():
                 model = model_cls._from_config(config, dtype=dtype)
+            model.tie_weights()  # no_init_weights also skips the tying that init_weights does
             fill_random_(model, seed=seed)
         else:
             model = model_cls._from_config(config, dtype=torch.float32).to(dtype)

@@ -148,7 +148,6 @@ class Qwen25VLBackend(VideoLLM):
                 f"tokenizer and model disagree on the vision token ids: tokenizer "
                 f"{(self.video_token_id, self.vision_start_id, self.vision_end_id)}, model config {expected}"
             )
-        self.tokens_per_second = float(vcfg.tokens_per_second)
         self.chat = derive_chat_format(tokenizer, stop_strings=CHATML_STOP)
         self.default_system = DEFAULT_SYSTEM
         self._wrap_open = torch.tensor([self.vision_start_id], dtype=torch.long)

@@ -25,6 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--group-sizes", default="32,64", help="quantization group sizes (default 32,64)")
     parser.add_argument("--repeat", type=int, default=20, help="timed encode/decode calls per setting (default 20)")
     parser.add_argument("--quick", action="store_true", help="tiny random model, 3 calls per setting (a smoke test)")
+    from app.bench import runtime as _rt
+
+    _rt.add_thread_argument(parser)
+    _rt.add_plot_argument(parser)  # accepted by every bench; this one draws no plot
 
 
 def real_frame_kv(backend) -> tuple[Any, Any]:
@@ -60,7 +64,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from app.bench import common, runtime
     from compression.kvcodec import KVCodec, KVCodecConfig
 
-    runtime.prepare_torch()
+    runtime.prepare_torch(args)
     if args.quick:
         args.model, args.repeat = "tiny-smolvlm", 3
     repeat = int(runtime.check_range("repeat", args.repeat, 1, 10_000))
@@ -97,7 +101,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 log.info("kv %s", rows[-1])
     shape = tuple(k.shape)
     metrics = {"shape": shape, "input_bytes_fp32": input_bytes, "rows": rows, "load_avg_start": load0}
-    options: dict[str, Any] = {"quick": True} if args.quick else {
+    options: dict[str, Any] = {"quick": True, "threads": args.threads} if args.quick else {"threads": args.threads,
         "model": args.model, "bits": args.bits, "group_sizes": args.group_sizes, "repeat": repeat}
     lines = [
         f"Real KV of one `bikes.mp4` frame through `{spec.name}`"

@@ -23,11 +23,20 @@ BIKES_CUT_FRAMES = (30, 76, 137, 187, 242)
 BIKES_FPS = 25.0
 
 
-def prepare_torch() -> None:
-    """Pin torch to :data:`TORCH_THREADS` threads so every bench runs alike."""
+def add_thread_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, default=TORCH_THREADS,
+                        help=f"torch threads (default {TORCH_THREADS}; on a machine shared with other busy processes "
+                             "1 thread avoids OpenMP threads spinning against each other)")
+
+
+def prepare_torch(args: argparse.Namespace | None = None) -> int:
+    """Pin torch to ``args.threads`` (default :data:`TORCH_THREADS`) threads so every bench runs alike; -> threads."""
     import torch
 
-    torch.set_num_threads(TORCH_THREADS)
+    threads = int(getattr(args, "threads", TORCH_THREADS) or TORCH_THREADS)
+    check_range("threads", threads, 1, 256)
+    torch.set_num_threads(threads)
+    return threads
 
 
 def load_average() -> float | None:

@@ -127,6 +127,8 @@ async def client_main(args: argparse.Namespace, stdin, out, err) -> int:
     say(f"connected: session {client.session_id}, model {model.get('name')}")
     if model.get("notice"):
         say(f"note: {model['notice']}")
+    elif model.get("random_weights"):
+        say(f"note: {model.get('name')} has random weights: its answers are not meaningful")
     loop = asyncio.get_running_loop()
     state = {"sent": 0, "pts": None, "answering": False, "last_stats": 0.0}
     first_frame = asyncio.Event()

@@ -53,10 +53,15 @@ def test_fast_random_init_is_finite_well_scaled_and_seeded():
                          num_key_value_heads=2, rope_parameters=dict(rope_type="default", rope_theta=1e6, mrope_section=[2, 3, 3])),
         vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64),
         image_token_id=500, video_token_id=501, vision_start_token_id=502, vision_end_token_id=503,
+        tie_word_embeddings=True,
     )
     a = build_model(Qwen2_5_VLForConditionalGeneration, cfg, dtype=torch.float32, seed=3, fast_init=True)
     b = build_model(Qwen2_5_VLForConditionalGeneration, cfg, dtype=torch.float32, seed=3, fast_init=True)
     c = build_model(Qwen2_5_VLForConditionalGeneration, cfg, dtype=torch.float32, seed=4, fast_init=True)
+    slow = build_model(Qwen2_5_VLForConditionalGeneration, cfg, dtype=torch.float32, seed=3, fast_init=False)
+    # tied like transformers' own initialisation ties them: the same parameters, the same count
+    assert a.lm_head.weight is a.model.language_model.embed_tokens.weight
+    assert sum(p.numel() for p in a.parameters()) == sum(p.numel() for p in slow.parameters())
     pa, pb, pc = dict(a.named_parameters()), dict(b.named_parameters()), dict(c.named_parameters())
     assert all(torch.isfinite(p).all() for p in pa.values())
     assert all(torch.equal(pa[n], pb[n]) for n in pa)

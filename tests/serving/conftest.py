@@ -13,17 +13,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from app.config import SessionConfig
 from app.manager import ManagerConfig, SessionManager
 from app.ws_server import ServerConfig, WebSocketServer
 from streaming.frame import Frame
-
-#: Hard cuts of bikes.mp4 (frame indices at 25 fps), from NOTES.md.
-BIKES_CUTS = (30, 76, 137, 187, 242)
-
 
 @pytest.fixture(scope="session")
 def backend():
@@ -51,12 +46,6 @@ def bikes_frames(bikes_path) -> list[Frame]:
         frames = list(sampler)
     assert len(frames) == 250
     return frames
-
-
-def jpeg(rgb: np.ndarray) -> bytes:
-    from app.client import encode_jpeg
-
-    return encode_jpeg(rgb)
 
 
 @pytest.fixture

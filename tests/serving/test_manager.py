@@ -73,6 +73,18 @@ def test_an_answer_asked_after_many_frames_runs_before_them(make_manager, bikes_
         assert ing["last_pts"] == pytest.approx(bikes_frames[36 + sids.index(s)].pts)
 
 
+def test_a_question_sees_the_text_sent_before_it(make_manager):
+    m = make_manager()
+    sid = m.create_session()
+    gate = hold_worker(m)
+    text = m.submit_text(sid, 4.0, "The delivery van is red.")
+    answer = m.ask(sid, "What colour is the van?", max_new_tokens=2)
+    gate.set()
+    assert text.result(30) > 0
+    window = [e for e in answer.result(30).evidence if e.source == "window"]
+    assert window and window[0].kind == "text" and window[0].t_end == 4.0
+
+
 def test_rate_limit_drops_and_counts(make_manager, bikes_frames):
     m = make_manager(max_fps=2.0)
     sid = m.create_session()
@@ -203,14 +215,15 @@ def test_watch_rules_are_evaluated_on_scene_changes_only(make_manager, bikes_fra
 def test_shutdown_is_clean(make_manager, bikes_path, bikes_frames):
     m = make_manager(allow_file_sources=True, max_fps=10.0)
     sids = [m.create_session() for _ in range(3)]
+    sessions = [m.get(s) for s in sids]
     m.set_source(sids[0], str(bikes_path), fps=5.0, realtime=True)
     m.submit_frame(sids[1], bikes_frames[0])
-    m.ask(sids[2], "Anything?", max_new_tokens=200)
-    sessions = [m.get(s) for s in sids]
+    answer = m.ask(sids[2], "Anything?", max_new_tokens=400)
     runner = m._entry(sids[0]).source
     m.shutdown()
     assert m.sessions() == [] and all(s.closed for s in sessions)
     assert not m.scheduler._thread.is_alive() and not runner._thread.is_alive()
     assert not m._housekeeper.is_alive()
+    assert answer.cancelled() or answer.result().stop_reason == "cancelled"
     with pytest.raises(Exception, match="shut down"):
         m.create_session()

@@ -364,3 +364,18 @@ def test_python_client_round_trip(ws_server, bikes_frames):
             assert stats["answers"] == 1 and stats["ingest"]["frames_submitted"] == 2
 
     run(main())
+
+
+def test_an_idle_session_expires_and_its_connection_closes(make_server):
+    srv = make_server(session_ttl_s=0.5)
+
+    async def main():
+        ws = await WS.open(srv.url)
+        closed = await ws.expect("session.closed", timeout=30)
+        assert closed["reason"] == "expired"
+        with pytest.raises(ConnectionClosed) as info:
+            await ws.recv(10)
+        assert info.value.rcvd.code == 1000 and "expired" in info.value.rcvd.reason
+
+    run(main())
+    assert srv.manager.sessions() == []

@@ -1,0 +1,133 @@
+"""Every ``livesight bench`` subcommand of issue 6 runs in quick mode, end to end, through the CLI.
+
+Each run writes its JSON and plots under a temporary folder and leaves the repository's
+BENCHMARKS.md alone (``--no-update-md``); one run checks that a section is written into a
+copy of BENCHMARKS.md between its markers. Timings are never asserted.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from app.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def _run(name: str, tmp_path: Path, *extra: str) -> dict:
+    out = tmp_path / "results"
+    rc = main(["bench", name, "--quick", "--threads", "1", "--output-dir", str(out), "--plot-dir", str(tmp_path / "plots"),
+               "--no-update-md", *extra])
+    assert rc == 0
+    files = sorted(out.glob(f"{name}-*.json"))
+    assert len(files) == 1
+    result = json.loads(files[0].read_text())
+    assert result["name"] == name
+    assert result["command"].startswith(f"livesight bench {name}") and "--quick" in result["command"]
+    assert result["machine"]["logical_cores"] >= 1 and result["date"]
+    assert result["markdown"].strip()
+    return result
+
+
+def test_drop_quick(tmp_path):
+    result = _run("drop", tmp_path)
+    rows = {r["drop"]: r for r in result["metrics"]["rows"]}
+    assert set(rows) == {"off", "feature", "pixel", "budget"}
+    assert rows["off"]["kept_ratio"] == 1.0 and rows["off"]["encoder_calls"] == rows["off"]["frames"] == 50
+    assert rows["budget"]["kept_ratio"] < rows["off"]["kept_ratio"]
+    # pixel mode: every frame is either encoded or skipped, and the saved calls are the skips
+    pixel = rows["pixel"]
+    assert pixel["encoder_calls"] + pixel["frames_skipped"] == pixel["frames"]
+    assert pixel["tower_calls_saved"] == pixel["frames_skipped"]
+    assert (tmp_path / "plots" / "drop-quick.png").stat().st_size > 1000
+    # the first frame of the history is kept whole in every mode
+    for history in result["metrics"]["bikes_history"].values():
+        assert history[0][1] == 1.0 and len(history) == 50
+
+
+def test_kv_quick(tmp_path):
+    result = _run("kv", tmp_path)
+    rows = result["metrics"]["rows"]
+    by_bits = {}
+    for r in rows:
+        by_bits.setdefault(r["bits"], []).append(r)
+    assert sorted(by_bits) == [2, 4, 8, 16, 32]
+    assert by_bits[32][0]["bits_per_element"] == 32.0 and by_bits[32][0]["key_rel_error"] == 0.0
+    assert by_bits[16][0]["bits_per_element"] == 16.0
+    # fewer bits store fewer bytes, and lose more
+    sizes = [min(r["bytes_per_frame"] for r in by_bits[b]) for b in (32, 16, 8, 4, 2)]
+    assert sizes == sorted(sizes, reverse=True)
+    assert max(r["key_rel_error"] for r in by_bits[2]) > max(r["key_rel_error"] for r in by_bits[8])
+    assert {r["value_mode"] for r in by_bits[4]} == {"channel", "token"}
+
+
+def test_retrieval_quick(tmp_path):
+    result = _run("retrieval", tmp_path)
+    rows = result["metrics"]["rows"]
+    assert {(r["size"], r["index"]) for r in rows} == {(n, k) for n in (200, 2000) for k in ("flat", "hnsw", "ivf")}
+    for r in rows:
+        if r["index"] == "flat":
+            assert r["recall_at_8"] == 1.0
+        assert 0.0 <= r["recall_at_8"] <= 1.0
+    assert {r["through"] for r in rows} == {"MemoryBank.retrieve", "memory.index search"}
+    assert result["metrics"]["rerank"]["candidates"] == 64
+
+
+def test_stream_quick(tmp_path):
+    result = _run("stream", tmp_path)
+    m = result["metrics"]
+    assert [p["minutes"] for p in m["liveSight"]] == [0.25, 0.5]
+    assert [p["minutes"] for p in m["full_kv"]] == [0.25, 0.5]
+    assert [p["minutes"] for p in m["offline"]] == [0.25]
+    # LiveSight's window is bounded: chunks reach the memory bank; full KV keeps everything in the window
+    assert m["liveSight"][-1]["bank_chunks"] > 0
+    assert all(p["bank_chunks"] == 0 for p in m["full_kv"])
+    assert m["offline"][0]["tokens"] > 15 * 16
+    assert m["bank_ram_within_budget"] is True
+    assert (tmp_path / "plots" / "stream-quick.png").is_file()
+
+
+def test_realtime_quick(tmp_path):
+    result = _run("realtime", tmp_path)
+    rows = result["metrics"]["rows"]
+    assert [r["drop"] for r in rows] == ["off", "feature", "pixel", "budget"]
+    for r in rows:
+        assert r["frames"] == 3 and r["fps"] > 0 and r["realtime_factor"] > 0
+    assert rows[0]["kept_ratio"] == 1.0
+
+
+def test_fidelity_quick(tmp_path):
+    result = _run("fidelity", tmp_path)
+    m = result["metrics"]
+    assert m["questions"] == 3
+    settings = {s["setting"]: s for s in m["settings"]}
+    assert settings["full context"]["hit_rate"] == 1.0
+    assert settings["full context"]["from_memory"] == 0.0
+    for name in ("top_k 4 (16-bit)", "top_k 8 (16-bit)", "top_k 16 (16-bit)", "top_k 8, rerank off (16-bit)",
+                 "kv_bits 8 (top_k 8)", "kv_bits 4 (top_k 8)", "kv_bits 2 (top_k 8)", "local window only (top_k 0)"):
+        assert settings[name]["questions"] == 3
+    assert settings["kv_bits 16 (top_k 8)"]["mean_kl"] == 0.0
+    assert all(settings[f"kv_bits {b} (top_k 8)"]["mean_kl"] >= 0.0 for b in (8, 4, 2))
+    # a local window of 48 tokens cannot hold the early needles: some must be missing from its context
+    assert settings["local window only (top_k 0)"]["hit_rate"] < 1.0
+    assert set(m["kv_bytes_per_64_tokens"]) == {"16", "8", "4", "2"}
+
+
+def test_section_is_written_between_markers(tmp_path):
+    md = tmp_path / "BENCHMARKS.md"
+    md.write_text("# LiveSight benchmarks\n\n<!-- bench:kv -->\nold\n<!-- /bench:kv -->\n\ntail\n")
+    rc = main(["bench", "kv", "--quick", "--threads", "1", "--output-dir", str(tmp_path / "r"), "--benchmarks-md", str(md)])
+    assert rc == 0
+    text = md.read_text()
+    assert "old" not in text and text.endswith("tail\n")
+    assert text.count("<!-- bench:kv -->") == 1 and "KV codec: bytes per frame" in text
+    assert "- command: `livesight bench kv --quick --threads 1`" in text
+
+
+def test_bad_option_is_a_clear_error(tmp_path, capsys):
+    rc = main(["bench", "stream", "--quick", "--fps", "0", "--output-dir", str(tmp_path), "--no-update-md"])
+    assert rc == 1
+    assert "--fps must be in" in capsys.readouterr().err

@@ -1,0 +1,101 @@
+"""``livesight client`` and ``livesight serve`` as real subprocesses."""
+
+from __future__ import annotations
+
+import os
+import re
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from app.client import SyncLiveSightClient
+
+pytestmark = pytest.mark.network
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def livesight(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=kw.pop("timeout", 180), **kw)
+
+
+def test_client_streams_a_file_and_answers_piped_questions(make_server, bikes_path):
+    srv = make_server(max_fps=10.0)
+    proc = livesight("client", str(bikes_path), "--url", srv.url, "--fps", "4", "--ask-after", "1.0",
+                     "--max-new-tokens", "3", "--stats-every", "0.5", "--watch", "a rider falls",
+                     input="What is happening?\n\nWho is riding?\n")
+    out = proc.stdout
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"connected: session sess_\w+, model tiny-smolvlm", out)
+    assert "note: tiny-smolvlm has random weights" in out
+    assert "watching: a rider falls" in out
+    assert "source: " in out and "640x272, h264, 10.0 s" in out
+    questions = re.findall(r"\[(\d\d:\d\d(?:\.\d)?)\] Q: (.+)", out)
+    assert [q for _, q in questions] == ["What is happening?", "Who is riding?"]  # the blank line is skipped
+    assert all(stamp >= "00:01" for stamp, _ in questions)  # --ask-after: after 1 s of stream
+    assert out.count("   evidence: ") == 2 and "(recent window)" in out
+    assert re.search(r"\[stats\] frames \d+/\d+ processed", out)
+    sent = int(re.search(r"sent (\d+) frames; bye", out).group(1))
+    assert sent >= 4
+    deadline = time.monotonic() + 10
+    while srv.manager.sessions() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert srv.manager.sessions() == []  # the session closed with the connection
+
+
+def test_client_with_a_wrong_token_is_refused(make_server, bikes_path):
+    srv = make_server(token="right-token-123")
+    proc = livesight("client", str(bikes_path), "--url", srv.url, "--token", "wrong-token-456", input="Hi?\n")
+    assert proc.returncode == 1
+    assert "HTTP 401" in proc.stderr and "--token" in proc.stderr
+    proc = livesight("client", str(bikes_path.with_name("no-such-clip.mp4")), "--url", srv.url)
+    assert proc.returncode == 2 and "error:" in proc.stderr
+
+
+def test_serve_refuses_a_public_host_without_a_token():
+    proc = livesight("serve", "--host", "0.0.0.0", "--no-ui", "--model", "tiny-smolvlm",
+                     env={**os.environ, "LIVESIGHT_TOKEN": ""})
+    assert proc.returncode == 2
+    assert "needs a token" in proc.stderr
+
+
+def test_serve_falls_back_to_the_tiny_model_says_so_and_stops_cleanly(tmp_path):
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "LIVESIGHT_TOKEN": ""}
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--no-ui", "--offline", "--ws-port", "0",
+                             "--model", "HuggingFaceTB/SmolVLM2-256M-Video-Instruct", "--max-new-tokens", "2"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    lines: queue.Queue = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True)
+    reader.start()
+    out: list[str] = []
+    try:
+        while not any(line.startswith("ready") for line in out):
+            try:
+                out.append(lines.get(timeout=120))
+            except queue.Empty:
+                pytest.fail(f"livesight serve did not get ready: {out} (exit status {proc.poll()})")
+        url = re.search(r"websocket API: (ws://\S+)", "".join(out)).group(1)
+        assert "fell back to tiny-smolvlm" in "".join(out)
+        with SyncLiveSightClient(url) as client:
+            notice = client.client.model["notice"]
+            assert "could not be loaded" in notice and "not meaningful" in notice
+            assert client.answer("Anything?")["usage"]["completion_tokens"] == 2
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(10)
+    while not lines.empty():
+        out.append(lines.get())
+    err = proc.stderr.read()
+    assert out[-1].startswith("stopped")
+    assert re.search(r"WARNING app.serve: The model HuggingFaceTB/SmolVLM2-256M-Video-Instruct could not be loaded", err)
