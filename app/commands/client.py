@@ -199,7 +199,15 @@ async def client_main(args: argparse.Namespace, stdin, out, err) -> int:
         else:
             say(line)
 
+    connection_closed = asyncio.Event()
+
     async def print_events() -> None:
+        try:
+            await _print_events()
+        finally:
+            connection_closed.set()
+
+    async def _print_events() -> None:
         async for event in client.events():
             kind = event.get("type")
             if kind == "alert.triggered":
@@ -255,7 +263,16 @@ async def client_main(args: argparse.Namespace, stdin, out, err) -> int:
     status = 0
     try:
         while True:
-            line = await lines.get()
+            next_line = asyncio.ensure_future(lines.get())
+            closing = asyncio.ensure_future(connection_closed.wait())
+            await asyncio.wait({next_line, closing}, return_when=asyncio.FIRST_COMPLETED)
+            closing.cancel()
+            if not next_line.done():
+                next_line.cancel()
+                say(f"error: connection closed: {client.closed_reason}", err)
+                status = 1
+                break
+            line = next_line.result()
             if line is None:
                 break
             question = line.strip()

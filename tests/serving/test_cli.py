@@ -99,3 +99,21 @@ def test_serve_falls_back_to_the_tiny_model_says_so_and_stops_cleanly(tmp_path):
     err = proc.stderr.read()
     assert out[-1].startswith("stopped")
     assert re.search(r"WARNING app.serve: The model HuggingFaceTB/SmolVLM2-256M-Video-Instruct could not be loaded", err)
+
+
+def test_client_exits_when_the_server_closes_its_session(make_server, bikes_path):
+    srv = make_server(max_fps=100.0, session_ttl_s=1.0)
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "client", str(bikes_path), "--url", srv.url, "--fast",
+                             "--fps", "2"], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:  # stdin stays open (a terminal nobody types into): the session expires once the clip has been sent
+        proc.wait(timeout=120)
+        out, err = proc.stdout.read(), proc.stderr.read()
+        proc.stdin.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1
+    assert "[session closed: expired]" in out and "connection closed" in err
+    assert re.search(r"sent 20 frames; bye", out)
