@@ -60,7 +60,7 @@ def test_needle_200_chunks_back_comes_from_memory(real_backend):
     cfg = SessionConfig(window_tokens=256, top_k=8, max_new_tokens=16, kv_bits=16)
     with Session(real_backend, cfg) as s:
         s.ingest_text(3.0, fact)
-        for i in range(4, 210):
+        for i in range(4, 226):
             s.ingest_text(float(i), f"{random.choice(SUBJECTS)} {random.choice(STATES)}.")
         stats = s.stats()
         chunks_after = sum(1 for m in s.bank.metas() if m.t_start > 3.0)
