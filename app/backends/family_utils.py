@@ -68,9 +68,9 @@ def fill_random_(model: torch.nn.Module, *, std: float = 0.02, seed: int = 0) ->
 
     Norm weights become 1, biases 0, every other parameter normal noise with standard deviation
     ``std``. Used with transformers' ``no_init_weights`` for real-shape models with random weights:
-    building the Qwen2.5-VL-3B shape with transformers' own initialisation took 85 s on 2 cores,
-    ``no_init_weights`` and this fill about 15 s, and no weight is left as uninitialised memory
-    (NaN, denormals, which would distort timings).
+    the Qwen2.5-VL-3B shape (3.75 B parameters, fp32) built in 33 s this way against 53 s with
+    transformers' own initialisation, side by side on 2 cores; and no weight is left as
+    uninitialised memory (NaN, denormals, which would distort timings).
     """
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():

@@ -10,7 +10,7 @@ DEFAULT_MODEL = "HuggingFaceTB/SmolVLM2-256M-Video-Instruct"
 def add_model_arguments(p: argparse.ArgumentParser, default_model: str = DEFAULT_MODEL) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default=default_model,
-                   help="hub id, local model directory, or builtin (tiny-smolvlm, smolvlm2-256m-smollm2); "
+                   help="hub id, local model directory, or builtin (tiny-smolvlm, smolvlm2-256m-smollm2, tiny-qwen2_5_vl, tiny-llava-ov); "
                         f"default {default_model}")
     g.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     g.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
