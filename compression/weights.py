@@ -1,11 +1,9 @@
 """Weight-quantization settings (bitsandbytes) for the model backends.
 
 This module only describes the quantization; it never imports transformers. The
-backend (which may import transformers) builds the object::
-
-    from transformers import BitsAndBytesConfig
-    cfg = WeightQuantConfig(load_in="4bit", quant_type="nf4")
-    model = Model.from_pretrained(path, quantization_config=BitsAndBytesConfig(**cfg.bnb_kwargs()))
+backend (``app/backends/quantize.py``, which may) turns ``cfg.bnb_kwargs()`` into
+transformers' ``BitsAndBytesConfig`` and passes it to ``from_pretrained`` as
+``quantization_config``.
 
 bitsandbytes 0.50 runs on the CPU too (``Linear8bitLt``; ``Linear4bit`` with NF4 or FP4).
 bitsandbytes itself is imported lazily, inside :func:`quantized_linear_counts`.
