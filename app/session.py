@@ -23,7 +23,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ import torch
 
 from streaming.frame import Frame
 
-from .backends.base import KVSegment, VideoLLM
+from .backends.base import KVSegment, TimeAnchor, VideoLLM
 from .timefmt import format_timestamp
 from .config import SessionConfig
 from .session_types import (
@@ -68,6 +68,11 @@ class _WindowItem:
     text: str | None = None
     thumbnail: bytes | None = None
     banked: bool = False  # already copied into the bank by save()
+    pts_end: float | None = None  # stream time of a step's last frame (steps of several frames)
+
+    @property
+    def end(self) -> float:
+        return self.pts if self.pts_end is None else self.pts_end
 
 
 def _thumbnail(rgb: np.ndarray) -> bytes:
@@ -118,6 +123,7 @@ class Session:
         self._last_attention = 0
         self._max_attention = 0
         self._last_pts = 0.0
+        self._time_anchor = None  # the stream clock on the temporal position axis (backends that have one)
         self._position_warned = False
         self.created = time.time()
         self.last_active = self.created
@@ -179,7 +185,7 @@ class Session:
         meta = ChunkMeta(
             chunk_id=next(self._chunk_ids),
             t_start=items[0].pts,
-            t_end=items[-1].pts,
+            t_end=items[-1].end,
             kind=items[0].kind,
             n_tokens=n,
             frame_indices=frames,
@@ -268,8 +274,10 @@ class Session:
         if kept == 0:
             self._counters["frames_empty"] += 1
             return FrameResult(last.index, first.pts, True, n, 0, scene_change, 0)
-        seg = self.backend.frame_segment(first.pts, tokens, keep, self._next_pos)
-        attn = self._prefill_into_window(seg, "frame", first.pts, frame_index=first.index, thumbnail=_thumbnail(small))
+        seg = self.backend.frame_segment(first.pts, tokens, keep, self._next_pos, self._time_anchor)
+        self._time_anchor = seg.time_anchor
+        attn = self._prefill_into_window(seg, "frame", first.pts, frame_index=first.index, thumbnail=_thumbnail(small),
+                                         pts_end=last.pts)
         return FrameResult(last.index, first.pts, True, n, kept, scene_change, attn)
 
     def ingest_text(self, pts: float, text: str) -> int:
@@ -441,7 +449,7 @@ class Session:
             thumb = next((w.thumbnail for w in reversed(self._window) if w.thumbnail), None)
             kinds = {w.kind for w in self._window}
             out.append(Evidence(
-                t_start=self._window[0].pts, t_end=self._window[-1].pts, source="window",
+                t_start=self._window[0].pts, t_end=self._window[-1].end, source="window",
                 kind="frame" if kinds == {"frame"} else "text" if kinds == {"text"} else "mixed",
                 frame_indices=frames, thumbnail=thumb,
             ))
@@ -576,6 +584,7 @@ class Session:
                 "summary_dim": self.spec.summary_dim,
                 "next_position": self._next_pos,
                 "last_pts": self._last_pts,
+                "time_anchor": None if self._time_anchor is None else asdict(self._time_anchor),
                 "counters": self._counters,
                 "saved_at": time.time(),
             }
@@ -615,6 +624,12 @@ class Session:
         session = cls(backend, cfg, session_id=meta.get("session_id"), _bank=bank)
         session._next_pos = max(session._next_pos, int(meta.get("next_position", 0)))
         session._last_pts = float(meta.get("last_pts", 0.0))
+        anchor = meta.get("time_anchor")
+        if isinstance(anchor, dict):
+            try:
+                session._time_anchor = TimeAnchor(float(anchor["pts"]), int(anchor["position"]))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise SessionError(f"{meta_path} has an unreadable time_anchor: {exc}") from exc
         return session
 
     def close(self) -> None:

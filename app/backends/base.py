@@ -104,6 +104,20 @@ class KVSegment:
 
 
 @dataclass(frozen=True)
+class TimeAnchor:
+    """Where one stream's clock meets a backend's temporal position axis.
+
+    Stream time ``pts`` (seconds) sits at temporal position ``position``; later stream times map
+    onto that axis at the backend's own rate (Qwen2.5-VL: ``tokens_per_second``). Backends whose
+    positions are 1D use none. A session keeps the anchor its first frame step made and hands it to
+    every later step, so the whole stream shares one clock.
+    """
+
+    pts: float
+    position: int
+
+
+@dataclass(frozen=True)
 class SegmentInput:
     """A piece of input ready for prefill.
 
@@ -115,6 +129,8 @@ class SegmentInput:
         content: ``(T,)`` bool, the tokens that carry the segment's content (visual tokens, the
             text of a note or question) as opposed to markers and template; retrieval summaries
             average over these only. ``None`` = all tokens.
+        time_anchor: the stream clock a frame segment was laid out on (backends with a temporal
+            position axis); the session passes it to the next frame step.
     """
 
     embeds: torch.Tensor
@@ -122,6 +138,7 @@ class SegmentInput:
     next_position: int
     token_ids: torch.Tensor | None = None
     content: torch.Tensor | None = None
+    time_anchor: TimeAnchor | None = None
 
     @property
     def length(self) -> int:
@@ -282,11 +299,14 @@ class VideoLLM(abc.ABC):
         """Visual tokens of frames. ``frames``: RGB ``(H, W, 3)`` uint8 -> ``(B, N, E)`` in the LLM input space."""
 
     @abc.abstractmethod
-    def frame_segment(self, pts: float, tokens: torch.Tensor, keep: torch.Tensor | None, start: int) -> SegmentInput:
+    def frame_segment(self, pts: float, tokens: torch.Tensor, keep: torch.Tensor | None, start: int,
+                      anchor: TimeAnchor | None = None) -> SegmentInput:
         """Lay out one frame: timestamp marker, wrapper tokens and the kept visual tokens.
 
         ``tokens``: ``(N, E)``; ``keep``: ``(N,)`` bool or ``None`` (all kept). Kept tokens keep their
-        original positions: dropped tokens leave their position slot empty.
+        original positions: dropped tokens leave their position slot empty. ``anchor``: the stream
+        clock of earlier steps (``None`` for a stream's first step); backends with a temporal
+        position axis place the step on it and return it as ``time_anchor``, others ignore it.
         """
 
     @abc.abstractmethod

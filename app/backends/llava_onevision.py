@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..timefmt import format_timestamp
-from .base import BackendError, BackendSpec, SegmentInput, VideoLLM
+from .base import BackendError, BackendSpec, SegmentInput, TimeAnchor, VideoLLM
 from .chat_format import derive_chat_format
 from .family_utils import (
     CHATML_STOP,
@@ -155,7 +155,8 @@ class LlavaOnevisionBackend(VideoLLM):
         """``(1, E)``: the learned ``image_newline`` vector that closes a video."""
         return self.model.model.image_newline.detach().view(1, -1).to(self.device, self.dtype)
 
-    def frame_segment(self, pts: float, tokens: torch.Tensor, keep: torch.Tensor | None, start: int) -> SegmentInput:
+    def frame_segment(self, pts: float, tokens: torch.Tensor, keep: torch.Tensor | None, start: int,
+                      anchor: TimeAnchor | None = None) -> SegmentInput:
         n = self.spec.tokens_per_frame
         if tokens.ndim != 2 or tokens.shape[0] != n:
             raise BackendError(f"expected ({n}, E) visual tokens for a frame, got {tuple(tokens.shape)}")

@@ -10,20 +10,24 @@ is one self-contained video in the model's own layout, after a timestamp marker:
 
 **3D M-RoPE positions, incrementally.** Positions are ``(3, T)`` (temporal, height, width). Text
 tokens have all three rows equal. A step laid out from ``start`` with ``a`` marker tokens puts its
-video at ``P = start + a``: the token in merged-grid cell ``(r, c)`` gets ``(P, P + r, P + c)``;
-the text after it continues at ``P + max(rows, cols)``, which is the highest position the step
-used plus one. This is exactly what the model's own ``get_rope_index`` computes for the same token
-sequence (each step is one video of grid ``(1, rows, cols)``), which the exactness tests check
-against the unmodified model. A dropped token leaves its slot empty; kept tokens keep their
-``(t, h, w)``. Questions and answers follow the highest position used so far.
+video at ``P = start + a``: the token in merged-grid cell ``(r, c)`` gets ``(t, P + r, P + c)``; the
+text after it continues at the highest position the step used plus one (``P + max(rows, cols)``
+unless ``t`` is higher). A dropped token leaves its slot empty; kept tokens keep their ``(t, h, w)``.
+Questions and answers follow the highest position used so far.
 
-**Time on the temporal axis.** Within one step, Qwen2.5-VL's temporal index is
-``grid_t * second_per_grid_t * tokens_per_second``, and a step holds a single temporal grid
-(``grid_t = 0``), so each step's temporal index is the position where its video starts: it grows
-with stream order, by the same amount per step at a constant frame rate (proportional to stream
-time). The exact stream time (the pts of the step's first frame) is the marker text. Putting pts on
-the temporal axis directly would need one long video across steps, whose text-after position
-transformers 5.23 computes differently from the original Qwen code (see the README, Qwen2.5-VL).
+**Stream time on the temporal axis.** Qwen2.5-VL encodes absolute time in the temporal row: in its
+own ``get_rope_index`` a video's temporal patch ``k`` sits at ``P + floor(k * second_per_grid_t *
+tokens_per_second)``, so one temporal position is ``1 / tokens_per_second`` seconds (0.5 s for the
+published checkpoints). A stream is laid out on one such clock: the first step anchors stream time
+``pts0`` at its own ``P0`` (a :class:`~app.backends.base.TimeAnchor` the session keeps), and every
+later step's temporal index is ``t = P0 + floor((pts - pts0) * tokens_per_second)`` with ``pts`` the
+stream time of the step's first frame. Two steps are therefore ``tokens_per_second`` positions apart
+per second of stream time, whatever the frame rate, dropped steps, gaps or text between them, which
+is exactly the spacing the model gives two temporal patches of one video. Height, width and text
+follow the token flow as in the model's own layout (transformers also continues text after a video
+from its spatial extent, independently of the temporal row). The first step of a stream is exactly
+the model's own layout of a one-grid video. A stream whose time goes backwards (a source restarting
+its clock) starts a new anchor at that step.
 
 **Unpaired last frame.** When a question, a note or a save arrives with one frame of a pair
 waiting, the session completes the pair by repeating that frame (Session.flush), which is also
@@ -38,13 +42,14 @@ way transformers' Qwen2-VL video processor does (which needs torchvision, unavai
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from ..timefmt import format_timestamp
-from .base import BackendError, BackendSpec, SegmentInput, VideoLLM
+from .base import BackendError, BackendSpec, SegmentInput, TimeAnchor, VideoLLM
 from .chat_format import derive_chat_format
 from .family_utils import (
     CHATML_STOP,
@@ -117,6 +122,7 @@ class Qwen25VLBackend(VideoLLM):
         self.patch_size = int(vcfg.patch_size)
         self.merge_size = int(vcfg.spatial_merge_size)
         self.temporal_patch_size = int(vcfg.temporal_patch_size)
+        self.tokens_per_second = float(vcfg.tokens_per_second)
         factor = self.patch_size * self.merge_size
         if not isinstance(frame_size, int) or frame_size < factor or frame_size % factor:
             raise BackendError(f"frame_size must be a positive multiple of {factor} (patch x merge), got {frame_size!r}")
@@ -193,7 +199,15 @@ class Qwen25VLBackend(VideoLLM):
             )
         return torch.stack(list(out.pooler_output)).to(self.dtype)
 
-    def frame_segment(self, pts: float, tokens: torch.Tensor, keep: torch.Tensor | None, start: int) -> SegmentInput:
+    def frame_segment(self, pts: float, tokens: torch.Tensor, keep: torch.Tensor | None, start: int,
+                      anchor: TimeAnchor | None = None) -> SegmentInput:
+        """Marker, ``<|vision_start|>``, the kept tokens of one pair at ``(t, h, w)``, ``<|vision_end|>``.
+
+        ``tokens``: ``(N, E)`` with ``N = rows * cols``; ``keep``: ``(N,)`` bool or ``None``. The
+        temporal index ``t`` comes from ``pts`` on the stream clock ``anchor`` (a new anchor at this
+        step when ``None`` or when ``pts`` is earlier than the anchor's); the returned segment
+        carries the anchor it used.
+        """
         n = self.spec.tokens_per_frame
         if tokens.ndim != 2 or tokens.shape[0] != n:
             raise BackendError(f"expected ({n}, E) visual tokens for a frame pair, got {tuple(tokens.shape)}")
@@ -203,8 +217,12 @@ class Qwen25VLBackend(VideoLLM):
         prefix = torch.cat([self.tokenize(f"Frames from {format_timestamp(pts)}:"), self._wrap_open])
         suffix = self._wrap_close
         a = int(prefix.numel())
-        vis = self.video_positions(start + a)[:, keep]
-        suf_start = start + a + max(self.spec.token_grid)
+        video_start = start + a
+        if anchor is None or pts < anchor.pts:
+            anchor = TimeAnchor(float(pts), video_start)
+        t = self.temporal_position(pts, anchor)
+        vis = self.video_positions(video_start, t)[:, keep]
+        suf_start = max(video_start + max(self.spec.token_grid), t + 1)
         positions = torch.cat(
             [self.text_positions(start, a), vis, self.text_positions(suf_start, int(suffix.numel()))], dim=1
         )
@@ -216,17 +234,28 @@ class Qwen25VLBackend(VideoLLM):
         ids = torch.cat([prefix, torch.full((kept,), self.video_token_id, dtype=torch.long), suffix])
         content = torch.zeros(ids.numel(), dtype=torch.bool)
         content[a : a + kept] = True
-        return SegmentInput(embeds, positions, suf_start + int(suffix.numel()), ids, content=content)
+        return SegmentInput(embeds, positions, suf_start + int(suffix.numel()), ids, content=content, time_anchor=anchor)
 
-    def video_positions(self, start: int) -> torch.Tensor:
+    def temporal_position(self, pts: float, anchor: TimeAnchor) -> int:
+        """Temporal index of stream time ``pts`` on the clock ``anchor``: ``1 / tokens_per_second`` s per position.
+
+        ``floor`` as the model's own ``get_rope_index`` truncates ``k * second_per_grid_t * tokens_per_second``
+        (a micro-second tolerance keeps ``2.0000001 s`` and ``2 s`` on the same index).
+        """
+        offset = (float(pts) - anchor.pts) * self.tokens_per_second
+        return anchor.position + max(0, math.floor(offset + 1e-6))
+
+    def video_positions(self, start: int, temporal: int | None = None) -> torch.Tensor:
         """``(3, N)`` (t, h, w) positions of a step's video tokens when its video starts at ``start``.
 
-        Row-major over the merged grid: cell ``(r, c)`` -> ``(start, start + r, start + c)``.
+        Row-major over the merged grid: cell ``(r, c)`` -> ``(temporal, start + r, start + c)``;
+        ``temporal`` defaults to ``start`` (a one-grid video in the model's own layout).
         """
         rows, cols = self.spec.token_grid
         r = torch.arange(rows).repeat_interleave(cols)
         c = torch.arange(cols).repeat(rows)
-        return torch.stack([torch.full((rows * cols,), start), start + r, start + c]).long()
+        t = start if temporal is None else temporal
+        return torch.stack([torch.full((rows * cols,), t), start + r, start + c]).long()
 
     # ---- positions and model plumbing ----------------------------------------------------------------
     def text_positions(self, start: int, n: int) -> torch.Tensor:

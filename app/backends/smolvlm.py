@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import BackendError, BackendSpec, ModelNotAvailable, SegmentInput, VideoLLM
+from .base import BackendError, BackendSpec, ModelNotAvailable, SegmentInput, TimeAnchor, VideoLLM
 from .chat_format import derive_chat_format
 from ..timefmt import format_timestamp  # noqa: F401  (re-exported)
 
@@ -126,7 +126,8 @@ class SmolVLMBackend(VideoLLM):
         feats = torch.cat(list(out.pooler_output), dim=0)
         return feats.view(b, self.spec.tokens_per_frame, -1)
 
-    def frame_segment(self, pts: float, tokens: torch.Tensor, keep: torch.Tensor | None, start: int) -> SegmentInput:
+    def frame_segment(self, pts: float, tokens: torch.Tensor, keep: torch.Tensor | None, start: int,
+                      anchor: TimeAnchor | None = None) -> SegmentInput:
         n = self.spec.tokens_per_frame
         if tokens.shape[0] != n:
             raise BackendError(f"expected {n} visual tokens for a frame, got {tokens.shape[0]}")

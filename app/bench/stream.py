@@ -123,12 +123,12 @@ def _baseline(backend, distinct_tokens: dict, frames: list, checkpoints_s: list[
     for cp in checkpoints_s:
         chosen = [f for f in frames if f.pts < cp]
         sink = backend.text_segment(backend.chat.sink_template.format(system=backend.default_system), 0)
-        embeds, positions, pos = [sink.embeds], [sink.positions], sink.next_position
+        embeds, positions, pos, anchor = [sink.embeds], [sink.positions], sink.next_position, None
         for f in chosen:
-            seg = backend.frame_segment(f.pts, distinct_tokens[frame_key(f.rgb)], None, pos)
+            seg = backend.frame_segment(f.pts, distinct_tokens[frame_key(f.rgb)], None, pos, anchor)
             embeds.append(seg.embeds)
             positions.append(seg.positions)
-            pos = seg.next_position
+            pos, anchor = seg.next_position, seg.time_anchor
         q = backend.question_segment(question, pos, first=True)
         embeds.append(q.embeds)
         positions.append(q.positions)

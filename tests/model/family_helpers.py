@@ -52,11 +52,11 @@ def session_layout(backend, steps, texts, question: str, *, first: bool = True) 
     """
     sink = backend.text_segment(backend.chat.sink_template.format(system=backend.default_system), 0)
     items = [("sink", sink)]
-    pos = sink.next_position
+    pos, anchor = sink.next_position, None
     for pts, tokens, keep in steps:
-        seg = backend.frame_segment(pts, tokens, keep, pos)
+        seg = backend.frame_segment(pts, tokens, keep, pos, anchor)
         items.append(("frame", seg))
-        pos = seg.next_position
+        pos, anchor = seg.next_position, seg.time_anchor
     for pts, text in texts:
         seg = backend.text_segment(text, pos, prefix=f"Note at {format_timestamp(pts)}: ", suffix="\n")
         items.append(("text", seg))

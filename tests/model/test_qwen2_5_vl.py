@@ -2,8 +2,11 @@
 
 The reference is the model's own forward over ``input_ids`` with ``<|video_pad|>`` placeholders,
 ``pixel_values_videos``, ``video_grid_thw`` and ``mm_token_type_ids``: transformers computes the
-visual features and, with its own ``get_rope_index``, the 3D positions. The session's incremental
-positions and question logits must equal it (DESIGN.md invariant 1).
+visual features itself. Positions come from the model's own rules: ``get_rope_index`` of the token
+sequence (each pair a one-grid video) for text, height and width, and for the temporal row the
+index the model gives the same temporal patch in one video of all pairs (``second_per_grid_ts`` =
+the pairs' spacing): stream time on the temporal axis. The session's incremental positions and
+question logits must equal it (DESIGN.md invariant 1).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from app.backends.base import BackendError, ModelNotAvailable
+from app.backends.base import BackendError, ModelNotAvailable, TimeAnchor
 from app.config import SessionConfig
 from app.session import Session
 from streaming.frame import Frame
@@ -55,6 +58,36 @@ def _rope_index(backend, input_ids, rgbs) -> torch.Tensor:
         input_ids, kw["mm_token_type_ids"], video_grid_thw=kw["video_grid_thw"], second_per_grid_ts=kw["second_per_grid_ts"]
     )
     return pos[:, 0]
+
+
+def _clock_offsets(backend, steps: int, spacing_s: float) -> torch.Tensor:
+    """``(steps,)`` temporal index of each temporal patch, relative to the first, in the model's own
+    ``get_rope_index`` of ONE video of ``steps`` pairs whose pairs are ``spacing_s`` seconds apart."""
+    n = backend.spec.tokens_per_frame
+    ids = torch.cat([torch.tensor([[backend.vision_start_id]]), torch.full((1, steps * n), backend.video_token_id)], dim=1)
+    g = backend.spec.frame_size // backend.patch_size
+    pos, _ = backend.model.model.get_rope_index(
+        ids, (ids == backend.video_token_id).int() * 2, video_grid_thw=torch.tensor([[steps, g, g]]),
+        second_per_grid_ts=torch.tensor([spacing_s]),
+    )
+    t = pos[0, 0, 1:].view(steps, n)
+    assert torch.all(t == t[:, :1])  # one temporal index per temporal patch
+    return t[:, 0] - t[0, 0]
+
+
+def _stream_rope_index(backend, input_ids, rgbs, spacing_s: float) -> torch.Tensor:
+    """Reference ``(3, T)`` positions of a stream of pairs ``spacing_s`` seconds apart: the model's own
+    ``get_rope_index`` of the sequence, each pair's temporal row moved to the model's own index of that
+    temporal patch in one video of all the pairs, counted from the first pair's."""
+    rope = _rope_index(backend, input_ids, rgbs)
+    vis = (input_ids[0] == backend.video_token_id).nonzero().flatten()
+    n = backend.spec.tokens_per_frame
+    idx = vis.view(-1, n)
+    offsets = _clock_offsets(backend, idx.shape[0], spacing_s)
+    t0 = rope[0, idx[0, 0]]
+    for k in range(idx.shape[0]):
+        rope[0, idx[k]] = t0 + offsets[k]
+    return rope
 
 
 def _model_forward(backend, input_ids, rgbs, *, attention_mask=None, position_ids=None) -> torch.Tensor:
@@ -171,13 +204,18 @@ def test_full_window_equals_the_model_forward_and_its_rope_index(qwen, with_note
         held = window_positions(s)
     layout = session_layout(qwen, _steps(qwen, frames), texts, question)
     ids, rgbs = layout.input_ids, _paired(frames)
-    rope = _rope_index(qwen, ids, rgbs)
+    rope = _stream_rope_index(qwen, ids, rgbs, 2.0)
     assert torch.equal(layout.positions, rope)
+    own = _rope_index(qwen, ids, rgbs)  # each pair a separate one-grid video
+    first_end = sum(n for _, n in layout.lengths[:2])
+    assert torch.equal(rope[:, :first_end], own[:, :first_end])  # the first pair is the model's own layout
+    assert torch.equal(rope[1:], own[1:])  # height, width and text rows are the model's own throughout
+    assert not torch.equal(rope[0], own[0])  # later pairs sit on the stream clock, not at their one-grid start
     q_len = layout.question_length
     assert torch.equal(held, rope[:, :-q_len])
     # the question comes after the highest position used so far
     assert int(rope[:, -q_len:].min()) == int(rope[:, :-q_len].max()) + 1
-    ref = _model_forward(qwen, ids, rgbs)
+    ref = _model_forward(qwen, ids, rgbs, position_ids=rope)
     torch.testing.assert_close(logits, ref[-q_len:], atol=ATOL, rtol=1e-4)
     assert int(logits[-1].argmax()) == int(ref[-1].argmax())
 
@@ -198,16 +236,108 @@ def test_small_window_all_chunks_retrieved_equals_masked_forward(qwen, window_st
         logits, evidence = s.question_logits(question)
     memory = [e for e in evidence if e.source == "memory"]
     assert [e.t_start for e in memory] == [2.0 * i for i in range(5 - window_steps)]
+    assert [e.t_end for e in memory] == [2.0 * i + 1 for i in range(5 - window_steps)]  # a pair spans both frames
     assert all(p.shape[0] == 3 for p in chunk_positions)
     layout = session_layout(qwen, _steps(qwen, frames), [], question)
     ids, rgbs = layout.input_ids, _paired(frames)
-    rope = _rope_index(qwen, ids, rgbs)
+    rope = _stream_rope_index(qwen, ids, rgbs, 2.0)
+    assert torch.equal(layout.positions, rope)
     mask = additive_mask(window_mask(layout.lengths, window))
     ref = _model_forward(qwen, ids, rgbs, attention_mask=mask, position_ids=rope)
     q_len = layout.question_length
     torch.testing.assert_close(logits, ref[-q_len:], atol=ATOL, rtol=1e-4)
     full = _model_forward(qwen, ids, rgbs)
     assert not torch.allclose(full[-q_len:], ref[-q_len:], atol=ATOL)  # the window really matters
+
+
+# ---- stream time on the temporal axis -------------------------------------------------------------------
+
+
+def _video_rows(backend, seg) -> torch.Tensor:
+    """``(3, N)`` positions of a segment's visual tokens."""
+    return seg.positions[:, seg.token_ids == backend.video_token_id]
+
+
+@pytest.mark.parametrize("spacing_s", [0.5, 0.7, 2.0, 3.0])
+def test_pair_spacing_matches_the_models_own_temporal_patches(qwen, spacing_s):
+    """Pairs ``spacing_s`` apart sit where the model puts consecutive temporal patches of one video."""
+    tokens = torch.zeros(16, 64)
+    pos, anchor, temporal = 40, None, []
+    for k in range(6):
+        seg = qwen.frame_segment(10.0 + k * spacing_s, tokens, None, pos, anchor)
+        temporal.append(int(_video_rows(qwen, seg)[0, 0]))
+        pos, anchor = seg.next_position, seg.time_anchor
+    assert anchor.pts == 10.0
+    got = torch.tensor(temporal) - temporal[0]
+    assert torch.equal(got, _clock_offsets(qwen, 6, spacing_s))
+
+
+def test_irregular_stream_time_drives_the_temporal_axis_exactly(qwen):
+    """2 fps, then a 30 s gap, then a dropped-rate stretch: the temporal row is 2 positions per second of
+    stream time throughout; when the clock runs ahead of the token flow, the next text starts after it;
+    the question follows the highest position; logits equal the plain forward at those positions."""
+    pts = [0.0, 0.5, 1.0, 1.5, 31.0, 31.5, 40.0, 40.5]
+    rng = np.random.default_rng(9)
+    frames = [Frame(i, p, 0.0, rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)) for i, p in enumerate(pts)]
+    question = "When did it change?"
+    cfg = SessionConfig(window_tokens=100_000, top_k=0, drop="off", kv_bits=32)
+    with Session(qwen, cfg) as s:
+        for f in frames:
+            s.ingest(f)
+        logits, _ = s.question_logits(question)
+        items = list(s._window)
+    layout = session_layout(qwen, _steps(qwen, frames), [], question)
+    steps = [seg for kind, seg in layout.items if kind == "frame"]
+    for item, seg in zip(items, steps):
+        assert torch.equal(item.kv.positions, seg.positions)  # the session laid them out the same way
+    video = [_video_rows(qwen, seg) for seg in steps]
+    t0 = int(video[0][0, 0])
+    assert [int(v[0, 0]) - t0 for v in video] == [0, 2, 62, 80]  # floor(2 * (pts - 0))
+    assert all(torch.all(v[0] == v[0, 0]) for v in video)
+    for seg, v in zip(steps, video):
+        first = int((seg.token_ids == qwen.video_token_id).nonzero()[0])
+        base = int(seg.positions[1, first])
+        assert v[1].tolist() == [base + r for r in range(4) for _ in range(4)]  # h, w follow the token flow
+        after = seg.positions[:, first + 16 :]
+        assert int(after[0, 0]) == max(int(v.max()) + 1, base + 4) == int(seg.positions[:, : first + 16].max()) + 1
+    assert int(video[2][0, 0]) > int(video[2][1].max())  # the gap put the clock ahead of the flow ...
+    assert int(steps[3].positions[:, 0].min()) > int(video[2][0, 0])  # ... and what follows starts after it
+    q_len = layout.question_length
+    rope = layout.positions
+    assert int(rope[:, -q_len:].min()) == int(rope[:, :-q_len].max()) + 1
+    ref = _model_forward(qwen, layout.input_ids, _paired(frames), position_ids=rope)
+    torch.testing.assert_close(logits, ref[-q_len:], atol=ATOL, rtol=1e-4)
+
+
+def test_stream_clock_restarts_when_time_goes_backwards(qwen):
+    tokens = torch.zeros(16, 64)
+    a = qwen.frame_segment(50.0, tokens, None, 10)
+    b = qwen.frame_segment(52.0, tokens, None, a.next_position, a.time_anchor)
+    c = qwen.frame_segment(1.0, tokens, None, b.next_position, b.time_anchor)  # a source restarted its clock
+    assert b.time_anchor == a.time_anchor
+    assert int(_video_rows(qwen, b)[0, 0]) == a.time_anchor.position + 4
+    first_c = int((c.token_ids == qwen.video_token_id).nonzero()[0])
+    assert c.time_anchor == TimeAnchor(1.0, b.next_position + first_c)
+    assert int(_video_rows(qwen, c)[0, 0]) == c.time_anchor.position  # its own one-grid layout again
+    assert int(c.positions.min()) >= b.next_position
+
+
+def test_saved_memory_keeps_the_stream_clock(qwen, tmp_path):
+    frames = random_frames(6, seed=10)
+    cfg = SessionConfig(window_tokens=100_000, top_k=8, drop="off", memory_dir=str(tmp_path / "mem"), persist=True)
+    with Session(qwen, cfg) as s:
+        for f in frames[:4]:
+            s.ingest(f)
+        s.save()
+        anchor = s._time_anchor
+    assert anchor is not None and json.loads((tmp_path / "mem" / "session.json").read_text())["time_anchor"] == {
+        "pts": anchor.pts, "position": anchor.position}
+    with Session.open_memory(qwen, tmp_path / "mem", cfg) as s:
+        assert s._time_anchor == anchor
+        for f in frames[4:]:
+            s.ingest(f)
+        last = s._window[-1].kv.positions
+    assert int(last[0, last[0] != last[1]][0]) == anchor.position + 2 * 4  # pts 4 s on the same clock
 
 
 # ---- drop semantics under M-RoPE (DESIGN.md invariant 3) ------------------------------------------------------
@@ -226,7 +356,9 @@ def test_identical_pair_is_dropped_and_the_rest_stays_exact(qwen):
     assert [r.kept for r in results if not r.pending] == [16, 0, 16]
     kept_frames = [frames[i] for i in (0, 1, 4, 5)]
     layout = session_layout(qwen, _steps(qwen, kept_frames), [], question)
-    ref = _model_forward(qwen, layout.input_ids, _paired(kept_frames))
+    rope = _stream_rope_index(qwen, layout.input_ids, _paired(kept_frames), 4.0)  # the dropped pair's 2 s still pass
+    assert torch.equal(layout.positions, rope)
+    ref = _model_forward(qwen, layout.input_ids, _paired(kept_frames), position_ids=rope)
     torch.testing.assert_close(logits, ref[-layout.question_length :], atol=ATOL, rtol=1e-4)
 
 
@@ -243,7 +375,7 @@ def test_partial_drop_keeps_each_token_at_its_3d_position(qwen):
     assert [r.kept for r in results if not r.pending] == [16, 4]
     layout = session_layout(qwen, _steps(qwen, frames), [], question)
     ids, rgbs = layout.input_ids, _paired(frames)
-    rope = _rope_index(qwen, ids, rgbs)
+    rope = _stream_rope_index(qwen, ids, rgbs, 2.0)
     full_seg = layout.items[2][1]
     vis = (full_seg.token_ids == qwen.video_token_id).nonzero().flatten()
     a, z = int(vis[0]), int(vis[-1]) + 1
