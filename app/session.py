@@ -157,15 +157,26 @@ class Session:
         while self._window and self._window_len + incoming > self.config.window_tokens:
             self._evict_chunk()
 
-    def _evict_chunk(self) -> None:
-        head = self._window.popleft()
-        items = [head]
+    def _group_length(self, items, i: int) -> int:
+        """How many items from ``items[i]`` make one memory chunk.
+
+        A text event is a chunk of its own; frames group up to ``chunk_frames``. A group never mixes
+        items already banked by :meth:`save` with items that are not, so eviction and saving cut the
+        window at the same places and nothing is banked twice.
+        """
+        head = items[i]
+        n = 1
         if head.kind == "frame":
-            while (len(items) < self.config.chunk_frames and self._window and self._window[0].kind == "frame"):
-                items.append(self._window.popleft())
+            while (n < self.config.chunk_frames and i + n < len(items) and items[i + n].kind == "frame"
+                   and items[i + n].banked == head.banked):
+                n += 1
+        return n
+
+    def _evict_chunk(self) -> None:
+        items = [self._window.popleft() for _ in range(self._group_length(self._window, 0))]
         for it in items:
             self._window_len -= it.kv.length
-        if not all(it.banked for it in items):
+        if not items[0].banked:
             self._bank.append(self._make_chunk(items))
 
     def _make_chunk(self, items: list[_WindowItem]):
@@ -563,16 +574,13 @@ class Session:
             if self.config.memory_dir is None:
                 raise SessionError("saving needs memory_dir (the directory the memory is kept in)")
             self.flush()
-            items = [w for w in self._window if not w.banked]
-            i = 0
+            items, i = list(self._window), 0
             while i < len(items):
-                group = [items[i]]
-                if items[i].kind == "frame":
-                    while len(group) < self.config.chunk_frames and i + len(group) < len(items) and items[i + len(group)].kind == "frame":
-                        group.append(items[i + len(group)])
-                self._bank.append(self._make_chunk(group))
-                for it in group:
-                    it.banked = True
+                group = items[i : i + self._group_length(items, i)]
+                if not group[0].banked:
+                    self._bank.append(self._make_chunk(group))
+                    for it in group:
+                        it.banked = True
                 i += len(group)
             path = Path(self._bank.save())
             meta = {

@@ -140,3 +140,21 @@ def test_bitsandbytes_weights_on_cpu(load_in):
         s.ingest(Frame(0, 0.0, time.time(), next(media.moving_square(1))))
         ans = s.answer("What is there?")
     assert ans.usage["completion_tokens"] >= 1
+
+
+def test_saving_mid_stream_banks_every_frame_exactly_once(tiny_backend, tmp_path):
+    """Saves between frames bank the window's items; eviction later must not bank them again, and
+    frames that arrived after a save still get banked when they leave the window."""
+    rgbs = list(media.moving_square(24))
+    step = tiny_backend.frame_segment(0.0, tiny_backend.encode_frames([rgbs[0]])[0], None, 0).length
+    cfg = SessionConfig(window_tokens=6 * step, chunk_frames=4, drop="off", top_k=0, memory_dir=str(tmp_path / "m"),
+                        persist=True)
+    with Session(tiny_backend, cfg) as s:
+        for i, rgb in enumerate(rgbs):
+            s.ingest(Frame(i, float(i), time.time(), rgb))
+            if i in (1, 4, 5, 13):
+                s.save()  # 2, then 3, then 1 new frame banked as the window stands
+        banked = [idx for m in s.bank.metas() for idx in m.frame_indices]
+        in_window = [w.frame_index for w in s._window if not w.banked]
+        assert sorted(banked + in_window) == list(range(24))  # each frame once, in the bank or still in the window
+        assert all(len(m.frame_indices) <= 4 for m in s.bank.metas())
