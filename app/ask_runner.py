@@ -72,7 +72,6 @@ def run_ask(args: argparse.Namespace) -> int:
     from app.commands.session_args import load_backend_from_args, session_overrides
     from app.session import SESSION_FILE, Session
     from app.session_types import SessionError
-    from streaming import Sampler, SamplerConfig, open_source
     from streaming.errors import SourceError
 
     out = sys.stdout

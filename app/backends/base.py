@@ -289,6 +289,14 @@ class VideoLLM(abc.ABC):
     dtype: torch.dtype
     chat: ChatFormat
 
+    def _attach(self, model, tokenizer, image_processor, device, dtype) -> None:
+        """Hold the loaded parts (the model in eval mode) and where it runs; families call it first."""
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.device = torch.device(device)
+        self.dtype = dtype
+
     # ---- model-specific ------------------------------------------------------------------
     @abc.abstractmethod
     def resize_frame(self, rgb: np.ndarray) -> np.ndarray:

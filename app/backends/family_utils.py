@@ -1,10 +1,12 @@
-"""Loading helpers the Qwen2.5-VL and LLaVA-OneVision families share.
+"""Loading helpers the backend families share.
 
 Tokenizers for the offline builtins (the real SmolLM2 tokenizer plus a
-family's special tokens and a ChatML template), fast random initialisation for
+family's special tokens and a ChatML template), the decoder fields of a
+:class:`~app.backends.base.BackendSpec`, fast random initialisation for
 real-shape models built in code, RGB frames as normalised arrays with a PIL
-image processor's own settings, and the last step of every load (device or
-bitsandbytes quantization through transformers' own loading path).
+image processor's own settings, checkpoints from a directory or hub id, and the
+last step of every load (device or bitsandbytes quantization through
+transformers' own loading path).
 """
 
 from __future__ import annotations
@@ -33,6 +35,23 @@ CHATML_TEMPLATE = (
 
 #: Tokens that end an assistant turn in ChatML models.
 CHATML_STOP = ("<|im_end|>", "<|endoftext|>")
+
+
+def decoder_shape(text_config, *, head_dim: int | None = None) -> dict:
+    """The :class:`~app.backends.base.BackendSpec` fields a decoder's config fixes.
+
+    ``head_dim`` overrides the config's (or ``hidden_size // num_attention_heads`` when it has none),
+    for attention classes that derive it themselves.
+    """
+    c = text_config
+    return dict(
+        num_layers=c.num_hidden_layers,
+        num_kv_heads=c.num_key_value_heads,
+        num_heads=c.num_attention_heads,
+        head_dim=head_dim or getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads,
+        hidden_size=c.hidden_size,
+        max_positions=c.max_position_embeddings,
+    )
 
 
 def add_special_tokens(tokenizer, tokens: Sequence[str]) -> None:
@@ -159,6 +178,23 @@ def place_model(model, model_cls, *, builtin: bool, device, dtype, quantization_
     return model.to(device).eval()
 
 
-def pretrained_error(family: str, path_or_id: str, exc: Exception) -> ModelNotAvailable:
-    where = "directory" if Path(path_or_id).exists() else "hub id"
-    return ModelNotAvailable(f"cannot load {family} {where} {path_or_id!r}: {exc}")
+def load_checkpoint(family: str, model_cls, processor_cls, path_or_id: str, dtype, quantization_config=None):
+    """-> ``(model, tokenizer, image_processor)`` of a checkpoint in a local directory or under a hub id
+    (cached, or downloaded when online), through transformers' own ``from_pretrained``.
+
+    Raises:
+        ModelNotAvailable: naming the family, the directory or hub id, and transformers' reason.
+    """
+    from transformers import AutoTokenizer
+
+    kwargs = {"dtype": dtype}
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+    try:
+        model = model_cls.from_pretrained(path_or_id, **kwargs)
+        tok = AutoTokenizer.from_pretrained(path_or_id)
+        proc = processor_cls.from_pretrained(path_or_id)
+    except OSError as exc:
+        where = "directory" if Path(path_or_id).exists() else "hub id"
+        raise ModelNotAvailable(f"cannot load {family} {where} {path_or_id!r}: {exc}") from exc
+    return model, tok, proc

@@ -34,9 +34,10 @@ from .family_utils import (
     CHATML_TEMPLATE,
     build_model,
     builtin_tokenizer,
+    decoder_shape,
+    load_checkpoint,
     normalized_chw,
     place_model,
-    pretrained_error,
     resize_square,
     token_id,
 )
@@ -90,26 +91,17 @@ class LlavaOnevisionBackend(VideoLLM):
     """A loaded LLaVA-OneVision model ready to stream (one frame per step, 1D RoPE)."""
 
     def __init__(self, model, tokenizer, image_processor, *, name: str, device, dtype, random_weights: bool):
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.image_processor = image_processor
-        self.device = torch.device(device)
-        self.dtype = dtype
+        self._attach(model, tokenizer, image_processor, device, dtype)
         cfg = model.config
         tcfg, vcfg = cfg.text_config, cfg.vision_config
         side = pooled_side(vcfg.image_size, vcfg.patch_size)
         self.spec = BackendSpec(
             family=FAMILY,
             name=name,
-            num_layers=tcfg.num_hidden_layers,
-            num_kv_heads=tcfg.num_key_value_heads,
-            num_heads=tcfg.num_attention_heads,
-            head_dim=getattr(tcfg, "head_dim", None) or tcfg.hidden_size // tcfg.num_attention_heads,
-            hidden_size=tcfg.hidden_size,
+            **decoder_shape(tcfg),
             tokens_per_frame=side * side,
             token_grid=(side, side),
             frame_size=vcfg.image_size,
-            max_positions=tcfg.max_position_embeddings,
             random_weights=random_weights,
         )
         self.video_token_id = token_id(tokenizer, VIDEO_TOKEN)
@@ -264,18 +256,10 @@ def build_real_shape(shape: str = "0.5b", dtype=torch.float32, seed: int = 0):
 
 def load_pretrained(path_or_id: str, dtype, quantization_config=None):
     """A LLaVA-OneVision checkpoint from a local directory or a hub id (cached, or downloaded when online)."""
-    from transformers import AutoTokenizer
     from transformers.models.llava_onevision.image_processing_pil_llava_onevision import LlavaOnevisionImageProcessorPil
 
-    try:
-        kwargs = {"dtype": dtype}
-        if quantization_config is not None:
-            kwargs["quantization_config"] = quantization_config
-        model = model_class().from_pretrained(path_or_id, **kwargs)
-        tok = AutoTokenizer.from_pretrained(path_or_id)
-        proc = LlavaOnevisionImageProcessorPil.from_pretrained(path_or_id)
-    except OSError as exc:
-        raise pretrained_error("LLaVA-OneVision", path_or_id, exc) from exc
+    model, tok, proc = load_checkpoint("LLaVA-OneVision", model_class(), LlavaOnevisionImageProcessorPil, path_or_id,
+                                       dtype, quantization_config)
     tok.chat_template = CHATML_TEMPLATE
     return model, tok, proc
 

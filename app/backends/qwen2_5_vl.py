@@ -56,9 +56,10 @@ from .family_utils import (
     CHATML_TEMPLATE,
     build_model,
     builtin_tokenizer,
+    decoder_shape,
+    load_checkpoint,
     normalized_chw,
     place_model,
-    pretrained_error,
     resize_square,
     token_id,
 )
@@ -112,11 +113,7 @@ class Qwen25VLBackend(VideoLLM):
 
     def __init__(self, model, tokenizer, image_processor, *, name: str, device, dtype, random_weights: bool,
                  frame_size: int = DEFAULT_FRAME_SIZE):
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.image_processor = image_processor
-        self.device = torch.device(device)
-        self.dtype = dtype
+        self._attach(model, tokenizer, image_processor, device, dtype)
         cfg = model.config
         tcfg, vcfg = cfg.text_config, cfg.vision_config
         self.patch_size = int(vcfg.patch_size)
@@ -131,16 +128,11 @@ class Qwen25VLBackend(VideoLLM):
         self.spec = BackendSpec(
             family=FAMILY,
             name=name,
-            num_layers=tcfg.num_hidden_layers,
-            num_kv_heads=tcfg.num_key_value_heads,
-            num_heads=tcfg.num_attention_heads,
             # Qwen2_5_VLAttention uses hidden_size // num_heads whatever the config's head_dim says
-            head_dim=tcfg.hidden_size // tcfg.num_attention_heads,
-            hidden_size=tcfg.hidden_size,
+            **decoder_shape(tcfg, head_dim=tcfg.hidden_size // tcfg.num_attention_heads),
             tokens_per_frame=side * side,
             token_grid=(side, side),
             frame_size=frame_size,
-            max_positions=tcfg.max_position_embeddings,
             position_dims=3,
             frames_per_step=self.temporal_patch_size,
             random_weights=random_weights,
@@ -351,18 +343,10 @@ def build_real_shape(shape: str = "3b", dtype=torch.float32, seed: int = 0):
 
 def load_pretrained(path_or_id: str, dtype, quantization_config=None):
     """A Qwen2.5-VL checkpoint from a local directory or a hub id (cached, or downloaded when online)."""
-    from transformers import AutoTokenizer
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    try:
-        kwargs = {"dtype": dtype}
-        if quantization_config is not None:
-            kwargs["quantization_config"] = quantization_config
-        model = model_class().from_pretrained(path_or_id, **kwargs)
-        tok = AutoTokenizer.from_pretrained(path_or_id)
-        proc = Qwen2VLImageProcessorPil.from_pretrained(path_or_id)
-    except OSError as exc:
-        raise pretrained_error("Qwen2.5-VL", path_or_id, exc) from exc
+    model, tok, proc = load_checkpoint("Qwen2.5-VL", model_class(), Qwen2VLImageProcessorPil, path_or_id, dtype,
+                                       quantization_config)
     if not getattr(tok, "chat_template", None):
         tok.chat_template = CHATML_TEMPLATE
     return model, tok, proc

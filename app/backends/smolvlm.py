@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from .base import BackendError, BackendSpec, ModelNotAvailable, SegmentInput, TimeAnchor, VideoLLM
+from .base import BackendError, BackendSpec, SegmentInput, TimeAnchor, VideoLLM
 from .chat_format import derive_chat_format
+from .family_utils import add_special_tokens, decoder_shape, load_checkpoint, place_model
 from ..timefmt import format_timestamp  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
@@ -60,11 +60,7 @@ class SmolVLMBackend(VideoLLM):
     """A loaded SmolVLM2 model ready to stream."""
 
     def __init__(self, model, tokenizer, image_processor, *, name: str, device, dtype, random_weights: bool):
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.image_processor = image_processor
-        self.device = torch.device(device)
-        self.dtype = dtype
+        self._attach(model, tokenizer, image_processor, device, dtype)
         cfg = model.config
         tcfg = cfg.text_config
         vcfg = cfg.vision_config
@@ -74,15 +70,10 @@ class SmolVLMBackend(VideoLLM):
         self.spec = BackendSpec(
             family=FAMILY,
             name=name,
-            num_layers=tcfg.num_hidden_layers,
-            num_kv_heads=tcfg.num_key_value_heads,
-            num_heads=tcfg.num_attention_heads,
-            head_dim=getattr(tcfg, "head_dim", None) or tcfg.hidden_size // tcfg.num_attention_heads,
-            hidden_size=tcfg.hidden_size,
+            **decoder_shape(tcfg),
             tokens_per_frame=side * side,
             token_grid=(side, side),
             frame_size=vcfg.image_size,
-            max_positions=tcfg.max_position_embeddings,
             random_weights=random_weights,
         )
         self.chat = derive_chat_format(tokenizer, stop_strings=(END_OF_UTTERANCE, "<|im_end|>", "<|endoftext|>"))
@@ -178,12 +169,6 @@ class SmolVLMBackend(VideoLLM):
 # ---- loading -------------------------------------------------------------------------------------------
 
 
-def _add_special_tokens(tokenizer) -> None:
-    missing = [t for t in SPECIAL_TOKENS if t not in tokenizer.get_vocab()]
-    if missing:
-        tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
-
-
 def _image_processor(image_size: int):
     from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil
 
@@ -218,7 +203,7 @@ def build_tiny(dtype=torch.float32, seed: int = 0):
     from .smollm2_weights import load_smollm2_tokenizer
 
     tok = load_smollm2_tokenizer()
-    _add_special_tokens(tok)
+    add_special_tokens(tok, SPECIAL_TOKENS)
     tok.chat_template = SMOLVLM_CHAT_TEMPLATE
     text = LlamaConfig(
         vocab_size=len(tok),
@@ -245,7 +230,7 @@ def build_smollm2_shape(dtype=torch.float32, seed: int = 0):
     from .smollm2_weights import load_smollm2
 
     lm, tok = load_smollm2(torch.float32)
-    _add_special_tokens(tok)
+    add_special_tokens(tok, SPECIAL_TOKENS)
     text = lm.config
     text.vocab_size = len(tok)
     vision = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, image_size=512, patch_size=16)
@@ -260,19 +245,10 @@ def build_smollm2_shape(dtype=torch.float32, seed: int = 0):
 
 def load_pretrained(path_or_id: str, dtype, quantization_config=None):
     """A SmolVLM2 checkpoint from a local directory or a hub id (cached, or downloaded when online)."""
-    from transformers import AutoTokenizer, SmolVLMForConditionalGeneration
     from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil
 
-    try:
-        kwargs = {"dtype": dtype}
-        if quantization_config is not None:
-            kwargs["quantization_config"] = quantization_config
-        model = SmolVLMForConditionalGeneration.from_pretrained(path_or_id, **kwargs)
-        tok = AutoTokenizer.from_pretrained(path_or_id)
-        proc = SmolVLMImageProcessorPil.from_pretrained(path_or_id)
-    except OSError as exc:
-        where = "directory" if Path(path_or_id).exists() else "hub id"
-        raise ModelNotAvailable(f"cannot load SmolVLM2 {where} {path_or_id!r}: {exc}") from exc
+    model, tok, proc = load_checkpoint("SmolVLM2", SmolVLMForConditionalGeneration_cls(), SmolVLMImageProcessorPil,
+                                       path_or_id, dtype, quantization_config)
     if not getattr(tok, "chat_template", None):
         tok.chat_template = SMOLVLM_CHAT_TEMPLATE
     return model, tok, proc
@@ -295,10 +271,6 @@ def load(name_or_path: str, device, dtype, quantization_config=None) -> SmolVLMB
     else:
         model, tok, proc = load_pretrained(name_or_path, dtype, quantization_config)
         random_weights = False
-    if quantization_config is not None and name_or_path in BUILTINS:
-        from .quantize import reload_quantized
-
-        model = reload_quantized(model, SmolVLMForConditionalGeneration_cls(), quantization_config, dtype)
-    elif quantization_config is None:
-        model = model.to(device)
+    model = place_model(model, SmolVLMForConditionalGeneration_cls(), builtin=name_or_path in BUILTINS, device=device,
+                        dtype=dtype, quantization_config=quantization_config)
     return SmolVLMBackend(model, tok, proc, name=name_or_path, device=device, dtype=dtype, random_weights=random_weights)

