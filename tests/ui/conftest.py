@@ -7,6 +7,7 @@ real session, the real manager and the real Gradio server).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -53,16 +54,16 @@ def page_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
             os.environ[key] = value
 
 
-@pytest.fixture(scope="module")
-def page(ui_backend, page_env) -> Iterator[PageServer]:
-    """The page on ``http://127.0.0.1:<free port>/`` with a fresh manager (one per test module)."""
+@contextlib.contextmanager
+def launch_page(backend) -> Iterator[PageServer]:
+    """The page over ``backend`` on ``http://127.0.0.1:<free port>/`` with a fresh manager."""
     from app.config import SessionConfig
     from app.manager import ManagerConfig, SessionManager
     from ui.config import PageConfig
     from ui.page import launch
 
     manager = SessionManager(
-        ui_backend,
+        backend,
         ManagerConfig(max_sessions=8, max_fps=10.0, default_session=SessionConfig(window_tokens=32, max_new_tokens=48)),
     )
     port = free_port()
@@ -72,3 +73,10 @@ def page(ui_backend, page_env) -> Iterator[PageServer]:
     finally:
         demo.close()
         manager.shutdown()
+
+
+@pytest.fixture(scope="module")
+def page(ui_backend, page_env) -> Iterator[PageServer]:
+    """The page over the tiny SmolVLM with a fresh manager (one per test module)."""
+    with launch_page(ui_backend) as server:
+        yield server
