@@ -32,6 +32,7 @@ Nothing here depends on a model: shapes come from the tensors.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -321,6 +322,27 @@ def _complement(outlier_idx: torch.Tensor, D: int) -> torch.Tensor:
     return is_outlier.argsort(dim=-1, stable=True)[..., : D - n]
 
 
+def _layer_runs(layers: list[int]) -> list[tuple[int, int]]:
+    """``[3, 4, 5, 0]`` -> ``[(3, 6), (0, 1)]``: maximal runs of consecutive layers, in the order given."""
+    runs: list[tuple[int, int]] = []
+    for i in layers:
+        if runs and runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return runs
+
+
+def _unpack_range(packed: torch.Tensor, bits: int, start: int, stop: int) -> torch.Tensor:
+    """Codes ``[start, stop)`` of a packed code stream, unpacking only the bytes that hold them: ``(stop - start,)`` uint8."""
+    per_byte = 8 // bits
+    first_byte = start // per_byte
+    n_bytes = packed_numel(stop - first_byte * per_byte, bits)
+    codes = unpack_bits(packed[first_byte : first_byte + n_bytes], bits, n_bytes * per_byte)
+    offset = start - first_byte * per_byte
+    return codes[offset : offset + stop - start]
+
+
 class KVCodec:
     """Encode and decode the KV of one chunk with a fixed :class:`KVCodecConfig`.
 
@@ -429,21 +451,56 @@ class KVCodec:
             v = self._decode_values(packed)
         return k.to(out_dtype), v.to(out_dtype)
 
+    def decode_keys(self, packed: PackedKV, layers: Sequence[int], dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Unpack the keys of some layers only (what a rerank reads), leaving values and other layers packed.
+
+        Equal, element for element, to ``decode(packed, dtype)[0][list(layers)]``, at a fraction of
+        the work: only the codes, scales, zero points and outlier channels of those layers are read.
+
+        Args:
+            packed: from :meth:`encode` or :meth:`PackedKV.from_state_dict`.
+            layers: layer indices in ``[0, L)``, any order (repeats allowed), at least one.
+            dtype: output dtype; default the original dtype.
+
+        Returns:
+            ``(L', H, T, D)`` keys of ``layers`` in the order given, a fresh tensor.
+        """
+        if not isinstance(packed, PackedKV):
+            raise KVCodecError(f"decode_keys needs a PackedKV; got {type(packed).__name__}")
+        out_dtype = packed.dtype if dtype is None else dtype
+        if out_dtype not in _FLOAT_DTYPES.values():
+            raise KVCodecError(f"decode_keys dtype must be one of {sorted(_FLOAT_DTYPES)}; got {dtype!r}")
+        L = packed.shape[0]
+        wanted = [int(i) for i in layers]
+        if not wanted or any(not 0 <= i < L for i in wanted):
+            raise KVCodecError(f"decode_keys layers must be a non-empty sequence of indices in [0, {L}); got {wanted}")
+        with torch.no_grad():
+            if not packed.config.quantized:
+                return packed.tensors["k"][wanted].to(out_dtype)
+            runs = _layer_runs(wanted)
+            parts = [self._decode_keys(packed, start, stop) for start, stop in runs]
+            keys = parts[0] if len(parts) == 1 else torch.cat(parts)
+        return keys.to(out_dtype)
+
     @staticmethod
-    def _decode_keys(packed: PackedKV) -> torch.Tensor:
+    def _decode_keys(packed: PackedKV, first: int = 0, stop: int | None = None) -> torch.Tensor:
+        """float32 keys ``(stop - first, H, T, D)`` of the layer range ``[first, stop)`` (default all)."""
         cfg = packed.config
         t = packed.tensors
-        L, H, T, D = packed.shape
+        n_layers, H, T, D = packed.shape
+        stop = n_layers if stop is None else stop
+        L = stop - first
         n = cfg.outlier_channels
         C = D - n
-        codes = unpack_bits(t["k_codes"], cfg.bits, L * H * C * T).view(L, H, C, T)
-        rest = dequantize_groups(codes, t["k_scale"], t["k_zero"], cfg.group_size).transpose(-1, -2)  # (L, H, T, C)
+        codes = _unpack_range(t["k_codes"], cfg.bits, first * H * C * T, stop * H * C * T).view(L, H, C, T)
+        scale, zero = t["k_scale"][first:stop], t["k_zero"][first:stop]
+        rest = dequantize_groups(codes, scale, zero, cfg.group_size).transpose(-1, -2)  # (L, H, T, C)
         if not n:
             return rest.contiguous()
-        outlier_idx = t["k_outlier_idx"].long()
+        outlier_idx = t["k_outlier_idx"][first:stop].long()
         k = torch.empty(L, H, T, D, dtype=torch.float32, device=rest.device)
         k.scatter_(-1, _complement(outlier_idx, D).unsqueeze(2).expand(L, H, T, C), rest)
-        k.scatter_(-1, outlier_idx.unsqueeze(2).expand(L, H, T, n), t["k_outlier_val"].float())
+        k.scatter_(-1, outlier_idx.unsqueeze(2).expand(L, H, T, n), t["k_outlier_val"][first:stop].float())
         return k
 
     @staticmethod

@@ -9,10 +9,14 @@ Public API::
     bank.append(KVChunk(meta, keys, values, positions, summary))
     for r in bank.retrieve(query, k=8):   # time order
         r.chunk.keys, r.chunk.meta.t_start, r.score
+    # two stages without fetching whole chunks: summary scores, then some layers' keys, then k chunks
+    hits = bank.search(query, 64)                       # [(meta, score)], best first, no KV read
+    ck = bank.keys(hits[0][0].chunk_id, layers=range(15, 30))  # ChunkKeys: keys (15, H, T, D)
+    chunk = bank.get(hits[0][0].chunk_id)
 """
 
 from memory.bank import BankStats, MemoryBank, Retrieved
-from memory.chunk import CHUNK_KINDS, ChunkMeta, KVChunk
+from memory.chunk import CHUNK_KINDS, ChunkKeys, ChunkMeta, KVChunk
 from memory.config import INDEX_KINDS, BankConfig
 from memory.errors import (
     BankClosed,
@@ -36,6 +40,7 @@ __all__ = [
     "BankError",
     "BankStats",
     "ChunkCorrupt",
+    "ChunkKeys",
     "ChunkMeta",
     "ChunkNotFound",
     "InvalidChunk",

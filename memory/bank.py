@@ -33,6 +33,7 @@ import tempfile
 import threading
 import weakref
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,9 +41,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from compression.kvcodec import KVCodec
+from compression.kvcodec import KVCodec, KVCodecError
 
-from memory.chunk import ChunkMeta, KVChunk, validate_chunk
+from memory.chunk import ChunkKeys, ChunkMeta, KVChunk, validate_chunk
 from memory.config import BankConfig
 from memory.errors import (
     BankClosed,
@@ -509,6 +510,33 @@ class MemoryBank:
         except ChunkCorrupt as exc:
             self._mark_corrupt(cid, where, exc)
             raise
+
+    def keys(self, chunk_id: int, layers: Sequence[int], *, dtype: torch.dtype | None = None) -> ChunkKeys:
+        """The keys of ``layers`` of one live chunk, dequantizing nothing else (values and other layers stay packed).
+
+        A chunk on disk is read and checksummed whole (the checksum covers the file), but only
+        these keys are decoded. Equal to ``get(chunk_id, dtype).keys[list(layers)]``.
+
+        Args:
+            layers: layer indices in ``[0, L)``, e.g. the upper half a rerank reads.
+            dtype: dtype of the keys; ``None`` = the dtype the chunk was appended with.
+
+        Returns:
+            :class:`ChunkKeys` with keys ``(len(layers), H, T, D)`` and the chunk's positions.
+
+        Raises:
+            ChunkNotFound: no live chunk has this id.
+            ChunkCorrupt: its file is missing or fails its checksum (names the chunk and file); the
+                chunk is skipped by later searches, other chunks are untouched.
+            InvalidQuery: a layer index out of range.
+        """
+        wanted = tuple(int(i) for i in layers)
+        stored = self.packed(chunk_id)
+        try:
+            keys = self._codec.decode_keys(stored.packed, wanted, dtype=dtype)
+        except KVCodecError as exc:
+            raise InvalidQuery(f"chunk {chunk_id}: {exc}") from None
+        return ChunkKeys(meta=stored.meta, layers=wanted, keys=keys, positions=stored.positions.clone())
 
     def get(self, chunk_id: int, dtype: torch.dtype | None = None) -> KVChunk:
         """One live chunk, dequantized (``dtype`` as appended unless given).

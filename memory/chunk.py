@@ -182,6 +182,27 @@ class KVChunk:
         return self.meta.n_tokens
 
 
+@dataclass(frozen=True, eq=False)
+class ChunkKeys:
+    """The keys of some layers of one chunk: what a rerank reads, without values or other layers.
+
+    Attributes:
+        meta: the chunk's :class:`ChunkMeta`.
+        layers: the layer indices, in the order of ``keys``' first axis.
+        keys: ``(L', H, T, D)`` post-RoPE keys of those layers (``L' == len(layers)``).
+        positions: int64 ``(T,)`` or ``(3, T)``, the tokens' original positions.
+    """
+
+    meta: ChunkMeta
+    layers: tuple[int, ...]
+    keys: torch.Tensor
+    positions: torch.Tensor
+
+    @property
+    def chunk_id(self) -> int:
+        return self.meta.chunk_id
+
+
 def validate_chunk(chunk: KVChunk) -> None:
     """Check a chunk's types and shapes; raise :class:`InvalidChunk` naming the problem."""
     meta = chunk.meta
