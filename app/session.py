@@ -264,7 +264,10 @@ class Session:
         frames, self._pending_frames = self._pending_frames, []
         first, last = frames[0], frames[-1]
         small = self.backend.resize_frame(last.rgb)
-        pre = self._drop.before_encode(last.pts, small)
+        # the step's other frames (a pair's first) count too: pixel drop skips a step only if none changed
+        others = ([self.backend.resize_frame(f.rgb) for f in frames[:-1] if f is not last]
+                  if self._drop.config.mode == "pixel" else [])
+        pre = self._drop.before_encode(last.pts, small, others)
         n = self.spec.tokens_per_frame
         if not pre.run_encoder:
             self._counters["frames_skipped"] += len(frames)

@@ -37,6 +37,7 @@ import logging
 import math
 import threading
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -383,13 +384,16 @@ class DropPolicy:
             self._scene_change = changed_ratio > self.config.scene_change_ratio
 
     # ------------------------------------------------------------ per frame
-    def before_encode(self, pts: float, rgb: np.ndarray) -> PreDecision:
+    def before_encode(self, pts: float, rgb: np.ndarray, also: Sequence[np.ndarray] = ()) -> PreDecision:
         """Decide, before the vision tower, whether it must run (pixel mode decides the keep mask here).
 
         Args:
             pts: the frame's stream time in seconds (non-decreasing within a stream).
             rgb: the frame exactly as the vision tower will see it (resized), ``(H, W, 3)`` uint8,
                 with ``H >= rows`` and ``W >= cols``.
+            also: the other frames the vision tower encodes together with ``rgb`` into the same
+                tokens (the first frame of a Qwen2.5-VL pair), same shape: in pixel mode a cell
+                counts as changed when it changed in any of them. ``rgb`` stays the reference.
 
         Returns:
             A :class:`PreDecision`. In pixel mode ``keep`` is a BoolTensor ``(N,)`` and
@@ -422,7 +426,14 @@ class DropPolicy:
             keep = torch.ones(self.n_tokens, dtype=torch.bool)
             pre = PreDecision(run_encoder=True, keep=keep, is_keyframe=True, pts=pts, changed_ratio=1.0)
         else:
-            changed = pixel_keep_mask(pixel_cell_change(rgb, ref, self.grid), self.config.pixel_threshold)
+            change = pixel_cell_change(rgb, ref, self.grid)
+            for other in also:
+                if not isinstance(other, np.ndarray) or other.shape != rgb.shape:
+                    raise DropInputError(
+                        f"frames in `also` must have rgb's shape {rgb.shape}; got {getattr(other, 'shape', None)}"
+                    )
+                change = torch.maximum(change, pixel_cell_change(other, ref, self.grid))
+            changed = pixel_keep_mask(change, self.config.pixel_threshold)
             changed_ratio = float(changed.float().mean())
             keep = torch.ones_like(changed) if keyframe else changed
             pre = PreDecision(

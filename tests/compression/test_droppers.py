@@ -576,3 +576,21 @@ def test_compression_never_imports_transformers_or_gradio():
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "clean"
+
+
+def test_pixel_mode_counts_a_cell_changed_in_any_frame_of_a_step():
+    """Frames encoded together (a Qwen2.5-VL pair): a cell that changed only in the step's first frame is
+    still kept; a misshapen extra frame is refused by name."""
+    rng = np.random.default_rng(12)
+    ref = rng.integers(0, 256, size=(SIZE, SIZE, 3), dtype=np.uint8)
+    first = ref.copy()
+    first[0:16, 16:32] = 255 - first[0:16, 16:32]  # cell (0, 1) changed in the first frame only
+    policy = DropPolicy(DropConfig(mode="pixel", pixel_threshold=0.05, keyframe_every_s=None), GRID)
+    pre = policy.before_encode(0.0, ref)
+    policy.after_encode(0.0, torch.randn(N_TOKENS, 8), pre)
+    alone = policy.before_encode(1.0, ref)
+    assert not alone.run_encoder  # the last frame alone looks unchanged
+    pair = policy.before_encode(2.0, ref, [first])
+    assert pair.run_encoder and pair.keep.nonzero().flatten().tolist() == [1]
+    with pytest.raises(compression.DropInputError, match="must have rgb's shape"):
+        policy.before_encode(3.0, ref, [first[:, :-1]])

@@ -457,3 +457,17 @@ def test_local_checkpoint_directory_loads(tmp_path, qwen):
             assert s.answer("What is there?").stop_reason in ("eos", "max_tokens")
     finally:
         backend.close()
+
+
+def test_pixel_drop_looks_at_both_frames_of_a_pair(qwen):
+    """A pair whose second frame repeats the previous pair's but whose first frame is new is still
+    encoded; a pair of two unchanged frames skips the vision tower."""
+    a, b, c = (f.rgb for f in random_frames(3, seed=11, size=(112, 112)))
+    cfg = SessionConfig(window_tokens=100_000, top_k=0, drop="pixel", pixel_threshold=0.05)
+    with Session(qwen, cfg) as s:
+        results = [s.ingest(Frame(i, float(i), 0.0, rgb)) for i, rgb in enumerate([a, b, c, b, b, b])]
+        stats = s.stats()
+    steps = [r for r in results if not r.pending]
+    assert [r.encoded for r in steps] == [True, True, False]
+    assert steps[1].kept > 0 and steps[2].kept == 0
+    assert stats["encoder_calls"] == 2 and stats["frames_skipped"] == 2
