@@ -119,6 +119,8 @@ class ManagerConfig:
         session_ram_budget_mb: memory-bank RAM per session; used when the session's own
             ``ram_budget_mb`` is None (``None`` here too = unlimited). (0, 1_048_576]
         stats_interval_s: how often ``input_video.stats`` events go out while frames flow. [0.05, 3600]
+        snapshot_interval_s: the session's own stats are copied for readers after a frame at most this
+            often (frames closer together are caught up once they stop). [0.01, 60]
         allow_file_sources: :meth:`SessionManager.set_source` admits local paths / ``file:`` URLs / webcams
             when its caller does not say (the page passes ``allow_files=True`` for its own uploads).
         source_open_timeout_s: how long opening a server-pulled source may take. (0, 600]
@@ -132,6 +134,7 @@ class ManagerConfig:
     default_session: SessionConfig = field(default_factory=SessionConfig)
     session_ram_budget_mb: float | None = 256.0
     stats_interval_s: float = 1.0
+    snapshot_interval_s: float = 0.25
     allow_file_sources: bool = False
     source_open_timeout_s: float = 10.0
 
@@ -146,6 +149,7 @@ class ManagerConfig:
         if self.session_ram_budget_mb is not None:
             _check_number("session_ram_budget_mb", self.session_ram_budget_mb, 0, 1_048_576, lo_open=True)
         _check_number("stats_interval_s", self.stats_interval_s, 0.05, 3600)
+        _check_number("snapshot_interval_s", self.snapshot_interval_s, 0.01, 60)
         if not isinstance(self.allow_file_sources, bool):
             raise ConfigError(f"allow_file_sources must be true or false; got {self.allow_file_sources!r}")
         _check_number("source_open_timeout_s", self.source_open_timeout_s, 0, 600, lo_open=True)
@@ -226,6 +230,7 @@ class _Entry:
     last_pts: float | None = None
     snapshot: dict | None = None
     snapshot_at: float = 0.0
+    snapshot_stale: bool = False  # a refresh was skipped (throttled): the housekeeper schedules one
     kept_history: list = field(default_factory=list)
     stats_dirty: bool = False
     stats_sent_at: float = 0.0
@@ -895,7 +900,10 @@ class SessionManager:
         """Cache the session's stats (on the worker, so readers never wait for the model)."""
         now = time.monotonic()
         session = entry.session
-        if session is None or (not force and now - entry.snapshot_at < 0.25):
+        if session is None:
+            return
+        if not force and now - entry.snapshot_at < self.config.snapshot_interval_s:
+            entry.snapshot_stale = True
             return
         try:
             snap = session.stats()
@@ -904,6 +912,13 @@ class SessionManager:
             return
         with entry.lock:
             entry.snapshot, entry.snapshot_at, entry.kept_history = snap, now, history
+            entry.snapshot_stale = False
+
+    def _catch_up_snapshot(self, entry: _Entry) -> None:
+        """Refresh a snapshot that missed the last frames, and let the next stats event carry it."""
+        self._refresh_snapshot(entry, force=True)
+        with entry.lock:
+            entry.stats_dirty = True
 
     def kept_history(self, sid: str) -> list[tuple[float, float]]:
         """``[(pts, kept_ratio)]`` of recent frames (at most 2000; cached, never waits for the model)."""
@@ -996,6 +1011,15 @@ class SessionManager:
                     logger.info("session %s expired after %.0f s idle", entry.sid, now - entry.last_active)
                     self.close_session(entry.sid, reason="expired")
                     continue
+                if entry.snapshot_stale and now - entry.snapshot_at >= self.config.snapshot_interval_s:
+                    # the last frames came too close together to be in the cached stats: refresh on the
+                    # worker (it holds the session; readers never wait for the model)
+                    entry.snapshot_stale = False
+                    try:
+                        self.scheduler.submit(ALERT, lambda e=entry: self._catch_up_snapshot(e), key=entry.sid,
+                                              coalesce=("snapshot", entry.sid))
+                    except SchedulerClosed:
+                        return
                 if entry.stats_dirty and now - entry.stats_sent_at >= self.config.stats_interval_s:
                     entry.stats_dirty = False
                     entry.stats_sent_at = now

@@ -45,6 +45,8 @@ def test_manager_config_is_validated_naming_the_field():
         ManagerConfig(max_sessions=0)
     with pytest.raises(ConfigError, match="session_ram_budget_mb"):
         ManagerConfig(session_ram_budget_mb=-1.0)
+    with pytest.raises(ConfigError, match="snapshot_interval_s"):
+        ManagerConfig(snapshot_interval_s=0)
     with pytest.raises(ConfigError, match="unknown manager setting"):
         ManagerConfig().updated(max_fsp=3)
 
@@ -227,3 +229,17 @@ def test_shutdown_is_clean(make_manager, bikes_path, bikes_frames):
     assert answer.cancelled() or answer.result().stop_reason == "cancelled"
     with pytest.raises(Exception, match="shut down"):
         m.create_session()
+
+
+def test_cached_stats_catch_up_with_frames_that_came_in_a_burst(make_manager, bikes_frames):
+    """Frames processed in quick succession skip the (throttled) stats refresh; the cached stats still
+    reach the last frame once the burst is over, with no further input."""
+    m = make_manager(max_fps=1000.0, stats_interval_s=0.1, snapshot_interval_s=10.0)
+    sid = m.create_session({"drop": "off"})
+    for frame in bikes_frames[:4]:
+        m.submit_frame(sid, frame)
+        wait_for(lambda f=frame: m.stats(sid)["ingest"]["last_pts"] == f.pts)  # each one processed, none dropped
+    assert m.stats(sid)["ingest"]["frames_processed"] == 4
+    assert m.stats(sid).get("frames", 0) < 4  # the burst outran the snapshot interval ...
+    wait_for(lambda: m.stats(sid).get("frames") == 4, timeout=25)  # ... and the cached stats caught up
+    assert m.stats(sid)["tokens_seen"] == 4 * m.backend.spec.tokens_per_frame
