@@ -318,25 +318,39 @@ class VideoLLM(abc.ABC):
         """
 
     @abc.abstractmethod
+    def decoder(self) -> torch.nn.Module:
+        """The transformers text model inside the VLM (its ``layers`` and ``rotary_emb``)."""
+
     def attention_modules(self) -> Sequence[torch.nn.Module]:
         """Each decoder layer's self-attention module (with ``q_proj`` and ``k_proj``)."""
+        return [layer.self_attn for layer in self.decoder().layers]
 
-    @abc.abstractmethod
+    def model_position_ids(self, positions: torch.Tensor) -> torch.Tensor:
+        """``(T,)`` positions -> the ``position_ids`` the model takes: ``(1, T)`` (M-RoPE families override)."""
+        return positions.reshape(1, -1)
+
     def language_model_forward(self, embeds: torch.Tensor, positions: torch.Tensor, cache, logits_to_keep: int):
         """One forward of the transformers model over ``embeds (1, T, E)`` at explicit positions; returns logits ``(1, t, V)``."""
+        out = self.model(
+            inputs_embeds=embeds,
+            position_ids=self.model_position_ids(positions),
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=logits_to_keep,
+        )
+        return out.logits
 
     def rotary_cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """RoPE ``(cos, sin)`` for ``positions``, each ``(T, D)``, from the model's own rotary module.
-
-        1D RoPE families return their text model's ``rotary_emb``; M-RoPE families override.
-        """
+        """RoPE ``(cos, sin)`` for ``positions`` (``(T,)``, or ``(3, T)`` for M-RoPE), each ``(T, D)``,
+        from the model's own rotary module fed the ``position_ids`` the model itself gets."""
         rotary = self.rotary_module()
         probe = torch.zeros(1, 1, self.spec.head_dim, dtype=torch.float32, device=self.device)
-        cos, sin = rotary(probe, positions.reshape(1, -1).to(self.device))
+        cos, sin = rotary(probe, self.model_position_ids(positions).to(self.device))
         return cos[0].float().cpu(), sin[0].float().cpu()
 
     def rotary_module(self) -> torch.nn.Module:
-        raise NotImplementedError(f"{type(self).__name__} does not expose its rotary embedding")
+        """The text model's rotary embedding (the same one its attention uses)."""
+        return self.decoder().rotary_emb
 
     def unrotate_keys(self, keys: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Undo RoPE on cached keys: ``(..., T, D)`` post-RoPE keys at ``positions`` -> pre-RoPE keys.

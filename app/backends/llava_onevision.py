@@ -178,21 +178,8 @@ class LlavaOnevisionBackend(VideoLLM):
         return SegmentInput(embeds, positions, newline_pos + 1 + int(suffix.numel()), ids, content=content)
 
     # ---- model plumbing ----------------------------------------------------------------------------
-    def attention_modules(self):
-        return [layer.self_attn for layer in self.model.model.language_model.layers]
-
-    def rotary_module(self):
-        return self.model.model.language_model.rotary_emb
-
-    def language_model_forward(self, embeds, positions, cache, logits_to_keep):
-        out = self.model(
-            inputs_embeds=embeds,
-            position_ids=positions.reshape(1, -1),
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=logits_to_keep,
-        )
-        return out.logits
+    def decoder(self):
+        return self.model.model.language_model
 
 
 # ---- loading -------------------------------------------------------------------------------------------

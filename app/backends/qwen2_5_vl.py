@@ -254,30 +254,13 @@ class Qwen25VLBackend(VideoLLM):
         """``(3, n)``: text tokens have equal temporal, height and width positions."""
         return torch.arange(start, start + n, dtype=torch.long).expand(3, n).clone()
 
-    def attention_modules(self):
-        return [layer.self_attn for layer in self.model.model.language_model.layers]
+    def decoder(self):
+        return self.model.model.language_model
 
-    def rotary_module(self):
-        return self.model.model.language_model.rotary_emb
-
-    def rotary_cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """M-RoPE ``(cos, sin)`` for ``(3, T)`` (or 1D ``(T,)``) positions, each ``(T, D)``."""
+    def model_position_ids(self, positions: torch.Tensor) -> torch.Tensor:
+        """``(3, T)`` (or 1D ``(T,)``) positions -> the model's ``position_ids`` ``(3, batch=1, T)``."""
         pos = positions if positions.ndim == 2 else positions.expand(3, -1)
-        probe = torch.zeros(1, 1, self.spec.head_dim, dtype=torch.float32, device=self.device)
-        cos, sin = self.rotary_module()(probe, pos.reshape(3, 1, -1).to(self.device))
-        return cos[0].float().cpu(), sin[0].float().cpu()
-
-    def language_model_forward(self, embeds, positions, cache, logits_to_keep):
-        """``embeds (1, T, E)`` at ``positions (3, T)``; the model takes position ids ``(3, batch, T)``."""
-        pos = positions if positions.ndim == 2 else positions.expand(3, -1)
-        out = self.model(
-            inputs_embeds=embeds,
-            position_ids=pos.reshape(3, 1, -1),
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=logits_to_keep,
-        )
-        return out.logits
+        return pos.reshape(3, 1, -1)
 
 
 # ---- loading -------------------------------------------------------------------------------------------
