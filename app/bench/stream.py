@@ -239,6 +239,23 @@ def steady_note(m: dict[str, Any]) -> str:
             f"is **{m['latency_ratio_last_vs_steady']:.2f}x** that at {m['steady_minutes']:g} min: flat as the stream grows.")
 
 
+def latency_note(m: dict[str, Any]) -> str:
+    """Where LiveSight's first-token latency at the last checkpoint goes, against 1 min (from the measured points)."""
+    live = m.get("liveSight") or []
+    last = next((p for p in live if p["minutes"] == m.get("last_minutes")), None)
+    one = next((p for p in live if abs(p["minutes"] - 1.0) < 1e-9), None)
+    if last is None or one is None or not one["first_token_s"]:
+        return ""
+    rest = last["first_token_s"] - last["retrieval_s"]
+    return (f"Where it goes: at {m['last_minutes']:g} min, **{last['retrieval_s']:.2f} s** of the {last['first_token_s']:.2f} s "
+            "is retrieval (the question's probe prefill over sink + window, the summary search, the rerank of the "
+            f"candidates, the fetch of the top k); the rest, the answer's own prefill over {last['context_tokens']:,} context "
+            f"tokens, is {rest:.2f} s, **{rest / one['first_token_s']:.2f}x** the 1-min latency by itself. At 1 min the bank "
+            f"is still empty ({one['bank_chunks']} chunks), so that question has no retrieval at all (no probe prefill "
+            f"either) and attends to {one['context_tokens']:,} tokens: the goal compares a question with retrieval "
+            "against one without.")
+
+
 def _markdown(m: dict[str, Any], args: argparse.Namespace, spec, link: str) -> str:
     def row(label, p):
         if p is None:
@@ -291,10 +308,13 @@ def _markdown(m: dict[str, Any], args: argparse.Namespace, spec, link: str) -> s
         "",
         steady_note(m),
         "",
+        latency_note(m),
+        "",
         "- *of which retrieval*: from the question's arrival to the start of the answer's prefill: the question's probe "
         "prefill over sink + window (its per-token queries), the summary search, the rerank and the fetch of the top k "
         "chunks (0 while the bank is empty: no probe either). *context tokens*: sink + retrieved chunks + window + dialog "
         "the answer attends to.",
+        "",
         f"![first-token latency and RSS vs stream length]({link})",
         "",
         "- Positions: a 1-hour stream at 1 fps uses about 270k positions, far past SmolLM2's trained 8192; answers about "
