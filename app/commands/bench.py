@@ -22,6 +22,7 @@ BENCHES: dict[str, str] = {
     "stream": "app.bench.stream",
     "realtime": "app.bench.realtime",
     "fidelity": "app.bench.fidelity",
+    "recall": "app.bench.recall",
 }
 
 

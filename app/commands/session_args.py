@@ -23,6 +23,11 @@ def add_session_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--window", type=int, default=None, help="local attention window in tokens")
     g.add_argument("--chunk-frames", type=int, default=None, help="frames per memory chunk")
     g.add_argument("--top-k", type=int, default=None, help="memory chunks retrieved per question")
+    g.add_argument("--rerank", default=None, choices=["on", "off"],
+                   help="late-interaction rerank of the summary search's candidates (default on)")
+    g.add_argument("--rerank-candidates", type=int, default=None, metavar="N",
+                   help="summary-search candidates the rerank scores (default 64; 32 halves the rerank's cost, "
+                        "see `livesight bench recall`)")
     g.add_argument("--max-new-tokens", type=int, default=None, help="answer length limit")
     g.add_argument("--system-prompt", default=None)
     g.add_argument("--drop", default=None, choices=["off", "feature", "pixel", "budget"], help="token drop mode")
@@ -43,13 +48,16 @@ _FIELDS = {
     "system_prompt": "system_prompt", "drop": "drop", "tau": "tau", "keep_ratio": "keep_ratio",
     "pixel_threshold": "pixel_threshold", "keyframe_every": "keyframe_every_s", "kv_bits": "kv_bits",
     "kv_value_mode": "kv_value_mode", "kv_group_size": "kv_group_size", "ram_budget_mb": "ram_budget_mb",
-    "retention": "retention_s", "index": "index",
+    "retention": "retention_s", "index": "index", "rerank_candidates": "rerank_candidates",
 }
 
 
 def session_overrides(args: argparse.Namespace) -> dict:
     """The session settings given on the command line, as ``SessionConfig`` field names."""
-    return {field: getattr(args, opt) for opt, field in _FIELDS.items() if getattr(args, opt, None) is not None}
+    out = {field: getattr(args, opt) for opt, field in _FIELDS.items() if getattr(args, opt, None) is not None}
+    if getattr(args, "rerank", None) is not None:
+        out["rerank"] = args.rerank == "on"
+    return out
 
 
 def weight_quantization(args: argparse.Namespace):

@@ -131,3 +131,17 @@ def test_bad_option_is_a_clear_error(tmp_path, capsys):
     rc = main(["bench", "stream", "--quick", "--fps", "0", "--output-dir", str(tmp_path), "--no-update-md"])
     assert rc == 1
     assert "--fps must be in" in capsys.readouterr().err
+
+
+def test_recall_quick(tmp_path):
+    """Every question is asked at each candidate count on the same session; the smallest count is the summary
+    stage alone, the others rerank; rates are shares of the questions."""
+    result = _run("recall", tmp_path)
+    m = result["metrics"]
+    rows = {r["candidates"]: r for r in m["rows"]}
+    assert set(rows) == {2, 4, 8} and not rows[2]["reranked"] and rows[4]["reranked"] and rows[8]["reranked"]
+    assert all(r["questions"] == 3 for r in rows.values()) and m["mean_bank_chunks"] >= 4
+    assert all(0.0 <= r["from_memory"] <= r["hit_rate"] <= 1.0 for r in rows.values())
+    for rec in result["records"]:
+        assert set(rec["results"]) == {"2", "4", "8"}
+    assert "| 2 (summaries only, no rerank) |" in result["markdown"]

@@ -192,3 +192,20 @@ def test_config_validation_names_the_field(field, value, match):
         SessionConfig(**{field: value})
     with pytest.raises(ConfigError, match="unknown setting"):
         SessionConfig().updated(windw_tokens=3)
+
+
+def test_command_line_session_options_map_onto_the_config():
+    import argparse
+
+    from app.commands.session_args import add_session_arguments, session_overrides
+
+    parser = argparse.ArgumentParser()
+    add_session_arguments(parser)
+    args = parser.parse_args(["--rerank", "off", "--rerank-candidates", "32", "--top-k", "4", "--kv-bits", "4"])
+    overrides = session_overrides(args)
+    assert overrides == {"rerank": False, "rerank_candidates": 32, "top_k": 4, "kv_bits": 4}
+    cfg = SessionConfig().updated(**overrides)
+    assert (cfg.rerank, cfg.rerank_candidates, cfg.top_k) == (False, 32, 4)
+    assert session_overrides(parser.parse_args([])) == {}
+    with pytest.raises(ConfigError, match="rerank_candidates"):
+        SessionConfig().updated(**session_overrides(parser.parse_args(["--rerank-candidates", "0"])))

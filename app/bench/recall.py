@@ -1,0 +1,140 @@
+"""Recall: is the needle in the question's context, per number of rerank candidates.
+
+How many faiss candidates the late-interaction rerank needs (``rerank_candidates``): the same
+needle-in-stream material as the fidelity bench (:mod:`app.bench.needles`: seeded facts among
+distractor events, one timed text event per second), streamed once per stream into one session
+(local window ``--window`` tokens, memory KV ``--kv-bits``); then every needle's question is put
+to the same session at each candidate count, side by side, at ``--top-k``. A count equal to the
+top-k is the summary stage alone (nothing to rerank). Measured: the share of questions whose
+needle was in the context the answer would see (retrieved from memory, or still in the window),
+and the median time of ``Session.question_logits`` (the question's probe prefill, the summary
+search, the rerank, the fetch and the question's forward over the context; no generation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="smolvlm2-256m-smollm2", help="backend (default: real SmolLM2 text weights)")
+    parser.add_argument("--streams", type=int, default=3, help="streams, each with its own needles (default 3)")
+    parser.add_argument("--events", type=int, default=150, help="text events per stream, one per second (default 150)")
+    parser.add_argument("--needles", type=int, default=17, help="needles (questions) per stream (default 17)")
+    parser.add_argument("--window", type=int, default=512, help="local window in tokens (default 512)")
+    parser.add_argument("--kv-bits", type=int, default=4, help="memory KV bits (default 4)")
+    parser.add_argument("--top-k", type=int, default=8, help="chunks retrieved per question (default 8)")
+    parser.add_argument("--candidates", default="8,16,32,64,128",
+                        help="rerank candidate counts to compare (default 8,16,32,64,128)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the first stream (default 0)")
+    parser.add_argument("--quick", action="store_true", help="tiny random model, 1 short stream (a smoke test)")
+    from app.bench import runtime as _rt
+
+    _rt.add_thread_argument(parser)
+    _rt.add_plot_argument(parser)  # accepted by every bench; this one draws no plot
+
+
+def _hit(evidence, needle) -> tuple[bool, bool]:
+    """-> (needle in the context, needle came from memory), from a question's evidence."""
+    from_memory = any(e.source == "memory" and e.t_start <= needle.pts <= e.t_end for e in evidence)
+    in_window = any(e.source == "window" and e.t_start <= needle.pts for e in evidence)
+    return from_memory or in_window, from_memory
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from app.backends.registry import load_backend
+    from app.bench import common, runtime
+    from app.bench.needles import make_stream
+    from app.config import SessionConfig
+    from app.session import Session
+
+    runtime.prepare_torch(args)
+    if args.quick:
+        args.model, args.streams, args.events, args.needles, args.window = "tiny-smolvlm", 1, 24, 3, 48
+        args.candidates = "2,4,8"
+        args.top_k = 2
+    streams_n = int(runtime.check_range("streams", args.streams, 1, 100))
+    events = int(runtime.check_range("events", args.events, 2, 2000))
+    needles_n = int(runtime.check_range("needles", args.needles, 1, 24))
+    window = int(runtime.check_range("window", args.window, 16, 100_000))
+    top_k = int(runtime.check_range("top_k", args.top_k, 1, 4096))
+    counts = sorted(set(runtime.parse_ints("candidates", args.candidates, 1, 100_000)))
+    if counts[0] < top_k:
+        raise ValueError(f"--candidates values must be >= --top-k ({top_k}); got {counts[0]}")
+    config = SessionConfig(window_tokens=window, kv_bits=args.kv_bits, top_k=top_k, rerank=True, dialog_max_tokens=0,
+                           drop="off")
+    load0 = runtime.load_average()
+    t_start = time.perf_counter()
+    backend = load_backend(args.model, dtype="float32")
+    records: list[dict[str, Any]] = []
+    bank_chunks: list[int] = []
+    try:
+        for s_index in range(streams_n):
+            stream = make_stream(args.seed + s_index, events, needles_n)
+            with Session(backend, config) as session:
+                for pts, text in stream.events:
+                    session.ingest_text(pts, text)
+                bank_chunks.append(len(session.bank))
+                for needle in stream.needles:
+                    rec = {"stream": s_index, "pts": needle.pts, "depth": round(needle.depth, 3), "results": {}}
+                    for count in counts:
+                        session.config = config.updated(rerank_candidates=count, rerank=count > top_k)
+                        t0 = time.perf_counter()
+                        _, evidence = session.question_logits(needle.question, top_k=top_k)
+                        elapsed = time.perf_counter() - t0
+                        hit, from_memory = _hit(evidence, needle)
+                        rec["results"][str(count)] = {"hit": hit, "from_memory": from_memory, "question_s": elapsed}
+                    records.append(rec)
+            log.info("stream %d/%d done (%.0f s so far)", s_index + 1, streams_n, time.perf_counter() - t_start)
+    finally:
+        backend.close()
+
+    rows = []
+    for count in counts:
+        res = [r["results"][str(count)] for r in records]
+        rows.append({
+            "candidates": count,
+            "reranked": count > top_k,
+            "questions": len(res),
+            "hit_rate": sum(x["hit"] for x in res) / max(1, len(res)),
+            "from_memory": sum(x["from_memory"] for x in res) / max(1, len(res)),
+            "median_question_s": common.median([x["question_s"] for x in res] or [0.0]),
+        })
+    metrics = {"questions": len(records), "streams": streams_n, "events_per_stream": events, "top_k": top_k,
+               "window_tokens": window, "kv_bits": args.kv_bits, "mean_bank_chunks": sum(bank_chunks) / len(bank_chunks),
+               "rows": rows, "load_avg_start": load0, "wall_s": time.perf_counter() - t_start}
+    options: dict[str, Any] = {"quick": True, "threads": args.threads} if args.quick else {
+        "threads": args.threads, "model": args.model, "streams": streams_n, "events": events, "needles": needles_n,
+        "window": window, "kv_bits": args.kv_bits, "top_k": top_k, "candidates": args.candidates, "seed": args.seed}
+    return {"title": "Recall: needle in the question's context vs rerank candidates",
+            "command": common.format_command("recall", [], options), "params": options, "metrics": metrics,
+            "records": records, "markdown": _markdown(metrics, args, backend.spec.random_weights)}
+
+
+def _markdown(m: dict[str, Any], args: argparse.Namespace, random_weights: bool) -> str:
+    weights = "tiny random weights: a smoke test" if random_weights else "real SmolLM2-135M-Instruct text weights"
+    lines = [
+        f"Model `{args.model}` ({weights}). {m['streams']} streams x {m['events_per_stream']} timed text events with "
+        f"{m['questions'] // max(1, m['streams'])} needles each = **{m['questions']} questions**, every one asked at each "
+        f"candidate count on the same session; top_k {m['top_k']}, local window {m['window_tokens']} tokens, memory KV "
+        f"{m['kv_bits']}-bit, {m['mean_bank_chunks']:.0f} chunks in the bank on average. Load average "
+        f"{m['load_avg_start']} at the start.",
+        "",
+        "| rerank candidates | needle in context | needle from memory | median question s |",
+        "|---:|---:|---:|---:|",
+    ]
+    for r in m["rows"]:
+        label = f"{r['candidates']}" + ("" if r["reranked"] else " (summaries only, no rerank)")
+        lines.append(f"| {label} | {100 * r['hit_rate']:.0f}% | {100 * r['from_memory']:.0f}% | {r['median_question_s']:.3f} |")
+    lines += [
+        "",
+        "- *needle in context*: the needle's event was in what the answer would attend to (retrieved from memory, or still "
+        "in the window); *median question s*: `Session.question_logits` (probe prefill, search, rerank, fetch, the "
+        "question's forward; no generation).",
+    ]
+    return "\n".join(lines)
