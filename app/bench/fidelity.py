@@ -61,13 +61,6 @@ def _ingest(backend, config, stream) -> Any:
     return session
 
 
-def _in_context(answer, needle) -> tuple[bool, bool]:
-    """-> (needle in the answer's context, needle came from memory)."""
-    from_memory = any(e.source == "memory" and e.t_start <= needle.pts <= e.t_end for e in answer.evidence)
-    in_window = any(e.source == "window" and e.t_start <= needle.pts for e in answer.evidence)
-    return from_memory or in_window, from_memory
-
-
 def _ask(session, needle, *, top_k: int, rerank: bool | None = None) -> dict[str, Any]:
     before = session.config
     if rerank is not None and rerank != before.rerank:
@@ -76,7 +69,9 @@ def _ask(session, needle, *, top_k: int, rerank: bool | None = None) -> dict[str
         ans = session.answer(needle.question, top_k=top_k)
     finally:
         session.config = before
-    hit, from_memory = _in_context(ans, needle)
+    from app.bench.needles import needle_in_context
+
+    hit, from_memory = needle_in_context(ans.evidence, needle)
     return {"text": ans.text, "correct": needle.correct(ans.text), "hit": hit, "from_memory": from_memory,
             "first_token_s": ans.usage.get("first_token_s")}
 

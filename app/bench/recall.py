@@ -39,17 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _rt.add_plot_argument(parser)  # accepted by every bench; this one draws no plot
 
 
-def _hit(evidence, needle) -> tuple[bool, bool]:
-    """-> (needle in the context, needle came from memory), from a question's evidence."""
-    from_memory = any(e.source == "memory" and e.t_start <= needle.pts <= e.t_end for e in evidence)
-    in_window = any(e.source == "window" and e.t_start <= needle.pts for e in evidence)
-    return from_memory or in_window, from_memory
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from app.backends.registry import load_backend
     from app.bench import common, runtime
-    from app.bench.needles import make_stream
+    from app.bench.needles import make_stream, needle_in_context
     from app.config import SessionConfig
     from app.session import Session
 
@@ -87,7 +80,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         t0 = time.perf_counter()
                         _, evidence = session.question_logits(needle.question, top_k=top_k)
                         elapsed = time.perf_counter() - t0
-                        hit, from_memory = _hit(evidence, needle)
+                        hit, from_memory = needle_in_context(evidence, needle)
                         rec["results"][str(count)] = {"hit": hit, "from_memory": from_memory, "question_s": elapsed}
                     records.append(rec)
             log.info("stream %d/%d done (%.0f s so far)", s_index + 1, streams_n, time.perf_counter() - t_start)
