@@ -133,6 +133,22 @@ def build_model(model_cls, config, *, dtype: torch.dtype, seed: int, fast_init: 
 # ---- frames ------------------------------------------------------------------------------------------
 
 
+def build_published_shape(shapes: dict, shape: str, special_tokens: Sequence[str], make_config, model_cls, *,
+                          dtype: torch.dtype, seed: int):
+    """-> ``(model, tokenizer, shape entry)``: a family's published shape with random weights.
+
+    ``shapes[shape]`` holds ``text`` / ``vision`` config values and ``tie_word_embeddings``;
+    ``make_config(tokenizer, text, vision, tie)`` builds the family's config. The SmolLM2 tokenizer's
+    special-token ids fit inside every real vocabulary; weights are filled fast (:func:`fill_random_`).
+    """
+    if shape not in shapes:
+        raise BackendError(f"shape must be one of {sorted(shapes)}, got {shape!r}")
+    s = shapes[shape]
+    tok = builtin_tokenizer(special_tokens)
+    cfg = make_config(tok, s["text"], s["vision"], s["tie_word_embeddings"])
+    return build_model(model_cls, cfg, dtype=dtype, seed=seed, fast_init=True), tok, s
+
+
 def resize_square(rgb: np.ndarray, side: int, resample) -> np.ndarray:
     """``rgb (H, W, 3)`` uint8 -> ``(side, side, 3)`` uint8 with PIL (``resample``: a PIL filter)."""
     from PIL import Image

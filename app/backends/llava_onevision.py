@@ -33,6 +33,7 @@ from .family_utils import (
     CHATML_STOP,
     CHATML_TEMPLATE,
     build_model,
+    build_published_shape,
     builtin_tokenizer,
     decoder_shape,
     load_checkpoint,
@@ -232,12 +233,8 @@ def build_real_shape(shape: str = "0.5b", dtype=torch.float32, seed: int = 0):
     The published configuration values with the SmolLM2 tokenizer (its special-token ids fit inside
     the real vocabulary); weights filled fast (:func:`app.backends.family_utils.fill_random_`).
     """
-    if shape not in REAL_SHAPES:
-        raise BackendError(f"shape must be one of {sorted(REAL_SHAPES)}, got {shape!r}")
-    s = REAL_SHAPES[shape]
-    tok = builtin_tokenizer(SPECIAL_TOKENS)
-    cfg = _config(tok, s["text"], s["vision"], tie=s["tie_word_embeddings"])
-    model = build_model(model_class(), cfg, dtype=dtype, seed=seed, fast_init=True)
+    model, tok, s = build_published_shape(REAL_SHAPES, shape, SPECIAL_TOKENS, _config, model_class(), dtype=dtype,
+                                          seed=seed)
     return model, tok, image_processor(s["vision"]["image_size"])
 
 

@@ -55,6 +55,7 @@ from .family_utils import (
     CHATML_STOP,
     CHATML_TEMPLATE,
     build_model,
+    build_published_shape,
     builtin_tokenizer,
     decoder_shape,
     load_checkpoint,
@@ -315,12 +316,8 @@ def build_real_shape(shape: str = "3b", dtype=torch.float32, seed: int = 0):
     the KV and compute per token are the real model's, the answers are noise. Weights are filled
     fast (:func:`app.backends.family_utils.fill_random_`).
     """
-    if shape not in REAL_SHAPES:
-        raise BackendError(f"shape must be one of {sorted(REAL_SHAPES)}, got {shape!r}")
-    s = REAL_SHAPES[shape]
-    tok = builtin_tokenizer(SPECIAL_TOKENS)
-    cfg = _config(tok, s["text"], s["vision"], tie=s["tie_word_embeddings"])
-    model = build_model(model_class(), cfg, dtype=dtype, seed=seed, fast_init=True)
+    model, tok, s = build_published_shape(REAL_SHAPES, shape, SPECIAL_TOKENS, _config, model_class(), dtype=dtype,
+                                          seed=seed)
     return model, tok, image_processor()
 
 

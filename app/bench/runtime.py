@@ -121,29 +121,27 @@ def check_range(name: str, value: Any, low: float, high: float) -> float:
     return value
 
 
-def parse_floats(name: str, text: str, low: float, high: float) -> list[float]:
-    """A comma-separated option of numbers, each checked against the range."""
+def _parse_list(name: str, text: str, low: float, high: float, kind: type, what: str) -> list:
+    """A comma-separated option of ``kind`` values, each checked against ``[low, high]``."""
     try:
-        values = [float(x) for x in str(text).split(",") if x.strip()]
+        values = [kind(x) for x in str(text).split(",") if x.strip()]
     except ValueError:
-        raise ValueError(f"--{name.replace('_', '-')} must be comma-separated numbers, got {text!r}") from None
+        raise ValueError(f"--{name.replace('_', '-')} must be comma-separated {what}, got {text!r}") from None
     if not values:
         raise ValueError(f"--{name.replace('_', '-')} is empty")
     for v in values:
         check_range(name, v, low, high)
     return values
+
+
+def parse_floats(name: str, text: str, low: float, high: float) -> list[float]:
+    """A comma-separated option of numbers, each checked against the range."""
+    return _parse_list(name, text, low, high, float, "numbers")
 
 
 def parse_ints(name: str, text: str, low: int, high: int) -> list[int]:
-    try:
-        values = [int(x) for x in str(text).split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(f"--{name.replace('_', '-')} must be comma-separated integers, got {text!r}") from None
-    if not values:
-        raise ValueError(f"--{name.replace('_', '-')} is empty")
-    for v in values:
-        check_range(name, v, low, high)
-    return values
+    """A comma-separated option of integers, each checked against the range."""
+    return _parse_list(name, text, low, high, int, "integers")
 
 
 def rss_bytes() -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import torch
 import pytest
 
 from streaming.frame import Frame
@@ -26,6 +27,12 @@ def random_frames(n: int, seed: int = 0, size=(96, 128), fps: float = 1.0) -> li
         Frame(i, i / fps, time.time(), rng.integers(0, 256, (size[0], size[1], 3), dtype=np.uint8))
         for i in range(n)
     ]
+
+
+def step_length(backend) -> int:
+    """Tokens one full frame step takes in the window (marker, wrappers and every visual token)."""
+    zeros = torch.zeros(backend.spec.tokens_per_frame, backend.spec.hidden_size)
+    return backend.frame_segment(0.0, zeros, None, 0).length
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import torch
 from app.config import SessionConfig
 from app.session import Session
 
-from .conftest import random_frames
+from .conftest import random_frames, step_length
 
 ATOL = 2e-4
 
@@ -126,7 +126,7 @@ def test_question_logits_equal_masked_forward_with_memory(tiny_backend, window_f
     backend = tiny_backend
     frames = random_frames(7, seed=2)
     question = "What changed?"
-    frame_len = backend.frame_segment(0.0, torch.zeros(backend.spec.tokens_per_frame, backend.spec.hidden_size), None, 0).length
+    frame_len = step_length(backend)
     window = frame_len * window_frames
     cfg = SessionConfig(window_tokens=window, top_k=4096, drop="off", kv_bits=32)
     with Session(backend, cfg) as s:

@@ -17,7 +17,7 @@ from app.config import SessionConfig
 from app.session import Session
 from streaming.frame import Frame
 
-from .conftest import random_frames
+from .conftest import random_frames, step_length
 from .family_helpers import ATOL, additive_mask, session_layout, window_mask, window_positions
 
 
@@ -113,7 +113,7 @@ def test_full_window_equals_the_model_forward(ov):
 def test_small_window_all_chunks_retrieved_equals_masked_forward(ov, window_frames):
     frames = random_frames(6, seed=2)
     question = "What changed?"
-    frame_len = ov.frame_segment(0.0, torch.zeros(16, 64), None, 0).length
+    frame_len = step_length(ov)
     window = frame_len * window_frames
     cfg = SessionConfig(window_tokens=window, top_k=4096, drop="off", kv_bits=32)
     with Session(ov, cfg) as s:
@@ -180,7 +180,7 @@ def test_partial_drop_keeps_positions_and_the_newline(ov):
 
 
 def test_attention_length_stays_constant(ov):
-    frame_len = ov.frame_segment(0.0, torch.zeros(16, 64), None, 0).length
+    frame_len = step_length(ov)
     cfg = SessionConfig(window_tokens=frame_len * 3, top_k=2, drop="off")
     with Session(ov, cfg) as s:
         lengths = [s.ingest(f).attention_length for f in random_frames(20, seed=5)]

@@ -22,7 +22,7 @@ from app.config import SessionConfig
 from app.session import Session
 from streaming.frame import Frame
 
-from .conftest import random_frames
+from .conftest import random_frames, step_length
 from .family_helpers import ATOL, additive_mask, session_layout, window_mask, window_positions
 
 
@@ -225,7 +225,7 @@ def test_small_window_all_chunks_retrieved_equals_masked_forward(qwen, window_st
     """Steps evicted to the bank and all retrieved come back at their original 3D positions, in time order."""
     frames = random_frames(10, seed=2)
     question = "What changed?"
-    step_len = qwen.frame_segment(0.0, torch.zeros(16, 64), None, 0).length
+    step_len = step_length(qwen)
     window = step_len * window_steps
     cfg = SessionConfig(window_tokens=window, top_k=4096, drop="off", kv_bits=32)
     with Session(qwen, cfg) as s:
@@ -405,7 +405,7 @@ def test_partial_drop_keeps_each_token_at_its_3d_position(qwen):
 
 
 def test_attention_length_stays_constant_per_pair(qwen):
-    step_len = qwen.frame_segment(0.0, torch.zeros(16, 64), None, 0).length
+    step_len = step_length(qwen)
     cfg = SessionConfig(window_tokens=step_len * 2, top_k=2, drop="off")
     with Session(qwen, cfg) as s:
         lengths = [r.attention_length for r in (s.ingest(f) for f in random_frames(20, seed=5)) if not r.pending]

@@ -11,11 +11,11 @@ from app.session import Session
 from app.session_types import Answer, AnswerDelta, SessionClosed, SessionError
 from streaming.frame import Frame
 
-from .conftest import random_frames
+from .conftest import random_frames, step_length
 
 
 def test_attention_length_constant_with_finite_window(tiny_backend):
-    frame_len = tiny_backend.frame_segment(0.0, torch.zeros(16, 64), None, 0).length
+    frame_len = step_length(tiny_backend)
     cfg = SessionConfig(window_tokens=frame_len * 3, top_k=2, drop="off")
     with Session(tiny_backend, cfg) as s:
         lengths = [s.ingest(f).attention_length for f in random_frames(30, seed=5)]

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.ui.browser import CHROMIUM, CHROMIUM_ARGS, chromium_problem, under_make, write_y4m_clip
+from .conftest import wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.network, pytest.mark.timeout(300)]
 
@@ -41,16 +42,6 @@ def chromium_path() -> str:
             pytest.fail(f"the browser test needs Chromium: {problem}")
         pytest.skip(problem)
     return CHROMIUM
-
-
-def _wait(predicate, timeout: float, what: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def _save_screenshot(page, tmp_path: Path) -> Path:
@@ -93,10 +84,10 @@ def test_webcam_stream_chat_answer_with_evidence(page, chromium_path, tmp_path):
                 timeout=30_000)
             record = tab.get_by_role("button", name="capture photo")
             record.click()
-            _wait(lambda: manager.stats(sid)["ingest"]["frames_processed"] >= 4, 60, "4 webcam frames processed")
+            wait_until(lambda: manager.stats(sid)["ingest"]["frames_processed"] >= 4, 60, "4 webcam frames processed")
             # the session's own counters reach readers through the manager's cached snapshot, which catches
             # up within its refresh interval (frames closer together than that are refreshed afterwards)
-            frames = _wait(lambda: (manager.stats(sid).get("frames") or 0) >= 4 and manager.stats(sid)["frames"], 10,
+            frames = wait_until(lambda: (manager.stats(sid).get("frames") or 0) >= 4 and manager.stats(sid)["frames"], 10,
                            "the cached session stats to count 4 frames")
             assert frames >= 4
             # the live stats on the page count them too (refreshed by the timer)
@@ -133,7 +124,7 @@ def test_webcam_stream_chat_answer_with_evidence(page, chromium_path, tmp_path):
             assert tab.evaluate("(img) => img.complete && img.naturalWidth > 0", thumbs.first.element_handle())
             assert manager.stats(sid)["answers"] == 1
 
-            _wait(lambda: tab.locator("#ls-kept-plot canvas, #ls-kept-plot svg").count() > 0, 15, "the kept-ratio plot")
+            wait_until(lambda: tab.locator("#ls-kept-plot canvas, #ls-kept-plot svg").count() > 0, 15, "the kept-ratio plot")
             shot = _save_screenshot(tab, tmp_path)
             assert shot.stat().st_size > 10_000
 
@@ -146,6 +137,6 @@ def test_webcam_stream_chat_answer_with_evidence(page, chromium_path, tmp_path):
 
             # closing the tab closes its session
             tab.close()
-            _wait(lambda: sid not in manager.sessions(), 30, "the session to close with its tab")
+            wait_until(lambda: sid not in manager.sessions(), 30, "the session to close with its tab")
         finally:
             browser.close()

@@ -8,11 +8,11 @@ from __future__ import annotations
 import base64
 import io
 import socket
-import time
 
 import pytest
 
 from ui.render import MAX_EVIDENCE_CARDS, format_span
+from .conftest import wait_until
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(240)]
 
@@ -21,16 +21,6 @@ def _client(url: str):
     from gradio_client import Client
 
     return Client(url, verbose=False)
-
-
-def _wait(predicate, timeout: float, what: str, interval: float = 0.25):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def _play(client, path) -> dict:
@@ -47,7 +37,7 @@ def _play(client, path) -> dict:
         settled = ingest["frames_processed"] + ingest["dropped"]["backlog"] + ingest["frame_errors"]
         return stats if progress and progress["finished"] and settled == ingest["frames_accepted"] else None
 
-    return _wait(finished, 60, "the uploaded video to finish playing")
+    return wait_until(finished, 60, "the uploaded video to finish playing")
 
 
 def _words(text: str) -> str:
@@ -171,7 +161,7 @@ def test_each_client_has_its_own_session_closed_with_the_client(page):
     finally:
         a.close()
     # the client's heartbeat ends -> demo.unload closes its session; the other one stays
-    _wait(lambda: sa["session_id"] not in page.manager.sessions(), 20, "the closed client's session to close")
+    wait_until(lambda: sa["session_id"] not in page.manager.sessions(), 20, "the closed client's session to close")
     try:
         assert sb["session_id"] in page.manager.sessions()
         assert b.predict(api_name="/stats")["session_id"] == sb["session_id"]
