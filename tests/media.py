@@ -139,9 +139,9 @@ def write_audio_only(path: Path, seconds: float = 1.0, rate: int = 16000) -> Pat
     return path
 
 
-def remux(src: Path, dst: Path, container_options: dict[str, str] | None = None) -> Path:
-    """Copy the video packets of ``src`` into ``dst`` without re-encoding (container from extension)."""
-    with av.open(str(src)) as inp, av.open(str(dst), "w", options=container_options or {}) as out:
+def remux(src: Path, dst: Path, container_options: dict[str, str] | None = None, *, format: str | None = None) -> Path:
+    """Copy the video packets of ``src`` into ``dst`` without re-encoding (container ``format``, or from the extension)."""
+    with av.open(str(src), "r") as inp, av.open(str(dst), "w", format=format, options=container_options or {}) as out:
         in_stream = inp.streams.video[0]
         out_stream = out.add_stream_from_template(in_stream)
         for packet in inp.demux(in_stream):
@@ -178,12 +178,5 @@ def write_hls(src: Path, folder: Path, segment_s: float = 2.0) -> Path:
     playlist = folder / "index.m3u8"
     options = {"hls_time": f"{segment_s:g}", "hls_playlist_type": "vod",
                "hls_segment_filename": str(folder / "seg%03d.ts")}
-    with av.open(str(src)) as inp, av.open(str(playlist), "w", format="hls", options=options) as out:
-        in_stream = inp.streams.video[0]
-        out_stream = out.add_stream_from_template(in_stream)
-        for packet in inp.demux(in_stream):
-            if packet.dts is None:
-                continue
-            packet.stream = out_stream
-            out.mux(packet)
+    remux(src, playlist, options, format="hls")
     return playlist
