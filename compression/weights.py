@@ -1,7 +1,7 @@
 """Weight-quantization settings (bitsandbytes) for the model backends.
 
 This module only describes the quantization; it never imports transformers. The
-backend (``app/backends/quantize.py``, which may) turns ``cfg.bnb_kwargs()`` into
+backend (``app/engine/backends/quantize.py``, which may) turns ``cfg.bnb_kwargs()`` into
 transformers' ``BitsAndBytesConfig`` and passes it to ``from_pretrained`` as
 ``quantization_config``.
 

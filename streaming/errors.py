@@ -13,7 +13,10 @@ class SourceError(Exception):
 
     Attributes:
         source: the source as the user named it (path, redacted URL, device), or ``""``.
+        code: the websocket API's error code for this failure.
     """
+
+    code = "source_error"
 
     def __init__(self, message: str, source: str = "") -> None:
         super().__init__(message)
@@ -51,6 +54,8 @@ class SchemeNotAllowed(SourceError):
         scheme: the refused scheme (``"file"`` for local paths).
         allowed: the schemes that are allowed, sorted.
     """
+
+    code = "scheme_not_allowed"
 
     def __init__(self, message: str, source: str = "", scheme: str = "", allowed: tuple[str, ...] = ()) -> None:
         super().__init__(message, source)

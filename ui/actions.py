@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.config import ConfigError
-from app.manager import LiveUpdateRefused, ManagerError
-from app.session_types import Answer, SessionError, WatchRule
+from app.engine.config import ConfigError
+from app.serving.manager import LiveUpdateRefused, ManagerError
+from app.engine.types import Answer, SessionError, WatchRule
 from streaming.errors import SourceError
 
 from .answers import stream_answer
@@ -45,7 +45,7 @@ class SourceStatus:
 
 
 class PageActions:
-    """The page's operations for one :class:`~app.manager.SessionManager`.
+    """The page's operations for one :class:`~app.serving.manager.SessionManager`.
 
     Args:
         manager: the session manager.

@@ -12,7 +12,7 @@ import queue
 import time
 from collections.abc import Iterator
 
-from app.session_types import Answer, SessionError
+from app.engine.types import Answer, SessionError
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def stream_answer(manager, sid: str, question: str, *, max_new_tokens: int | Non
     Closing the generator early (the user pressed Stop, the tab went away) cancels the answer.
 
     Raises:
-        app.manager.ManagerError: the manager refused the question (empty, another answer running...).
+        app.serving.manager.ManagerError: the manager refused the question (empty, another answer running...).
         Exception: whatever the answer failed with (from its future).
     """
     pieces: queue.Queue[str] = queue.Queue()

@@ -26,8 +26,8 @@ from typing import Any
 
 import gradio as gr
 
-from app.config import DROP_MODES, KV_BITS
-from app.session_types import SessionError
+from app.engine.config import DROP_MODES, KV_BITS
+from app.engine.types import SessionError
 
 from . import render
 from .actions import PageActions, PageError
@@ -54,7 +54,7 @@ def _session_hash(request) -> str | None:
 
 
 def build_page(manager, config: PageConfig | None = None):
-    """Build the page for ``manager`` (an :class:`app.manager.SessionManager`).
+    """Build the page for ``manager`` (an :class:`app.serving.manager.SessionManager`).
 
     Returns:
         ``gr.Blocks`` with its queue configured; serve it with :func:`launch_options` (theme and

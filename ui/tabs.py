@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from app.session_types import Alert, SessionError
+from app.engine.types import Alert, SessionError
 from streaming.frame import Frame
 
 logger = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class TabRegistry:
     Thread-safe: Gradio calls handlers from many threads.
 
     Args:
-        manager: the :class:`app.manager.SessionManager` the page serves.
+        manager: the :class:`app.serving.manager.SessionManager` the page serves.
         overrides: settings for new sessions (on top of the manager's defaults).
     """
 
@@ -100,7 +100,7 @@ class TabRegistry:
         registered for ``session_hash``, else a new one (``create``) or None.
 
         Raises:
-            app.manager.SessionLimit: the server holds its maximum number of sessions.
+            app.serving.manager.SessionLimit: the server holds its maximum number of sessions.
         """
         with self._lock:
             if self._alive(sid):
@@ -229,7 +229,7 @@ class TabRegistry:
 
         Raises:
             ValueError: ``image`` is not an RGB uint8 picture.
-            app.manager.FrameTooLarge, app.manager.UnknownSession: from the manager.
+            app.serving.manager.FrameTooLarge, app.serving.manager.UnknownSession: from the manager.
         """
         arr = np.asarray(image)
         if arr.ndim == 3 and arr.shape[2] == 4:

@@ -99,18 +99,18 @@ def _build(family: str, args: argparse.Namespace, dtype):
     if not args.quick:
         check_memory(family, dtype)
     if args.quick:
-        from app.backends.registry import load_backend
+        from app.engine.backends.registry import load_backend
 
         backend = load_backend(TINY_NAMES[family], dtype=dtype)
         return backend, TINY_NAMES[family], time.perf_counter() - t0
     if family == "qwen2_5_vl":
-        from app.backends.qwen2_5_vl import Qwen25VLBackend, build_real_shape
+        from app.engine.backends.qwen2_5_vl import Qwen25VLBackend, build_real_shape
 
         model, tok, proc = build_real_shape("3b", dtype=dtype)
         backend = Qwen25VLBackend(model, tok, proc, name="qwen2_5_vl-3b-random", device="cpu", dtype=dtype,
                                   random_weights=True, frame_size=args.qwen_frame_size)
     else:
-        from app.backends.llava_onevision import LlavaOnevisionBackend, build_real_shape
+        from app.engine.backends.llava_onevision import LlavaOnevisionBackend, build_real_shape
 
         model, tok, proc = build_real_shape("0.5b", dtype=dtype)
         backend = LlavaOnevisionBackend(model, tok, proc, name="llava-ov-0.5b-random", device="cpu", dtype=dtype,
@@ -126,10 +126,10 @@ def run_family(family: str, frames: list, args: argparse.Namespace) -> dict[str,
     import psutil
     import torch
 
-    from app.backends.registry import parse_dtype
+    from app.engine.backends.registry import parse_dtype
     from app.bench import common
-    from app.config import SessionConfig
-    from app.session import Session
+    from app.engine.config import SessionConfig
+    from app.engine.session import Session
 
     dtype = parse_dtype(args.dtype)
     backend, description, build_s = _build(family, args, dtype)

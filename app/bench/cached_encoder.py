@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from app.backends.smolvlm import SmolVLMBackend
+from app.engine.backends.smolvlm import SmolVLMBackend
 
 log = logging.getLogger(__name__)
 

@@ -57,8 +57,8 @@ def label(setting: dict[str, Any]) -> str:
 
 def run_setting(backend, frames: list, setting: dict[str, Any]) -> dict[str, Any]:
     """Ingest ``frames`` with one dropper setting; -> kept ratio, tower calls, cost per frame, kept history."""
-    from app.config import SessionConfig
-    from app.session import Session
+    from app.engine.config import SessionConfig
+    from app.engine.session import Session
 
     cfg = SessionConfig(window_tokens=1024, top_k=0, dialog_max_tokens=0, **setting)
     other = 0.0
@@ -82,7 +82,7 @@ def run_setting(backend, frames: list, setting: dict[str, Any]) -> dict[str, Any
 
 
 def _clip_rows(model: str, clips: list[str], fps: float, settings: list[dict[str, Any]]) -> tuple[list, dict, Any]:
-    from app.backends.registry import load_backend
+    from app.engine.backends.registry import load_backend
     from app.bench import runtime
     from app.bench.cached_encoder import CachedEncoderBackend
 

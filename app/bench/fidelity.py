@@ -46,14 +46,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _session_config(window: int, kv_bits: int, max_new: int):
-    from app.config import SessionConfig
+    from app.engine.config import SessionConfig
 
     return SessionConfig(window_tokens=window, kv_bits=kv_bits, top_k=8, rerank=True, max_new_tokens=max_new,
                          dialog_max_tokens=0, drop="off")
 
 
 def _ingest(backend, config, stream) -> Any:
-    from app.session import Session
+    from app.engine.session import Session
 
     session = Session(backend, config)
     for pts, text in stream.events:
@@ -91,7 +91,7 @@ def _frame_kv_bytes(session, bits_list: list[int], tokens: int = 64) -> dict[int
     """Bytes of ``tokens`` tokens of this session's real KV (a 64-token frame's worth) under each codec."""
     from compression.kvcodec import KVCodec, KVCodecConfig
 
-    from app.backends.base import KVSegment
+    from app.engine.backends.base import KVSegment
 
     kv = KVSegment.concat([w.kv for w in session._window]) if session._window else None  # read-only peek
     out = {}
@@ -113,7 +113,7 @@ def _setting_names(top_ks: list[int], bits: list[int]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from app.backends.registry import load_backend
+    from app.engine.backends.registry import load_backend
     from app.bench import common, runtime
     from app.bench.needles import make_stream
 

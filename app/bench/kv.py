@@ -60,7 +60,7 @@ def _time(fn, repeat: int) -> float:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from app.backends.registry import load_backend
+    from app.engine.backends.registry import load_backend
     from app.bench import common, runtime
     from compression.kvcodec import KVCodec, KVCodecConfig
 

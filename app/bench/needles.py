@@ -130,7 +130,7 @@ def make_stream(seed: int, events: int = 230, needles: int = 10, *, start_pts: f
 
 def needle_in_context(evidence, needle) -> tuple[bool, bool]:
     """-> (the needle's event was in the context an answer saw, it came from memory), from the answer's
-    :class:`~app.session_types.Evidence` items (memory chunks' time ranges, the window's span)."""
+    :class:`~app.engine.types.Evidence` items (memory chunks' time ranges, the window's span)."""
     from_memory = any(e.source == "memory" and e.t_start <= needle.pts <= e.t_end for e in evidence)
     in_window = any(e.source == "window" and e.t_start <= needle.pts for e in evidence)
     return from_memory or in_window, from_memory

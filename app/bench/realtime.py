@@ -58,8 +58,8 @@ def looped_frames(path, fps: float, duration: float) -> Iterator:
 
 
 def run_dropper(backend, path, setting: dict[str, Any], args) -> dict[str, Any]:
-    from app.config import SessionConfig
-    from app.session import Session
+    from app.engine.config import SessionConfig
+    from app.engine.session import Session
 
     cfg = SessionConfig(window_tokens=args.window, kv_bits=args.kv_bits, top_k=8, dialog_max_tokens=0, **setting)
     frames = 0
@@ -80,7 +80,7 @@ def run_dropper(backend, path, setting: dict[str, Any], args) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from app.backends.registry import load_backend
+    from app.engine.backends.registry import load_backend
     from app.bench import common, runtime
 
     runtime.prepare_torch(args)

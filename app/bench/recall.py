@@ -40,11 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from app.backends.registry import load_backend
+    from app.engine.backends.registry import load_backend
     from app.bench import common, runtime
     from app.bench.needles import make_stream, needle_in_context
-    from app.config import SessionConfig
-    from app.session import Session
+    from app.engine.config import SessionConfig
+    from app.engine.session import Session
 
     runtime.prepare_torch(args)
     if args.quick:

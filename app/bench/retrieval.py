@@ -11,7 +11,7 @@ S = 5760 (30 layers x 3 KV heads x 64) up to ``--full-dim-max-size`` chunks and 
 (default 576) above, because 10^6 x 5760 float32 = 23 GB does not fit in 24 GB of RAM.
 Recall@k of the approximate index = overlap of its top k with the flat index's top k.
 
-Stage 2 (late-interaction rerank, :mod:`app.retrieval`): the cost per question of reranking 64
+Stage 2 (late-interaction rerank, :mod:`app.engine.retrieval`): the cost per question of reranking 64
 real-shape candidates (4-bit, 75 tokens each), the first implementation (every candidate fetched
 and dequantized whole, scored chunk by chunk; kept here only as the baseline) against the current
 one, with the candidates in the RAM tier and on disk.
@@ -181,7 +181,7 @@ def _full_fetch_scores(backend, bank, query, tokens, n: int, k: int) -> list[int
     keys and values), un-rotate and score each chunk's upper-layer keys one chunk at a time; -> top ``k`` ids."""
     import torch
 
-    from app.retrieval import content_mask, rerank_layers
+    from app.engine.retrieval import content_mask, rerank_layers
 
     spec = backend.spec
     layers = list(rerank_layers(spec.num_layers))
@@ -201,17 +201,17 @@ def _rerank_cost(args) -> dict[str, Any]:
     """Second stage per question at the model's real shape, old path vs new, with candidates in RAM and on disk.
 
     old: ``bank.retrieve(query, candidates)`` (every candidate dequantized whole) + per-chunk scoring;
-    new: :func:`app.retrieval.retrieve` (summary search, upper-layer keys only, batched scoring, the
+    new: :func:`app.engine.retrieval.retrieve` (summary search, upper-layer keys only, batched scoring, the
     final ``k`` chunks fetched whole). Both runs see the same bank and question and must pick the same chunks.
     """
     import tempfile
 
     import torch
 
-    from app.backends.base import KVSegment, PrefillResult
-    from app.backends.registry import load_backend
+    from app.engine.backends.base import KVSegment, PrefillResult
+    from app.engine.backends.registry import load_backend
     from app.bench import common
-    from app.retrieval import late_interaction_scores, rerank_layers, retrieve
+    from app.engine.retrieval import late_interaction_scores, rerank_layers, retrieve
     from compression.kvcodec import KVCodecConfig
     from memory import BankConfig, ChunkMeta, KVChunk, MemoryBank
 
@@ -290,7 +290,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     runtime.check_range("small_dim", args.small_dim, 8, 100_000)
     runtime.check_range("huge_dim", args.huge_dim, 8, 100_000)
     load0 = runtime.load_average()
-    from app.backends.registry import load_backend
+    from app.engine.backends.registry import load_backend
 
     rerank = _rerank_cost(args)
     full_dim = {"smolvlm2-256m-smollm2": 5760}.get(args.model)
@@ -340,7 +340,7 @@ def _markdown(m: dict[str, Any], args) -> str:
         f"{rr['question_tokens']} question tokens, upper half of the layers, {rr['candidates']} candidates, top {rr['k']}), "
         "old and new path side by side on the same bank and question (they chose the same chunks), median of 5. "
         "*Old*: every candidate fetched and dequantized whole (all layers, keys and values), then un-rotated and "
-        "scored one chunk at a time. *New* (`app.retrieval.retrieve`): summary search, only the upper layers' keys "
+        "scored one chunk at a time. *New* (`app.engine.retrieval.retrieve`): summary search, only the upper layers' keys "
         "dequantized (`MemoryBank.keys`), batched un-rotate + einsum + per-chunk segment max, only the final k chunks "
         "fetched whole. *Disk*: every candidate on the disk tier (read + sha256 checked per chunk), as for most "
         "candidates late in a long stream.",

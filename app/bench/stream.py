@@ -83,7 +83,7 @@ def _run_session(backend, config, frames: list, checkpoints_s: list[float], ques
                  label: str) -> list[dict[str, Any]]:
     """Ingest ``frames``; at each checkpoint (seconds of stream), answer and read RSS / memory."""
     from app.bench import runtime
-    from app.session import Session
+    from app.engine.session import Session
 
     points = []
     rss0 = runtime.rss_bytes()
@@ -150,10 +150,10 @@ def _baseline(backend, distinct_tokens: dict, frames: list, checkpoints_s: list[
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from app.backends.registry import load_backend
+    from app.engine.backends.registry import load_backend
     from app.bench import common, plots, runtime
     from app.bench.cached_encoder import CachedEncoderBackend, frame_key
-    from app.config import SessionConfig
+    from app.engine.config import SessionConfig
 
     runtime.prepare_torch(args)
     if args.quick:

@@ -41,7 +41,7 @@ def test_needle_stream_rejects_bad_sizes(events, needles):
 
 
 def test_cached_encoder_returns_the_towers_tokens_and_counts_misses():
-    from app.backends.registry import load_backend
+    from app.engine.backends.registry import load_backend
     from app.bench.cached_encoder import CachedEncoderBackend
 
     base = load_backend("tiny-smolvlm", dtype="float32")

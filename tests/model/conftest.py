@@ -13,7 +13,7 @@ from streaming.frame import Frame
 
 @pytest.fixture(scope="session")
 def tiny_backend():
-    from app.backends.registry import load_backend
+    from app.engine.backends.registry import load_backend
 
     backend = load_backend("tiny-smolvlm", dtype="float32")
     yield backend

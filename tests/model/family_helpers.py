@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from app.timefmt import format_timestamp
+from app.engine.timefmt import format_timestamp
 
 from .test_exactness import _window_mask as window_mask  # noqa: F401  (re-exported: the session's attention pattern)
 
@@ -44,7 +44,7 @@ class Layout:
 
 
 def session_layout(backend, steps, texts, question: str, *, first: bool = True) -> Layout:
-    """Lay out a stream the way :class:`app.session.Session` does.
+    """Lay out a stream the way :class:`app.engine.session.Session` does.
 
     Args:
         steps: ``(pts, tokens (N, E), keep (N,) or None)`` per frame step, in order.

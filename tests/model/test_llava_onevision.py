@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from app.backends.base import BackendError
-from app.config import SessionConfig
-from app.session import Session
+from app.engine.backends.base import BackendError
+from app.engine.config import SessionConfig
+from app.engine.session import Session
 from streaming.frame import Frame
 
 from .conftest import random_frames, step_length
@@ -23,7 +23,7 @@ from .family_helpers import ATOL, additive_mask, session_layout, window_mask, wi
 
 @pytest.fixture(scope="module")
 def ov():
-    from app.backends.registry import load_backend
+    from app.engine.backends.registry import load_backend
 
     backend = load_backend("tiny-llava-ov", dtype="float32")
     yield backend
@@ -46,7 +46,7 @@ def _steps(backend, frames):
 
 
 def test_spec_and_pooled_grid(ov):
-    from app.backends.llava_onevision import pooled_side
+    from app.engine.backends.llava_onevision import pooled_side
 
     s = ov.spec
     assert (s.family, s.frames_per_step, s.position_dims) == ("llava_onevision", 1, 1)
@@ -193,7 +193,7 @@ def test_attention_length_stays_constant(ov):
 def test_local_checkpoint_directory_loads(tmp_path, ov):
     """A saved checkpoint (model, tokenizer, image processor) loads through the hub/directory path and encodes
     frames exactly as the builtin it was saved from."""
-    from app.backends.registry import load_backend
+    from app.engine.backends.registry import load_backend
 
     ov.model.save_pretrained(tmp_path)
     ov.tokenizer.save_pretrained(tmp_path)

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from app.backends.base import BackendError, TimeAnchor
-from app.config import SessionConfig
-from app.session import Session
+from app.engine.backends.base import BackendError, TimeAnchor
+from app.engine.config import SessionConfig
+from app.engine.session import Session
 from streaming.frame import Frame
 
 from .conftest import random_frames, step_length
@@ -28,7 +28,7 @@ from .family_helpers import ATOL, additive_mask, session_layout, window_mask, wi
 
 @pytest.fixture(scope="module")
 def qwen():
-    from app.backends.registry import load_backend
+    from app.engine.backends.registry import load_backend
 
     backend = load_backend("tiny-qwen2_5_vl", dtype="float32")
     yield backend
@@ -439,7 +439,7 @@ def test_unrotate_keys_recovers_pre_rope_keys(qwen):
 
 def test_local_checkpoint_directory_loads(tmp_path, qwen):
     """A saved checkpoint (model, tokenizer, image processor) loads through the hub/directory path."""
-    from app.backends.registry import load_backend
+    from app.engine.backends.registry import load_backend
 
     qwen.model.save_pretrained(tmp_path)
     qwen.tokenizer.save_pretrained(tmp_path)

@@ -12,8 +12,8 @@ import random
 import pytest
 import torch
 
-from app.config import SessionConfig
-from app.session import Session
+from app.engine.config import SessionConfig
+from app.engine.session import Session
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +25,7 @@ STATES = ["is quiet", "looks busy", "is empty", "has two people", "is brightly l
 
 @pytest.fixture(scope="module")
 def real_backend():
-    from app.backends.registry import load_backend
+    from app.engine.backends.registry import load_backend
 
     backend = load_backend("smolvlm2-256m-smollm2", dtype="float32")
     assert not backend.spec.random_weights

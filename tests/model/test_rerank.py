@@ -1,4 +1,4 @@
-"""The batched rerank (app.retrieval) equals a straightforward per-chunk reference, 1D RoPE and M-RoPE.
+"""The batched rerank (app.engine.retrieval) equals a straightforward per-chunk reference, 1D RoPE and M-RoPE.
 
 The reference is the scoring as first written: every candidate fetched whole from the bank,
 its upper-layer keys un-rotated one chunk at a time, masked to content tokens, scored.
@@ -9,15 +9,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from app.backends.base import KVSegment, PrefillResult
-from app.retrieval import late_interaction_scores, rerank_layers, retrieve
+from app.engine.backends.base import KVSegment, PrefillResult
+from app.engine.retrieval import late_interaction_scores, rerank_layers, retrieve
 from compression.kvcodec import KVCodecConfig
 from memory import BankConfig, ChunkMeta, KVChunk, MemoryBank
 
 
 @pytest.fixture(scope="module", params=["tiny-smolvlm", "tiny-qwen2_5_vl"])
 def backend(request):
-    from app.backends.registry import load_backend
+    from app.engine.backends.registry import load_backend
 
     b = load_backend(request.param, dtype="float32")
     yield b
@@ -51,7 +51,7 @@ def _chunk(backend, cid: int, n_tokens: int, content, g, keys_pre=None) -> KVChu
 
 def _reference_scores(backend, query_tokens, chunks, layers) -> list[float]:
     """One chunk at a time: un-rotate all its tokens, keep content tokens, best token per query token."""
-    from app.retrieval import content_mask
+    from app.engine.retrieval import content_mask
 
     s = backend.spec
     layers = list(layers)

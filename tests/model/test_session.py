@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from app.config import ConfigError, SessionConfig
-from app.session import Session
-from app.session_types import Answer, AnswerDelta, SessionClosed, SessionError
+from app.engine.config import ConfigError, SessionConfig
+from app.engine.session import Session
+from app.engine.types import Answer, AnswerDelta, SessionClosed, SessionError
 from streaming.frame import Frame
 
 from .conftest import random_frames, step_length
@@ -197,7 +197,7 @@ def test_config_validation_names_the_field(field, value, match):
 def test_command_line_session_options_map_onto_the_config():
     import argparse
 
-    from app.commands.session_args import add_session_arguments, session_overrides
+    from app.cli.args import add_session_arguments, session_overrides
 
     parser = argparse.ArgumentParser()
     add_session_arguments(parser)

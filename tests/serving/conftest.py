@@ -15,15 +15,15 @@ from typing import Any
 
 import pytest
 
-from app.config import SessionConfig
-from app.manager import ManagerConfig, SessionManager
-from app.ws_server import ServerConfig, WebSocketServer
+from app.engine.config import SessionConfig
+from app.serving.manager import ManagerConfig, SessionManager
+from app.serving.ws_server import ServerConfig, WebSocketServer
 from streaming.frame import Frame
 
 @pytest.fixture(scope="session")
 def backend():
     """The tiny random SmolVLM (loads in about a second); shared by every serving test."""
-    from app.backends.registry import load_backend
+    from app.engine.backends.registry import load_backend
 
     b = load_backend("tiny-smolvlm", dtype="float32")
     yield b

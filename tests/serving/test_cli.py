@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from app.client import SyncLiveSightClient
+from app.serving.client import SyncLiveSightClient
 
 pytestmark = pytest.mark.network
 
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def livesight(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "app.cli.main", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=kw.pop("timeout", 180), **kw)
 
 
@@ -68,7 +68,7 @@ def test_serve_refuses_a_public_host_without_a_token():
 
 def test_serve_falls_back_to_the_tiny_model_says_so_and_stops_cleanly(tmp_path):
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "LIVESIGHT_TOKEN": ""}
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--no-ui", "--offline", "--ws-port", "0",
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli.main", "serve", "--no-ui", "--offline", "--ws-port", "0",
                              "--model", "HuggingFaceTB/SmolVLM2-256M-Video-Instruct", "--max-new-tokens", "2"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     lines: queue.Queue = queue.Queue()
@@ -98,12 +98,12 @@ def test_serve_falls_back_to_the_tiny_model_says_so_and_stops_cleanly(tmp_path):
         out.append(lines.get())
     err = proc.stderr.read()
     assert out[-1].startswith("stopped")
-    assert re.search(r"WARNING app.serve: The model HuggingFaceTB/SmolVLM2-256M-Video-Instruct could not be loaded", err)
+    assert re.search(r"WARNING app.serving.process: The model HuggingFaceTB/SmolVLM2-256M-Video-Instruct could not be loaded", err)
 
 
 def test_client_exits_when_the_server_closes_its_session(make_server, bikes_path):
     srv = make_server(max_fps=100.0, session_ttl_s=1.0)
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "client", str(bikes_path), "--url", srv.url, "--fast",
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli.main", "client", str(bikes_path), "--url", srv.url, "--fast",
                              "--fps", "2"], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:  # stdin stays open (a terminal nobody types into): the session expires once the clip has been sent

@@ -9,11 +9,11 @@ import base64
 
 import pytest
 
-from app.client import encode_jpeg
-from app.config import SessionConfig
-from app.manager import ManagerConfig, SessionManager
-from app.protocol import pack_frame
-from app.ws_server import ServerConfig, WebSocketServer
+from app.serving.client import encode_jpeg
+from app.engine.config import SessionConfig
+from app.serving.manager import ManagerConfig, SessionManager
+from app.serving.protocol import pack_frame
+from app.serving.ws_server import ServerConfig, WebSocketServer
 
 from .conftest import WS, run, wait_for
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.network
 
 @pytest.fixture(scope="module", params=["tiny-qwen2_5_vl", "tiny-llava-ov"])
 def family_server(request):
-    from app.backends.registry import load_backend
+    from app.engine.backends.registry import load_backend
 
     backend = load_backend(request.param, dtype="float32")
     manager = SessionManager(backend, ManagerConfig(max_fps=50.0, stats_interval_s=0.2,

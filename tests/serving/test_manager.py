@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from app.config import ConfigError, SessionConfig
-from app.manager import (
+from app.engine.config import ConfigError, SessionConfig
+from app.serving.manager import (
     LIVE_FIELDS,
     FrameTooLarge,
     InvalidRequest,
@@ -19,7 +19,7 @@ from app.manager import (
     SessionLimit,
     UnknownSession,
 )
-from app.scheduler import CONTROL
+from app.serving.scheduler import CONTROL
 from streaming.frame import Frame
 
 from .conftest import wait_for

@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from app.protocol import (
+from app.serving.protocol import (
     ERROR_CODES,
     FRAME_HEADER,
     ProtocolError,

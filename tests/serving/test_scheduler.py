@@ -7,7 +7,7 @@ from concurrent.futures import CancelledError
 
 import pytest
 
-from app.scheduler import ALERT, ANSWER, CONTROL, Scheduler, SchedulerClosed
+from app.serving.scheduler import ALERT, ANSWER, CONTROL, Scheduler, SchedulerClosed
 
 
 @pytest.fixture

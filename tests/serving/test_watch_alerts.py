@@ -14,11 +14,11 @@ import asyncio
 
 import pytest
 
-from app.client import encode_jpeg
-from app.config import SessionConfig
-from app.manager import ManagerConfig, SessionManager
-from app.protocol import pack_frame
-from app.ws_server import ServerConfig, WebSocketServer
+from app.serving.client import encode_jpeg
+from app.engine.config import SessionConfig
+from app.serving.manager import ManagerConfig, SessionManager
+from app.serving.protocol import pack_frame
+from app.serving.ws_server import ServerConfig, WebSocketServer
 
 from .conftest import WS, run, wait_for
 
@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.network]
 
 @pytest.fixture(scope="module")
 def real_lm_server():
-    from app.backends.registry import load_backend
+    from app.engine.backends.registry import load_backend
 
     backend = load_backend("smolvlm2-256m-smollm2", dtype="float32")
     manager = SessionManager(backend, ManagerConfig(

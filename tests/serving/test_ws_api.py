@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from app.client import LiveSightClient, LiveSightError, encode_jpeg
-from app.config import ConfigError
-from app.protocol import pack_frame
-from app.ws_server import ServerConfig, ServerConfigError, WebSocketServer
+from app.serving.client import LiveSightClient, LiveSightError, encode_jpeg
+from app.engine.config import ConfigError
+from app.serving.protocol import pack_frame
+from app.serving.ws_server import ServerConfig, ServerConfigError, WebSocketServer
 
 from .conftest import WS, run, wait_for
 

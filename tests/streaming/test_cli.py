@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 
 from app.bench import common
-from app.cli import build_parser, main
+from app.cli.main import build_parser, main
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=REPO, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "app.cli.main", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=300)
 
 
@@ -78,7 +78,7 @@ def test_probe_errors_are_one_line_without_traceback(tmp_path, synthetic_media, 
 def test_probe_live_rtsp_until_ctrl_c(rtsp_server):
     server = rtsp_server(fps=10)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "probe", server.url, "--interval", "0.3"], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli.main", "probe", server.url, "--interval", "0.3"], cwd=REPO,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None

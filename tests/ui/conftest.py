@@ -1,6 +1,6 @@
 """Fixtures of the page tests: the real page served in-process on a free loopback port.
 
-The page runs on a :class:`app.manager.SessionManager` with the ``tiny-smolvlm`` backend (random
+The page runs on a :class:`app.serving.manager.SessionManager` with the ``tiny-smolvlm`` backend (random
 weights: the answers mean nothing, but every byte of them goes through the real model, the
 real session, the real manager and the real Gradio server).
 """
@@ -37,7 +37,7 @@ class PageServer:
 
 @pytest.fixture(scope="session")
 def ui_backend():
-    from app.backends.registry import load_backend
+    from app.engine.backends.registry import load_backend
 
     return load_backend("tiny-smolvlm", device="cpu", dtype="float32")
 
@@ -69,8 +69,8 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.2):
 @contextlib.contextmanager
 def launch_page(backend) -> Iterator[PageServer]:
     """The page over ``backend`` on ``http://127.0.0.1:<free port>/`` with a fresh manager."""
-    from app.config import SessionConfig
-    from app.manager import ManagerConfig, SessionManager
+    from app.engine.config import SessionConfig
+    from app.serving.manager import ManagerConfig, SessionManager
     from ui.config import PageConfig
     from ui.page import launch
 

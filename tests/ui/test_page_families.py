@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.network, pytest.mark.timeout(240)]
 
 @pytest.fixture(scope="module", params=["tiny-qwen2_5_vl", "tiny-llava-ov"])
 def family_page(request, page_env):
-    from app.backends.registry import load_backend
+    from app.engine.backends.registry import load_backend
 
     backend = load_backend(request.param, device="cpu", dtype="float32")
     try:

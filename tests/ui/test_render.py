@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.session_types import Alert, Answer, Evidence, WatchRule
+from app.engine.types import Alert, Answer, Evidence, WatchRule
 from ui import render
 
 

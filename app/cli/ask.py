@@ -1,14 +1,55 @@
-"""What ``livesight ask`` does: stream a source through a session, ask questions at stream times, print answers."""
+"""``livesight ask``: stream a source through a session and ask questions at given stream times.
+
+Examples::
+
+    livesight ask bikes.mp4 "What is happening?" --model tiny-smolvlm
+    livesight ask cam.mp4 "Who came in?" "What did they carry?" --at 30s --at 1m05s
+    livesight ask talk.mp4 "What was the password?" --memory ./talk-memory   # watch and save
+    livesight ask --memory ./talk-memory "What was the password?"          # answer later, no video
+"""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-logger = logging.getLogger(__name__)
+from app.cli.args import add_model_arguments, add_session_arguments
+
+
+def stream_time(text: str) -> float:
+    """argparse type for ``--at`` and ``--text``: :func:`app.engine.timefmt.parse_time` with argparse's error."""
+    from app.engine.timefmt import parse_time
+
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "ask",
+        help="watch a source and answer questions about it",
+        description="Stream SOURCE through a session and ask each QUESTION at its stream time (--at, in order; "
+        "questions without --at are asked when the source ends). With --memory DIR and a SOURCE, the watched "
+        "memory is saved to DIR; with --memory DIR and no SOURCE, questions are answered from that saved memory.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="SOURCE|QUESTION",
+                   help="SOURCE (file, URL, webcam:N) then one or more questions; only questions with --memory of a saved memory")
+    p.add_argument("--at", action="append", type=stream_time, default=[], metavar="TIME",
+                   help="stream time to ask the next question at (repeatable, in question order)")
+    p.add_argument("--fps", type=float, default=1.0, help="frames per second of stream time fed to the model (default 1)")
+    p.add_argument("--max-side", type=int, default=None, help="shrink frames so the longer side is at most this")
+    p.add_argument("--realtime", action="store_true", help="play a file at wall-clock speed, as a live camera")
+    p.add_argument("--memory", default=None, metavar="DIR", help="save the memory to DIR, or answer from a saved DIR")
+    p.add_argument("--text", action="append", default=[], metavar="TIME=TEXT",
+                   help="a timed text event (note, subtitle) to add to the stream, e.g. --text '12s=The van is red'")
+    p.add_argument("--stats", action="store_true", help="print session statistics at the end")
+    add_model_arguments(p)
+    add_session_arguments(p)
+    p.set_defaults(func=run)
 
 
 @dataclass(frozen=True)
@@ -18,7 +59,7 @@ class TimedQuestion:
 
 
 def format_evidence(evidence) -> str:
-    from app.timefmt import format_timestamp
+    from app.engine.timefmt import format_timestamp
 
     parts = []
     for e in evidence:
@@ -32,20 +73,18 @@ def format_evidence(evidence) -> str:
 
 
 def _parse_texts(items: list[str]) -> list[tuple[float, str]]:
-    from app.commands.ask import parse_time
-
     out = []
     for item in items:
         if "=" not in item:
             raise argparse.ArgumentTypeError(f"--text needs TIME=TEXT, got {item!r}")
         t, text = item.split("=", 1)
-        out.append((parse_time(t), text.strip()))
+        out.append((stream_time(t), text.strip()))
     return sorted(out)
 
 
 def ask_and_print(session, q: TimedQuestion, out=sys.stdout) -> None:
-    from app.timefmt import format_timestamp
-    from app.session_types import Answer, AnswerDelta
+    from app.engine.timefmt import format_timestamp
+    from app.engine.types import Answer, AnswerDelta
 
     stamp = format_timestamp(session.stats()["stream_time_s"])
     out.write(f"[{stamp}] Q: {q.text}\nA: ")
@@ -66,12 +105,12 @@ def ask_and_print(session, q: TimedQuestion, out=sys.stdout) -> None:
     out.flush()
 
 
-def run_ask(args: argparse.Namespace) -> int:
-    from app.backends.base import BackendError
-    from app.config import ConfigError, SessionConfig
-    from app.commands.session_args import load_backend_from_args, session_overrides
-    from app.session import SESSION_FILE, Session
-    from app.session_types import SessionError
+def run(args: argparse.Namespace) -> int:
+    from app.engine.backends.base import BackendError
+    from app.engine.config import ConfigError, SessionConfig
+    from app.cli.args import load_backend_from_args, session_overrides
+    from app.engine.session import SESSION_FILE, Session
+    from app.engine.types import SessionError
     from streaming.errors import SourceError
 
     out = sys.stdout
@@ -123,7 +162,7 @@ def run_ask(args: argparse.Namespace) -> int:
 
 
 def _watch_and_ask(backend, config, source, questions, texts, args, out) -> int:
-    from app.session import Session
+    from app.engine.session import Session
     from streaming import Sampler, SamplerConfig, open_source
 
     src = open_source(source, realtime=args.realtime)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from .session_args import add_model_arguments, add_session_arguments
+from app.cli.args import add_model_arguments, add_session_arguments
 
 
 def add_parser(sub) -> None:
@@ -52,11 +52,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.offline:  # before anything imports huggingface_hub, which reads it once
         os.environ["HF_HUB_OFFLINE"] = "1"
-    from app.backends.base import BackendError
-    from app.config import ConfigError, SessionConfig
-    from app.commands.session_args import session_overrides, weight_quantization
-    from app.manager import ManagerConfig
-    from app.serve import ServeOptions, run_server
+    from app.engine.backends.base import BackendError
+    from app.engine.config import ConfigError, SessionConfig
+    from app.cli.args import session_overrides, weight_quantization
+    from app.serving.manager import ManagerConfig
+    from app.serving.process import ServeOptions, run_server
 
     try:
         manager = ManagerConfig(
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
                             quantization=weight_quantization(args), fallback_model=None if args.no_fallback else "tiny-smolvlm",
                             offline=args.offline, host=args.host, port=args.port, ws_port=args.ws_port,
                             token=args.token or None, ui=not args.no_ui, manager=manager)
-        return run_server(opts)
+        return run_server(opts, page_launcher=launch_page)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -83,3 +83,17 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"error: cannot listen: {exc}", file=sys.stderr)
         return 1
+
+
+def launch_page(manager, host: str, port: int, token: str | None):
+    """Start the Gradio page without blocking; returns its ``gr.Blocks`` (``close()`` stops it).
+
+    Beyond loopback the page is protected with HTTP basic auth: user ``livesight``, password ``token``.
+    """
+    from app.serving.ws_server import is_loopback
+    from ui.page import launch
+
+    kwargs = {"prevent_thread_lock": True}
+    if not is_loopback(host) and token:
+        kwargs["auth"] = ("livesight", token)
+    return launch(manager, host=host, port=port, **kwargs)

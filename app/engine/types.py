@@ -10,6 +10,9 @@ from typing import Any
 class SessionError(RuntimeError):
     """A session-level failure that concerns one input or one request only."""
 
+    #: the websocket API's error code for this failure (subclasses may narrow it).
+    code = "invalid_event"
+
 
 class SessionClosed(SessionError):
     """The session was closed; it takes no more input."""

@@ -69,6 +69,6 @@ def weight_quantization(args: argparse.Namespace):
 
 
 def load_backend_from_args(args: argparse.Namespace):
-    from app.backends.registry import load_backend
+    from app.engine.backends.registry import load_backend
 
     return load_backend(args.model, device=args.device, dtype=args.dtype, quantization=weight_quantization(args))

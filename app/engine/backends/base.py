@@ -1,7 +1,7 @@
 """The backend contract: what a video LLM family must provide to stream.
 
 A backend wraps one transformers vision-language model, used as is through its
-public forward and the public ``Cache`` API. The session (``app.session``)
+public forward and the public ``Cache`` API. The session (``app.engine.session``)
 owns the stream logic (window, chunks, memory bank); a backend only knows the
 model: how to turn frames into visual tokens, how to lay out a frame / text /
 question segment as input embeddings with explicit positions, and how to run

@@ -26,10 +26,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..timefmt import format_timestamp
-from .base import BackendError, BackendSpec, SegmentInput, TimeAnchor, VideoLLM
-from .chat_format import derive_chat_format
-from .family_utils import (
+from app.engine.timefmt import format_timestamp
+from app.engine.backends.base import BackendError, BackendSpec, SegmentInput, TimeAnchor, VideoLLM
+from app.engine.backends.chat_format import derive_chat_format
+from app.engine.backends.family_utils import (
     CHATML_STOP,
     CHATML_TEMPLATE,
     build_model,
@@ -42,7 +42,7 @@ from .family_utils import (
     resize_square,
     token_id,
 )
-from .smolvlm import DEFAULT_SYSTEM
+from app.engine.backends.smolvlm import DEFAULT_SYSTEM
 
 logger = logging.getLogger(__name__)
 
@@ -231,7 +231,7 @@ def build_real_shape(shape: str = "0.5b", dtype=torch.float32, seed: int = 0):
     """-> (model, tokenizer, image_processor): LLaVA-OneVision-0.5B or -7B shape with random weights.
 
     The published configuration values with the SmolLM2 tokenizer (its special-token ids fit inside
-    the real vocabulary); weights filled fast (:func:`app.backends.family_utils.fill_random_`).
+    the real vocabulary); weights filled fast (:func:`app.engine.backends.family_utils.fill_random_`).
     """
     model, tok, s = build_published_shape(REAL_SHAPES, shape, SPECIAL_TOKENS, _config, model_class(), dtype=dtype,
                                           seed=seed)

@@ -20,10 +20,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .base import BackendError, BackendSpec, SegmentInput, TimeAnchor, VideoLLM
-from .chat_format import derive_chat_format
-from .family_utils import add_special_tokens, decoder_shape, load_checkpoint, place_model
-from ..timefmt import format_timestamp  # noqa: F401  (re-exported)
+from app.engine.backends.base import BackendError, BackendSpec, SegmentInput, TimeAnchor, VideoLLM
+from app.engine.backends.chat_format import derive_chat_format
+from app.engine.backends.family_utils import add_special_tokens, decoder_shape, load_checkpoint, place_model
+from app.engine.timefmt import format_timestamp  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ def build_tiny(dtype=torch.float32, seed: int = 0):
     """-> (model, tokenizer, image_processor): tiny random SmolVLM with the real SmolLM2 tokenizer."""
     from transformers import LlamaConfig
 
-    from .smollm2_weights import load_smollm2_tokenizer
+    from app.engine.backends.smollm2_weights import load_smollm2_tokenizer
 
     tok = load_smollm2_tokenizer()
     add_special_tokens(tok, SPECIAL_TOKENS)
@@ -214,7 +214,7 @@ def build_tiny(dtype=torch.float32, seed: int = 0):
 
 def build_smollm2_shape(dtype=torch.float32, seed: int = 0):
     """-> (model, tokenizer, image_processor): SmolVLM2-256M shape with real SmolLM2-135M-Instruct text weights."""
-    from .smollm2_weights import load_smollm2
+    from app.engine.backends.smollm2_weights import load_smollm2
 
     lm, tok = load_smollm2(torch.float32)
     add_special_tokens(tok, SPECIAL_TOKENS)

@@ -376,7 +376,7 @@ def response_status(stop_reason: str) -> str:
 
 
 def response_object(response_id: str, answer, *, with_thumbnails: bool = False) -> dict[str, Any]:
-    """The ``response`` object of ``response.done`` for a finished :class:`~app.session_types.Answer`."""
+    """The ``response`` object of ``response.done`` for a finished :class:`~app.engine.types.Answer`."""
     status = response_status(answer.stop_reason)
     out = {
         "id": response_id,

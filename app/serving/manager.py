@@ -1,10 +1,10 @@
 """Many sessions, one loaded model: the session manager behind the websocket API and the page.
 
-* All model work of all sessions runs on one :class:`~app.scheduler.Scheduler` worker thread, by
+* All model work of all sessions runs on one :class:`~app.serving.scheduler.Scheduler` worker thread, by
   priority: answers and text events (in the order they were submitted, so a question sees the text
   sent before it), then control work (building a session), then watch-rule checks, then frames. Each session keeps at most one pending frame (newest wins); the replaced frame is
   counted as dropped (``backlog``). Frames beyond ``max_fps`` are refused at once (``rate_limit``).
-* A session's model state (:class:`~app.session.Session`, whose sink prefill is model work) is
+* A session's model state (:class:`~app.engine.session.Session`, whose sink prefill is model work) is
   built on the worker when it is first needed: by its first frame, text event, question or watch
   rule, or by :meth:`SessionManager.get`. Until then :meth:`SessionManager.update_session` may
   change any setting; afterwards only :data:`LIVE_FIELDS`.
@@ -43,10 +43,10 @@ from typing import Any
 
 from streaming.frame import Frame
 
-from .config import ConfigError, SessionConfig
-from .scheduler import ALERT, ANSWER, CONTROL, Scheduler, SchedulerClosed
-from .session import MAX_QUESTION_CHARS, Session
-from .session_types import Answer, SessionClosed, SessionError, WatchRule
+from app.engine.config import ConfigError, SessionConfig
+from app.serving.scheduler import ALERT, ANSWER, CONTROL, Scheduler, SchedulerClosed
+from app.engine.session import MAX_QUESTION_CHARS, Session
+from app.engine.types import Answer, SessionClosed, SessionError, WatchRule
 
 logger = logging.getLogger(__name__)
 
@@ -368,7 +368,7 @@ class SessionManager:
     """Sessions sharing one backend, with a priority scheduler, limits, sources and events.
 
     Args:
-        backend: the loaded :class:`~app.backends.base.VideoLLM` every session uses.
+        backend: the loaded :class:`~app.engine.backends.base.VideoLLM` every session uses.
         config: limits and defaults.
         model_notice: a line for users about the model (e.g. "the default model could not be
             loaded; tiny random weights answer, answers are not meaningful"); shown by the page.
@@ -797,7 +797,7 @@ class SessionManager:
             return list(entry.rules.values())
 
     def alerts(self, sid: str) -> list:
-        """The session's recent alerts (:class:`~app.session_types.Alert`), oldest first."""
+        """The session's recent alerts (:class:`~app.engine.types.Alert`), oldest first."""
         entry = self._entry(sid)
         with entry.lock:
             return list(entry.alerts)

@@ -32,10 +32,10 @@ import torch
 
 from streaming.frame import Frame
 
-from .backends.base import KVSegment, TimeAnchor, VideoLLM
-from .timefmt import format_timestamp
-from .config import SessionConfig
-from .session_types import (
+from app.engine.backends.base import KVSegment, TimeAnchor, VideoLLM
+from app.engine.timefmt import format_timestamp
+from app.engine.config import SessionConfig
+from app.engine.types import (
     Alert,
     Answer,
     AnswerDelta,
@@ -412,7 +412,7 @@ class Session:
         local = self._local_context() + list(self._dialog)
         retrieved = []
         if k > 0 and len(self._bank):
-            from .retrieval import retrieve
+            from app.engine.retrieval import retrieve
 
             probe, _ = self.backend.prefill(qseg, local, want_query_tokens=self.config.rerank)
             retrieved = retrieve(self.backend, self._bank, probe, k, candidates=self.config.rerank_candidates,

@@ -13,15 +13,15 @@ import json
 import logging
 from pathlib import Path
 
-from .base import BackendError, VideoLLM
+from app.engine.backends.base import BackendError, VideoLLM
 
 logger = logging.getLogger(__name__)
 
 #: family -> module implementing it.
 FAMILIES: dict[str, str] = {
-    "smolvlm": "app.backends.smolvlm",
-    "qwen2_5_vl": "app.backends.qwen2_5_vl",
-    "llava_onevision": "app.backends.llava_onevision",
+    "smolvlm": "app.engine.backends.smolvlm",
+    "qwen2_5_vl": "app.engine.backends.qwen2_5_vl",
+    "llava_onevision": "app.engine.backends.llava_onevision",
 }
 
 #: transformers ``model_type`` in a checkpoint's config.json -> family.
@@ -92,7 +92,7 @@ def load_backend(name_or_path: str = DEFAULT_MODEL, device: str = "cpu", dtype=N
 
     ``quantization`` is a :class:`compression.weights.WeightQuantConfig` (or ``None``).
     """
-    from .quantize import bnb_config
+    from app.engine.backends.quantize import bnb_config
 
     family = resolve_family(name_or_path)
     module = importlib.import_module(FAMILIES[family])

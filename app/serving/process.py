@@ -1,8 +1,9 @@
 """Process wiring of ``livesight serve``: load the model (with a fallback), start the session
-manager, the websocket API and the Gradio page, and shut everything down cleanly.
+manager, the websocket API and (through a launcher the caller hands in) the page, and shut
+everything down cleanly.
 
-The page comes from ``ui.page.launch(manager, host=..., port=...)``; when ``ui.page`` is not part
-of this build the websocket API is served alone and the log says so.
+Serving sits below the page in the layers, so it never imports ``ui``: the CLI passes a
+:data:`PageLauncher` that starts the page on the manager.
 """
 
 from __future__ import annotations
@@ -13,15 +14,25 @@ import signal
 import sys
 import threading
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, Callable, Protocol, TextIO
 
-from .config import ConfigError
-from .manager import ManagerConfig, SessionManager
-from .ws_server import ServerConfig, WebSocketServer, is_loopback
+from app.engine.config import ConfigError
+from app.serving.manager import ManagerConfig, SessionManager
+from app.serving.ws_server import ServerConfig, WebSocketServer, is_loopback
 
 logger = logging.getLogger(__name__)
 
 FALLBACK_MODEL = "tiny-smolvlm"
+
+
+class Page(Protocol):
+    """A running page: ``close()`` stops it."""
+
+    def close(self) -> None: ...
+
+
+#: ``(manager, host, port, token) -> Page``: starts the page without blocking.
+PageLauncher = Callable[[SessionManager, str, int, "str | None"], Page]
 
 
 @dataclass(frozen=True)
@@ -29,7 +40,7 @@ class ServeOptions:
     """Everything ``livesight serve`` needs.
 
     Attributes:
-        model, device, dtype, quantization: what :func:`app.backends.registry.load_backend` loads.
+        model, device, dtype, quantization: what :func:`app.engine.backends.registry.load_backend` loads.
         fallback_model: loaded when ``model`` is not available (None: fail instead).
         offline: never try the network for weights (sets ``HF_HUB_OFFLINE=1`` before loading).
         host: interface of the page and the websocket API. Beyond loopback the API needs ``token``.
@@ -79,7 +90,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def _is_hub_id(model: str) -> bool:
-    from .backends.registry import builtin_models
+    from app.engine.backends.registry import builtin_models
 
     return model not in builtin_models() and not os.path.isdir(model) and "/" in model
 
@@ -95,8 +106,8 @@ def load_backend_with_fallback(model: str, *, device: str = "cpu", dtype: str = 
     Raises:
         BackendError: ``model`` failed for another reason, or the fallback failed too.
     """
-    from .backends.base import ModelNotAvailable
-    from .backends.registry import load_backend
+    from app.engine.backends.base import ModelNotAvailable
+    from app.engine.backends.registry import load_backend
 
     try:
         backend = load_backend(model, device=device, dtype=dtype, quantization=quantization)
@@ -116,25 +127,6 @@ def load_backend_with_fallback(model: str, *, device: str = "cpu", dtype: str = 
     return backend, None
 
 
-def _launch_page(manager: SessionManager, host: str, port: int, token: str | None):
-    """Start the Gradio page without blocking; returns its ``gr.Blocks`` (``close()`` stops it), or
-    None when ``ui.page`` is missing from this build.
-
-    Beyond loopback the page is protected with HTTP basic auth: user ``livesight``, password ``token``.
-    """
-    try:
-        from ui.page import launch
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("ui", "ui.page"):
-            raise
-        logger.warning("the page (ui.page) is not part of this build; serving the websocket API only")
-        return None
-    kwargs: dict[str, Any] = {"prevent_thread_lock": True}
-    if not is_loopback(host) and token:
-        kwargs["auth"] = ("livesight", token)
-    return launch(manager, host=host, port=port, **kwargs)
-
-
 def _interrupt(stop: threading.Event):
     """A SIGINT/SIGTERM handler: set ``stop`` and interrupt the main thread (also a page's blocking loop).
 
@@ -150,8 +142,11 @@ def _interrupt(stop: threading.Event):
     return handler
 
 
-def run_server(opts: ServeOptions, *, out: TextIO = sys.stdout, stop: threading.Event | None = None) -> int:
+def run_server(opts: ServeOptions, *, page_launcher: PageLauncher | None = None, out: TextIO = sys.stdout,
+               stop: threading.Event | None = None) -> int:
     """Serve until Ctrl-C, SIGTERM or ``stop`` is set; returns an exit status.
+
+    ``page_launcher`` starts the page when ``opts.ui`` is set (required then).
 
     Prints where the API (and page) listen on ``out``. Everything shuts down cleanly on the way out.
     """
@@ -162,6 +157,8 @@ def run_server(opts: ServeOptions, *, out: TextIO = sys.stdout, stop: threading.
         # still load offline.
         logger.warning("the model hub cannot be reached: loading %s from the local cache only", opts.model)
         os.environ["HF_HUB_OFFLINE"] = "1"
+    if opts.ui and page_launcher is None:
+        raise ConfigError("ui is on but no page launcher was given")
     # Check the server settings before the (slow) model load.
     server_config = ServerConfig(host=opts.host, port=opts.ws_port, token=opts.token)
     backend, notice = load_backend_with_fallback(opts.model, device=opts.device, dtype=opts.dtype,
@@ -179,12 +176,11 @@ def run_server(opts: ServeOptions, *, out: TextIO = sys.stdout, stop: threading.
         if threading.current_thread() is threading.main_thread():
             previous = {sig: signal.signal(sig, _interrupt(stop)) for sig in (signal.SIGINT, signal.SIGTERM)}
         if opts.ui:
-            page = _launch_page(manager, opts.host, opts.port, opts.token)
-            if page is not None:
-                protected = bool(opts.token) and not is_loopback(opts.host)
-                out.write(f"page: http://{opts.host}:{opts.port}"
-                          + ("  (user livesight, password: the token)" if protected else "") + "\n")
-                out.flush()
+            page = page_launcher(manager, opts.host, opts.port, opts.token)
+            protected = bool(opts.token) and not is_loopback(opts.host)
+            out.write(f"page: http://{opts.host}:{opts.port}"
+                      + ("  (user livesight, password: the token)" if protected else "") + "\n")
+            out.flush()
         out.write("ready (Ctrl-C stops)\n")
         out.flush()
         while not stop.wait(0.5):

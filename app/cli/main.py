@@ -1,6 +1,6 @@
 """The ``livesight`` command line.
 
-Each subcommand lives in its own module under :mod:`app.commands` and exposes
+Each subcommand lives in its own module of :mod:`app.cli` and exposes
 ``add_parser(subparsers)``, which registers the subcommand and sets
 ``func=run`` on it. Command modules import only :mod:`argparse` at module
 level; heavy libraries are imported inside ``run`` so ``livesight --help``
@@ -16,11 +16,11 @@ import sys
 
 #: Subcommand modules, in the order ``--help`` lists them.
 COMMAND_MODULES = (
-    "app.commands.probe",
-    "app.commands.ask",
-    "app.commands.serve",
-    "app.commands.client",
-    "app.commands.bench",
+    "app.cli.probe",
+    "app.cli.ask",
+    "app.cli.serve",
+    "app.cli.client",
+    "app.cli.bench",
 )
 
 

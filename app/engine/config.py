@@ -20,6 +20,9 @@ INDEX_KINDS = ("flat", "hnsw", "ivf")
 class ConfigError(ValueError):
     """An invalid setting; the message names the field and the allowed range."""
 
+    #: the websocket API's error code for this failure (subclasses may narrow it).
+    code = "invalid_config"
+
 
 def _int_range(name: str, value: Any, lo: int, hi: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):

@@ -19,7 +19,7 @@ Questions and answers follow the highest position used so far.
 own ``get_rope_index`` a video's temporal patch ``k`` sits at ``P + floor(k * second_per_grid_t *
 tokens_per_second)``, so one temporal position is ``1 / tokens_per_second`` seconds (0.5 s for the
 published checkpoints). A stream is laid out on one such clock: the first step anchors stream time
-``pts0`` at its own ``P0`` (a :class:`~app.backends.base.TimeAnchor` the session keeps), and every
+``pts0`` at its own ``P0`` (a :class:`~app.engine.backends.base.TimeAnchor` the session keeps), and every
 later step's temporal index is ``t = P0 + floor((pts - pts0) * tokens_per_second)`` with ``pts`` the
 stream time of the step's first frame. Two steps are therefore ``tokens_per_second`` positions apart
 per second of stream time, whatever the frame rate, dropped steps, gaps or text between them, which
@@ -48,10 +48,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..timefmt import format_timestamp
-from .base import BackendError, BackendSpec, SegmentInput, TimeAnchor, VideoLLM
-from .chat_format import derive_chat_format
-from .family_utils import (
+from app.engine.timefmt import format_timestamp
+from app.engine.backends.base import BackendError, BackendSpec, SegmentInput, TimeAnchor, VideoLLM
+from app.engine.backends.chat_format import derive_chat_format
+from app.engine.backends.family_utils import (
     CHATML_STOP,
     CHATML_TEMPLATE,
     build_model,
@@ -64,7 +64,7 @@ from .family_utils import (
     resize_square,
     token_id,
 )
-from .smolvlm import DEFAULT_SYSTEM
+from app.engine.backends.smolvlm import DEFAULT_SYSTEM
 
 logger = logging.getLogger(__name__)
 
@@ -314,7 +314,7 @@ def build_real_shape(shape: str = "3b", dtype=torch.float32, seed: int = 0):
     The published configuration values (layers, widths, heads, vocabulary size, M-RoPE sections,
     vision tower) with the SmolLM2 tokenizer (its special-token ids fit inside the real vocabulary):
     the KV and compute per token are the real model's, the answers are noise. Weights are filled
-    fast (:func:`app.backends.family_utils.fill_random_`).
+    fast (:func:`app.engine.backends.family_utils.fill_random_`).
     """
     model, tok, s = build_published_shape(REAL_SHAPES, shape, SPECIAL_TOKENS, _config, model_class(), dtype=dtype,
                                           seed=seed)

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
 def format_evidence(evidence: list) -> str:
     """One line for the evidence dicts of a ``response.done``."""
-    from app.timefmt import format_timestamp
+    from app.engine.timefmt import format_timestamp
 
     parts = []
     for e in evidence:
@@ -96,8 +96,8 @@ async def client_main(args: argparse.Namespace, stdin, out, err) -> int:
 
     from websockets.exceptions import InvalidStatus
 
-    from app.client import LiveSightClient, LiveSightError
-    from app.timefmt import format_timestamp
+    from app.serving.client import LiveSightClient, LiveSightError
+    from app.engine.timefmt import format_timestamp
     from streaming import Sampler, SamplerConfig, open_source
     from streaming.errors import SourceError
 

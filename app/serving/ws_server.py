@@ -1,8 +1,8 @@
 """The websocket API: one connection = one session, JSON events plus binary frames.
 
 Built on the ``websockets`` asyncio server (v17 API). All model work goes through the
-:class:`~app.manager.SessionManager` (its scheduler thread); this module only speaks the protocol
-(:mod:`app.protocol`), enforces message limits, authenticates the handshake and paces outgoing
+:class:`~app.serving.manager.SessionManager` (its scheduler thread); this module only speaks the protocol
+(:mod:`app.serving.protocol`), enforces message limits, authenticates the handshake and paces outgoing
 events. Blocking manager calls (opening a source, building a session) run in worker threads so the
 event loop keeps serving every connection.
 
@@ -28,8 +28,8 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from .config import ConfigError
-from .manager import (
+from app.engine.config import ConfigError
+from app.serving.manager import (
     FrameTooLarge,
     InvalidRequest,
     ManagerError,
@@ -38,7 +38,7 @@ from .manager import (
     SessionManager,
     UnknownSession,
 )
-from .protocol import (
+from app.serving.protocol import (
     ClientEvent,
     ProtocolError,
     decode_base64_image,
@@ -51,7 +51,7 @@ from .protocol import (
     unpack_frame,
     FRAME_HEADER,
 )
-from .session_types import SessionError
+from app.engine.types import SessionError
 
 logger = logging.getLogger(__name__)
 
@@ -471,7 +471,7 @@ class WebSocketServer:
                 "notice": self.manager.model_notice}
 
     def _limits_view(self) -> dict[str, Any]:
-        from .manager import LIVE_FIELDS
+        from app.serving.manager import LIVE_FIELDS
 
         mc = self.manager.config
         return {"max_message_bytes": self.limits.max_message_bytes, "max_frame_bytes": self.limits.max_frame_bytes,

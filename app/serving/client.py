@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from .protocol import pack_frame
+from app.serving.protocol import pack_frame
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class LiveSightError(Exception):
     """The server answered a request with an ``error`` event.
 
     Attributes:
-        code: the error code (see :data:`app.protocol.ERROR_CODES`).
+        code: the error code (see :data:`app.serving.protocol.ERROR_CODES`).
         error: the whole error object.
     """
 

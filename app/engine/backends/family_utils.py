@@ -2,7 +2,7 @@
 
 Tokenizers for the offline builtins (the real SmolLM2 tokenizer plus a
 family's special tokens and a ChatML template), the decoder fields of a
-:class:`~app.backends.base.BackendSpec`, fast random initialisation for
+:class:`~app.engine.backends.base.BackendSpec`, fast random initialisation for
 real-shape models built in code, RGB frames as normalised arrays with a PIL
 image processor's own settings, checkpoints from a directory or hub id, and the
 last step of every load (device or bitsandbytes quantization through
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import BackendError, ModelNotAvailable
+from app.engine.backends.base import BackendError, ModelNotAvailable
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ CHATML_STOP = ("<|im_end|>", "<|endoftext|>")
 
 
 def decoder_shape(text_config, *, head_dim: int | None = None) -> dict:
-    """The :class:`~app.backends.base.BackendSpec` fields a decoder's config fixes.
+    """The :class:`~app.engine.backends.base.BackendSpec` fields a decoder's config fixes.
 
     ``head_dim`` overrides the config's (or ``hidden_size // num_attention_heads`` when it has none),
     for attention classes that derive it themselves.
@@ -63,7 +63,7 @@ def add_special_tokens(tokenizer, tokens: Sequence[str]) -> None:
 
 def builtin_tokenizer(special_tokens: Sequence[str]):
     """The real SmolLM2 tokenizer (ChatML) with ``special_tokens`` added and the ChatML template."""
-    from .smollm2_weights import load_smollm2_tokenizer
+    from app.engine.backends.smollm2_weights import load_smollm2_tokenizer
 
     tok = load_smollm2_tokenizer()
     add_special_tokens(tok, special_tokens)
@@ -183,11 +183,11 @@ def place_model(model, model_cls, *, builtin: bool, device, dtype, quantization_
     """Move a loaded model to ``device``, or quantize a model built in code with bitsandbytes.
 
     Checkpoints loaded with a ``quantization_config`` are already quantized by ``from_pretrained``;
-    models built in code are saved and loaded back through it (:func:`app.backends.quantize.reload_quantized`).
+    models built in code are saved and loaded back through it (:func:`app.engine.backends.quantize.reload_quantized`).
     """
     if quantization_config is not None:
         if builtin:
-            from .quantize import reload_quantized
+            from app.engine.backends.quantize import reload_quantized
 
             return reload_quantized(model, model_cls, quantization_config, dtype).eval()
         return model.eval()
