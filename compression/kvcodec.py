@@ -17,7 +17,7 @@ Layout, as KIVI and VidKV recommend:
   bits store uniform asymmetric codes packed 1, 2 and 4 to a byte, with float16
   scales and zero points.
 
-Error bound (invariant 5 of DESIGN.md): decoding to float32 errs by at most
+Error bound: decoding to float32 errs by at most
 ``scale / 2`` of the element's group plus ``2**-20 * (|zero| + levels * scale)``
 of float32 slack; float16-stored elements (``bits=16``, outlier channels) err
 by at most half a float16 spacing. :meth:`KVCodec.error_bound` returns the
@@ -49,9 +49,12 @@ from compression.quant import (
     quantize_groups,
     unpack_bits,
 )
+from streaming.checks import check_choice, check_int
 
-ALLOWED_BITS = (32, 16, 8, 4, 2)
-VALUE_MODES = ("channel", "token")
+#: Bits per stored KV element: 32 (float32, lossless), 16 (float16), 8, 4, 2 (integer codes).
+KV_BITS: tuple[int, ...] = (32, 16, 8, 4, 2)
+#: How values are quantized: per channel (like keys) or per token.
+VALUE_MODES: tuple[str, ...] = ("channel", "token")
 #: Outlier channel indices are stored as int16.
 MAX_OUTLIER_CHANNELS = 32767
 #: Largest magnitude a float16 can hold; inputs to 16-bit and quantized modes must stay within it.
@@ -96,17 +99,11 @@ class KVCodecConfig:
     outlier_channels: int = 0
 
     def __post_init__(self) -> None:
-        if not _is_int(self.bits) or self.bits not in ALLOWED_BITS:
-            raise KVCodecError(f"KVCodecConfig.bits must be one of {ALLOWED_BITS}; got {self.bits!r}")
-        if not isinstance(self.value_mode, str) or self.value_mode not in VALUE_MODES:
-            raise KVCodecError(f"KVCodecConfig.value_mode must be one of {VALUE_MODES}; got {self.value_mode!r}")
-        if not _is_int(self.group_size) or self.group_size < 1:
-            raise KVCodecError(f"KVCodecConfig.group_size must be an integer >= 1; got {self.group_size!r}")
-        if not _is_int(self.outlier_channels) or not 0 <= self.outlier_channels <= MAX_OUTLIER_CHANNELS:
-            raise KVCodecError(
-                f"KVCodecConfig.outlier_channels must be an integer in [0, {MAX_OUTLIER_CHANNELS}]; "
-                f"got {self.outlier_channels!r}"
-            )
+        check_choice("KVCodecConfig.bits", self.bits, KV_BITS, error=KVCodecError)
+        check_choice("KVCodecConfig.value_mode", self.value_mode, VALUE_MODES, error=KVCodecError)
+        check_int("KVCodecConfig.group_size", self.group_size, low=1, error=KVCodecError)
+        check_int("KVCodecConfig.outlier_channels", self.outlier_channels, low=0, high=MAX_OUTLIER_CHANNELS,
+                  error=KVCodecError)
 
     @property
     def quantized(self) -> bool:

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from streaming.checks import check_bool, check_choice
+
 __all__ = [
     "COMPUTE_DTYPES",
     "LOAD_IN",
@@ -62,16 +64,10 @@ class WeightQuantConfig:
     skip_modules: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.load_in not in LOAD_IN:
-            raise ValueError(f"WeightQuantConfig.load_in must be one of {list(LOAD_IN)}; got {self.load_in!r}")
-        if self.quant_type not in QUANT_TYPES:
-            raise ValueError(f"WeightQuantConfig.quant_type must be one of {list(QUANT_TYPES)}; got {self.quant_type!r}")
-        if self.compute_dtype not in COMPUTE_DTYPES:
-            raise ValueError(
-                f"WeightQuantConfig.compute_dtype must be one of {list(COMPUTE_DTYPES)}; got {self.compute_dtype!r}"
-            )
-        if not isinstance(self.double_quant, bool):
-            raise ValueError(f"WeightQuantConfig.double_quant must be a bool; got {self.double_quant!r}")
+        check_choice("WeightQuantConfig.load_in", self.load_in, LOAD_IN)
+        check_choice("WeightQuantConfig.quant_type", self.quant_type, QUANT_TYPES)
+        check_choice("WeightQuantConfig.compute_dtype", self.compute_dtype, tuple(COMPUTE_DTYPES))
+        check_bool("WeightQuantConfig.double_quant", self.double_quant)
         if not isinstance(self.skip_modules, tuple) or not all(isinstance(m, str) and m for m in self.skip_modules):
             raise ValueError(
                 f"WeightQuantConfig.skip_modules must be a tuple of non-empty module names; got {self.skip_modules!r}"

@@ -42,7 +42,6 @@ import numpy as np
 import torch
 
 from compression.kvcodec import KVCodec, KVCodecError
-
 from memory.chunk import ChunkKeys, ChunkMeta, KVChunk, validate_chunk
 from memory.config import BankConfig
 from memory.errors import (
@@ -55,7 +54,7 @@ from memory.errors import (
     InvalidQuery,
 )
 from memory.index import SummaryIndex, new_index, read_index
-from memory.store import PackedChunk, atomic_write, read_chunk, write_chunk
+from memory.store import PackedChunk, atomic_file, atomic_write, read_chunk, write_chunk
 
 log = logging.getLogger(__name__)
 
@@ -638,24 +637,15 @@ class MemoryBank:
 
     def _write_summaries(self, path: Path, ids: list[int]) -> str:
         """Stream ``(N, S)`` float32 summaries of ``ids`` to an ``.npy`` file atomically; returns its sha256."""
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                header = {"descr": "<f4", "fortran_order": False, "shape": (len(ids), self._dim)}
-                np.lib.format.write_array_header_1_0(fh, header)
-                fh.flush()
-                for start in range(0, len(ids), _ROWS):
-                    rows = self._index.reconstruct(ids[start : start + _ROWS]).astype("<f4", copy=False)
-                    fh.write(rows.tobytes())
-            digest = _file_sha256(Path(tmp))
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
-        return digest
+        with atomic_file(path) as fh:
+            header = {"descr": "<f4", "fortran_order": False, "shape": (len(ids), self._dim)}
+            np.lib.format.write_array_header_1_0(fh, header)
+            fh.flush()
+            for start in range(0, len(ids), _ROWS):
+                rows = self._index.reconstruct(ids[start : start + _ROWS]).astype("<f4", copy=False)
+                fh.write(rows.tobytes())
+        # the bank holds its lock, so nothing else writes the file between the rename and this read
+        return _file_sha256(path)
 
     @classmethod
     def open(cls, directory: str | os.PathLike[str], *, ram_budget_bytes: int | None = None) -> MemoryBank:

@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from compression.kvcodec import KVCodecConfig
-
 from memory.errors import BankConfigError
+from streaming.checks import check_bool, check_choice, check_int, check_number
 
-#: Index kinds: exact inner product, or approximate for 10^5-10^6 chunks.
-INDEX_KINDS = ("flat", "hnsw", "ivf")
+#: Index kinds: exact inner product, or approximate for very many chunks.
+INDEX_KINDS: tuple[str, ...] = ("flat", "hnsw", "ivf")
 
 
 def _check_int(name: str, value: Any, lo: int, hi: int | None = None) -> None:
-    rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
-        raise BankConfigError(f"BankConfig.{name} must be an int {rng}; got {value!r}")
+    check_int(f"BankConfig.{name}", value, low=lo, high=hi, error=BankConfigError, kind="an int")
 
 
 @dataclass(frozen=True)
@@ -68,14 +65,9 @@ class BankConfig:
                 raise BankConfigError(f"BankConfig.disk_dir must be a path or None; got {self.disk_dir!r}")
             if str(self.disk_dir) == "":
                 raise BankConfigError("BankConfig.disk_dir must be a non-empty path or None; got ''")
-        if self.retention_s is not None:
-            r = self.retention_s
-            if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) or r <= 0:
-                raise BankConfigError(f"BankConfig.retention_s must be a finite number > 0 or None; got {r!r}")
-        if self.index not in INDEX_KINDS:
-            raise BankConfigError(f"BankConfig.index must be one of {INDEX_KINDS}; got {self.index!r}")
-        if not isinstance(self.persist, bool):
-            raise BankConfigError(f"BankConfig.persist must be a bool; got {self.persist!r}")
+        check_number("BankConfig.retention_s", self.retention_s, low=0, allow_none=True, error=BankConfigError)
+        check_choice("BankConfig.index", self.index, INDEX_KINDS, error=BankConfigError)
+        check_bool("BankConfig.persist", self.persist, error=BankConfigError)
         if self.persist and self.disk_dir is None:
             raise BankConfigError("BankConfig.persist=True needs BankConfig.disk_dir (a directory to keep); got None")
         _check_int("hnsw_m", self.hnsw_m, 2, 512)

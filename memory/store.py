@@ -21,13 +21,15 @@ import json
 import os
 import struct
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
 from compression.kvcodec import PackedKV
-
 from memory.chunk import ChunkMeta
 from memory.errors import ChunkCorrupt
 
@@ -89,12 +91,17 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes | bytearray | memoryview, *, durable: bool = False) -> None:
-    """Write ``data`` to ``path`` via a temporary sibling and ``os.replace``."""
+@contextmanager
+def atomic_file(path: Path, *, durable: bool = False) -> Iterator[BinaryIO]:
+    """A binary file handle whose content replaces ``path`` only when the block ends without an error.
+
+    The data goes to a temporary sibling first, so a reader never sees half a file; with
+    ``durable`` the file is fsynced before the rename and its directory after it.
+    """
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            yield fh
             if durable:
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -107,6 +114,12 @@ def atomic_write(path: Path, data: bytes | bytearray | memoryview, *, durable: b
         raise
     if durable:
         fsync_dir(path.parent)
+
+
+def atomic_write(path: Path, data: bytes | bytearray | memoryview, *, durable: bool = False) -> None:
+    """Write ``data`` to ``path`` via a temporary sibling and ``os.replace``."""
+    with atomic_file(path, durable=durable) as fh:
+        fh.write(data)
 
 
 def encode_chunk(chunk: PackedChunk) -> tuple[bytes, str]:

@@ -99,7 +99,7 @@ class FrameSource(ABC):
         """Generator of frames; must stop soon after ``self._stop`` is set and call
         :meth:`_release_locked` when it ends."""
 
-    def _release(self) -> None:
+    def _release(self) -> None:  # noqa: B027 - an optional hook: a source with nothing to free keeps it
         """Free held resources (container, capture). Called at most once, under ``_io_lock``."""
 
     def _release_locked(self) -> None:

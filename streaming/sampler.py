@@ -170,7 +170,7 @@ class Sampler:
                 self._queue.put(next(frames))
         except (StopIteration, QueueClosed):
             pass
-        except Exception as exc:  # handed to the consumer, raised from poll()
+        except Exception as exc:  # noqa: BLE001 - handed to the consumer, raised from poll()
             self._error = exc
         finally:
             close = getattr(frames, "close", None)

@@ -212,3 +212,10 @@ def rtsp_server() -> Iterator[Callable[..., RtspServer]]:
     for server in servers:
         server.resume()
         server.stop()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that starts the real RTSP server ``rtsp``, so ``make test-fast`` can leave them out."""
+    for item in items:
+        if "rtsp_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.rtsp)

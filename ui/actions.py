@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from app.engine.config import ConfigError
-from app.serving.manager import LiveUpdateRefused, ManagerError
 from app.engine.types import Answer, SessionError, WatchRule
+from app.serving.errors import LiveUpdateRefused, ManagerError
 from streaming.errors import SourceError
 
 from .answers import stream_answer

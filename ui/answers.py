@@ -26,7 +26,7 @@ def stream_answer(manager, sid: str, question: str, *, max_new_tokens: int | Non
     Closing the generator early (the user pressed Stop, the tab went away) cancels the answer.
 
     Raises:
-        app.serving.manager.ManagerError: the manager refused the question (empty, another answer running...).
+        app.serving.errors.ManagerError: the manager refused the question (empty, another answer running...).
         Exception: whatever the answer failed with (from its future).
     """
     pieces: queue.Queue[str] = queue.Queue()

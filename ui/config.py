@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from streaming.checks import check_number
 
 
 class PageConfigError(ValueError):
     """An invalid page setting; the message names the field and the allowed range."""
-
-
-def _number(name: str, value: Any, lo: float, hi: float) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and lo <= value <= hi
-    if not ok:
-        raise PageConfigError(f"{name} must be a number in [{lo:g}, {hi:g}]; got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -40,9 +35,9 @@ class PageConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.title, str) or not 1 <= len(self.title) <= 200:
             raise PageConfigError(f"title must be a string of 1 to 200 characters; got {self.title!r}")
-        _number("stream_every_s", self.stream_every_s, 0.05, 10)
-        _number("stats_every_s", self.stats_every_s, 0.2, 60)
-        _number("source_fps", self.source_fps, 0.05, 1000)
+        check_number("stream_every_s", self.stream_every_s, low=0.05, high=10, low_inclusive=True, error=PageConfigError)
+        check_number("stats_every_s", self.stats_every_s, low=0.2, high=60, low_inclusive=True, error=PageConfigError)
+        check_number("source_fps", self.source_fps, low=0.05, high=1000, low_inclusive=True, error=PageConfigError)
         if not isinstance(self.session_overrides, dict):
             raise PageConfigError(
                 f"session_overrides must be a dict of SessionConfig field names; got {type(self.session_overrides).__name__}")

@@ -26,8 +26,9 @@ from typing import Any
 
 import gradio as gr
 
-from app.engine.config import DROP_MODES, KV_BITS
 from app.engine.types import SessionError
+from compression.droppers import DROP_MODES
+from compression.kvcodec import KV_BITS
 
 from . import render
 from .actions import PageActions, PageError

@@ -13,8 +13,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from app.engine.types import Alert, Answer, Evidence, WatchRule
 from app.engine.timefmt import format_timestamp
+from app.engine.types import Alert, Answer, Evidence, WatchRule
 
 #: Evidence cards shown under an answer (the rest are counted, not drawn).
 MAX_EVIDENCE_CARDS = 8

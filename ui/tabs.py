@@ -36,7 +36,6 @@ class Tab:
 
     sid: str
     session_hash: str | None
-    created: float = field(default_factory=time.time)
     clock_start: float | None = None  # time.monotonic() of the first webcam frame
     frames_sent: int = 0
     frames_refused: int = 0
@@ -100,7 +99,7 @@ class TabRegistry:
         registered for ``session_hash``, else a new one (``create``) or None.
 
         Raises:
-            app.serving.manager.SessionLimit: the server holds its maximum number of sessions.
+            app.serving.errors.SessionLimit: the server holds its maximum number of sessions.
         """
         with self._lock:
             if self._alive(sid):
@@ -184,12 +183,6 @@ class TabRegistry:
         if isinstance(sid, str):
             self.close(sid)
 
-    def close_all(self) -> None:
-        with self._lock:
-            sids = list(self._tabs)
-        for sid in sids:
-            self.close(sid)
-
     # ---- events -----------------------------------------------------------------------------------
     def _on_event(self, tab: Tab, event: dict) -> None:
         """``manager.subscribe`` callback (manager threads): buffer what the page shows."""
@@ -229,7 +222,7 @@ class TabRegistry:
 
         Raises:
             ValueError: ``image`` is not an RGB uint8 picture.
-            app.serving.manager.FrameTooLarge, app.serving.manager.UnknownSession: from the manager.
+            app.serving.errors.FrameTooLarge, app.serving.errors.UnknownSession: from the manager.
         """
         arr = np.asarray(image)
         if arr.ndim == 3 and arr.shape[2] == 4:

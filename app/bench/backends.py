@@ -17,10 +17,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from app.bench.choices import KV_BITS_CHOICES
+
 log = logging.getLogger(__name__)
 
 FAMILIES = ("qwen2_5_vl", "llava_onevision")
-REAL_NAMES = {"qwen2_5_vl": "Qwen2.5-VL-3B shape (random weights)", "llava_onevision": "LLaVA-OneVision-0.5B shape (random weights)"}
+REAL_NAMES = {"qwen2_5_vl": "Qwen2.5-VL-3B shape (random weights)",
+              "llava_onevision": "LLaVA-OneVision-0.5B shape (random weights)"}
 TINY_NAMES = {"qwen2_5_vl": "tiny-qwen2_5_vl", "llava_onevision": "tiny-llava-ov"}
 #: Parameters of the real shapes (for the free-memory check before building them).
 REAL_PARAMS = {"qwen2_5_vl": 3.76e9, "llava_onevision": 0.90e9}
@@ -34,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--qwen-frame-size", type=int, default=336,
                         help="Qwen2.5-VL square frame side, a multiple of 28 (default 336: 12 x 12 = 144 tokens per pair)")
     parser.add_argument("--window", type=int, default=2048, help="local attention window in tokens (default 2048)")
-    parser.add_argument("--kv-bits", type=int, default=16, choices=[32, 16, 8, 4, 2], help="memory bank KV bits (default 16)")
+    parser.add_argument("--kv-bits", type=int, default=16, choices=KV_BITS_CHOICES, metavar="BITS",
+                        help="memory bank KV bits: %(choices)s (default 16)")
     parser.add_argument("--question", default="What happened at the start of the video?")
     parser.add_argument("--max-new-tokens", type=int, default=8)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
@@ -126,8 +130,8 @@ def run_family(family: str, frames: list, args: argparse.Namespace) -> dict[str,
     import psutil
     import torch
 
-    from app.engine.backends.registry import parse_dtype
     from app.bench import common
+    from app.engine.backends.registry import parse_dtype
     from app.engine.config import SessionConfig
     from app.engine.session import Session
 
@@ -247,7 +251,7 @@ def _markdown(results: list[dict[str, Any]], args: argparse.Namespace, source: P
         "2 x layers x KV heads x head dim x bytes per element, per frame; *(memory)*: what the bank holds per banked frame "
         "(quantized KV, positions, summary).",
         "- *late / early step time*: median of the last 5 steps over the median of the 5 steps after the window filled; "
-        "attention per step stays at sink + window, so it stays near 1 (bounded work, DESIGN.md invariant 2).",
+        "attention per step stays at sink + window, so it stays near 1 (bounded work).",
         "- *question prefill s*: retrieval (faiss candidates + rerank) and the question's prefill over sink + retrieved "
         "chunks + window, i.e. the wait before the first answer token; *answer s*: the whole answer "
         f"(both again, then up to {args.max_new_tokens} tokens generated greedily and the turn closed).",

@@ -28,10 +28,11 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-#: The repository root (this file is app/bench/common.py).
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_RESULTS_DIR = REPO_ROOT / "bench-results"
-DEFAULT_BENCHMARKS_MD = REPO_ROOT / "BENCHMARKS.md"
+# Default places, relative to the working directory the bench runs in (the installed package never
+# writes next to its own files): result JSON, the markdown file, and its plots (beside the markdown).
+DEFAULT_RESULTS_DIR = Path("bench-results")
+DEFAULT_BENCHMARKS_MD = Path("BENCHMARKS.md")
+DEFAULT_PLOT_SUBDIR = Path("docs") / "bench"
 
 BENCHMARKS_HEADER = (
     "# LiveSight benchmarks\n\n"
@@ -141,8 +142,11 @@ def update_benchmarks_md(name: str, section: str, path: Path) -> None:
 
 
 def render_section(result: dict[str, Any], machine: dict[str, Any], when: dt.datetime,
-                   json_path: Path | None) -> str:
-    """The BENCHMARKS.md section: heading, command, machine, date, then the bench's body."""
+                   json_path: Path | None, relative_to: Path | None = None) -> str:
+    """The BENCHMARKS.md section: heading, command, machine, date, then the bench's body.
+
+    ``json_path`` is shown relative to ``relative_to`` (default: the working directory) when inside it.
+    """
     lines = [
         f"## {result['title']}",
         "",
@@ -152,7 +156,7 @@ def render_section(result: dict[str, Any], machine: dict[str, Any], when: dt.dat
     ]
     if json_path is not None:
         try:
-            shown = json_path.resolve().relative_to(REPO_ROOT)
+            shown = json_path.resolve().relative_to((relative_to or Path.cwd()).resolve())
         except ValueError:
             shown = json_path
         lines.append(f"- raw result: `{shown}`")
@@ -163,9 +167,10 @@ def render_section(result: dict[str, Any], machine: dict[str, Any], when: dt.dat
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """Options every bench takes: where the JSON goes and whether BENCHMARKS.md is updated."""
     parser.add_argument("--output-dir", type=Path, default=DEFAULT_RESULTS_DIR,
-                        help=f"where the result JSON goes (default {DEFAULT_RESULTS_DIR})")
+                        help=f"where the result JSON goes (default {DEFAULT_RESULTS_DIR}/ in the current directory)")
     parser.add_argument("--benchmarks-md", type=Path, default=DEFAULT_BENCHMARKS_MD,
-                        help=f"the markdown file to update (default {DEFAULT_BENCHMARKS_MD})")
+                        help=f"the markdown file to update (default {DEFAULT_BENCHMARKS_MD} in the current directory; "
+                             f"plots go to {DEFAULT_PLOT_SUBDIR}/ beside it)")
     parser.add_argument("--no-update-md", action="store_true", help="write the JSON only, leave BENCHMARKS.md alone")
 
 
@@ -182,7 +187,8 @@ def finish(name: str, args: argparse.Namespace, result: dict[str, Any]) -> tuple
     machine = machine_info()
     payload = {"name": name, "date": when.isoformat(), "machine": machine, **result}
     json_path = write_result(name, payload, Path(args.output_dir), when)
-    section = render_section(result, machine, when, json_path)
+    # the raw result's path as the markdown's reader finds it: relative to the markdown's folder
+    section = render_section(result, machine, when, json_path, relative_to=Path(args.benchmarks_md).parent)
     if not args.no_update_md:
         update_benchmarks_md(name, section, Path(args.benchmarks_md))
         log.info("updated %s (section %s)", args.benchmarks_md, name)

@@ -31,8 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--taus", default="0.8,0.9,0.95", help="feature drop tau values")
     parser.add_argument("--pixel-thresholds", default="0.02,0.05,0.08", help="pixel drop thresholds")
     parser.add_argument("--keep-ratios", default="0.1,0.25,0.5", help="budget drop keep ratios")
-    parser.add_argument("--real-model", default="smolvlm2-256m-smollm2", help="real-shape backend for one row per dropper ('' = none)")
-    parser.add_argument("--real-fps", type=float, default=1.0, help="sampling rate of the real-shape rows on bikes.mp4 (default 1)")
+    parser.add_argument("--real-model", default="smolvlm2-256m-smollm2",
+                        help="real-shape backend for one row per dropper ('' = none)")
+    parser.add_argument("--real-fps", type=float, default=1.0,
+                        help="sampling rate of the real-shape rows on bikes.mp4 (default 1)")
     parser.add_argument("--quick", action="store_true", help="tiny model, bikes.mp4 only, one setting per dropper (a smoke test)")
     from app.bench import runtime as _rt
 
@@ -45,7 +47,8 @@ def _settings(args) -> list[dict[str, Any]]:
 
     out = [{"drop": "off"}]
     out += [{"drop": "feature", "tau": t} for t in runtime.parse_floats("taus", args.taus, -0.999, 1.0)]
-    out += [{"drop": "pixel", "pixel_threshold": t} for t in runtime.parse_floats("pixel_thresholds", args.pixel_thresholds, 0.0, 1.0)]
+    thresholds = runtime.parse_floats("pixel_thresholds", args.pixel_thresholds, 0.0, 1.0)
+    out += [{"drop": "pixel", "pixel_threshold": t} for t in thresholds]
     out += [{"drop": "budget", "keep_ratio": r} for r in runtime.parse_floats("keep_ratios", args.keep_ratios, 0.001, 1.0)]
     return out
 
@@ -82,9 +85,9 @@ def run_setting(backend, frames: list, setting: dict[str, Any]) -> dict[str, Any
 
 
 def _clip_rows(model: str, clips: list[str], fps: float, settings: list[dict[str, Any]]) -> tuple[list, dict, Any]:
-    from app.engine.backends.registry import load_backend
     from app.bench import runtime
     from app.bench.cached_encoder import CachedEncoderBackend
+    from app.engine.backends.registry import load_backend
 
     backend = CachedEncoderBackend(load_backend(model, dtype="float32"))
     rows = []
@@ -106,6 +109,7 @@ def _clip_rows(model: str, clips: list[str], fps: float, settings: list[dict[str
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from app.bench import common, plots, runtime
+    from compression.droppers import DROP_MODES
 
     runtime.prepare_torch(args)
     if args.quick:
@@ -129,7 +133,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # kept ratio over time on bikes.mp4, one line per mode (the middle setting of each), cuts marked
     bikes = [r for r in rows if r["clip"] == "bikes.mp4"]
     series = []
-    for mode in ("off", "feature", "pixel", "budget"):
+    for mode in DROP_MODES:
         mode_rows = [r for r in bikes if r["drop"] == mode]
         if mode_rows:
             r = mode_rows[len(mode_rows) // 2]
@@ -151,7 +155,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     link = runtime.image_link(png, args) if png else None
     return {"title": "Token drop: kept ratio, vision-tower calls and cost per frame on real clips",
             "command": common.format_command("drop", [], options), "params": options, "metrics": metrics,
-            "plot": None if png is None else str(png), "markdown": _markdown(rows, real_rows, model_info, real_info, args, link, load0)}
+            "plot": None if png is None else str(png),
+            "markdown": _markdown(rows, real_rows, model_info, real_info, args, link, load0)}
 
 
 def _table(rows: list[dict[str, Any]]) -> list[str]:
@@ -170,7 +175,8 @@ def _markdown(rows, real_rows, info, real_info, args, link, load0) -> str:
                                         "tower's values; costs are a tiny model's)" if info["random_weights"] else "")
         + f", {info['tokens_per_frame']} tokens per {info['frame_size']} px frame, clips sampled at {args.fps:g} fps. "
         "*tower ms / frame* = the tower's measured time per call x calls / frames; *ingest ms / frame* = the rest of "
-        f"`Session.ingest` (drop decision, prefill of the kept tokens, memory). {args.threads} torch thread(s); load average {load0} at the start.",
+        f"`Session.ingest` (drop decision, prefill of the kept tokens, memory). {args.threads} torch "
+        f"thread(s); load average {load0} at the start.",
         "",
         *_table(rows),
     ]

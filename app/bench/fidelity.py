@@ -89,9 +89,8 @@ def _kl(ref, other) -> float:
 
 def _frame_kv_bytes(session, bits_list: list[int], tokens: int = 64) -> dict[int, dict[str, float]]:
     """Bytes of ``tokens`` tokens of this session's real KV (a 64-token frame's worth) under each codec."""
+    from app.engine.backends.types import KVSegment
     from compression.kvcodec import KVCodec, KVCodecConfig
-
-    from app.engine.backends.base import KVSegment
 
     kv = KVSegment.concat([w.kv for w in session._window]) if session._window else None  # read-only peek
     out = {}
@@ -113,9 +112,11 @@ def _setting_names(top_ks: list[int], bits: list[int]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from app.engine.backends.registry import load_backend
     from app.bench import common, runtime
     from app.bench.needles import make_stream
+    from app.engine.backends.registry import load_backend
+    from compression.kvcodec import KV_BITS
+    from streaming.checks import check_choice
 
     runtime.prepare_torch(args)
     if args.quick:
@@ -128,8 +129,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     top_ks = runtime.parse_ints("top_ks", args.top_ks, 1, 4096)
     bits_list = runtime.parse_ints("kv_bits", args.kv_bits, 2, 32)
     for b in bits_list:
-        if b not in (32, 16, 8, 4, 2):
-            raise ValueError(f"--kv-bits values must be among 32, 16, 8, 4, 2; got {b}")
+        check_choice("--kv-bits values", b, KV_BITS)
     if 16 not in bits_list:
         bits_list = [16] + bits_list
     load0 = runtime.load_average()
@@ -243,7 +243,8 @@ def low_accuracy_note(m: dict[str, Any]) -> str:
         return f"- One question is {100 * one:.0f}% of the accuracy."
     return (f"- Full context answers only {100 * full:.0f}% of the questions: the language model (135M parameters) mostly fails "
             f"to pick one fact out of about {m['mean_stream_tokens']:.0f} tokens of similar notes, so accuracy differences "
-            f"between settings are a few questions each (one question = {100 * one:.0f}%) and mostly noise. The needle-in-context "
+            f"between settings are a few questions each (one question = {100 * one:.0f}%) and mostly noise. "
+            "The needle-in-context "
             "rate is the clearer signal of what the memory machinery delivers (retrieval and rerank), independent of the "
             "small model's reading.")
 
@@ -256,14 +257,17 @@ def _markdown(m: dict[str, Any], args: argparse.Namespace, random_weights: bool,
     full = m["full_context_accuracy"]
     lines = [
         f"Model `{args.model}`" + (" (random weights: a smoke test, accuracy is noise)" if random_weights else
-                                    " (real SmolLM2-135M-Instruct text weights; the vision tower is not used: facts are text events)")
+                                    " (real SmolLM2-135M-Instruct text weights; the vision tower is not used: "
+                                    "facts are text events)")
         + f". {m['streams']} streams x {m['events_per_stream']} timed text events (one per second, about "
         f"{m['mean_stream_tokens']:.0f} tokens each, under SmolLM2's 8192 trained positions) with {args.needles} needles each "
         f"at evenly spread depths = **{m['questions']} questions**; greedy answers of at most {args.max_new_tokens} tokens; "
-        f"LiveSight window {m['window_tokens']} tokens, rerank over 64 faiss candidates; dialog history off (questions independent). "
+        f"LiveSight window {m['window_tokens']} tokens, rerank over 64 faiss candidates; dialog history off "
+        "(questions independent). "
         f"{args.threads} torch thread(s); load average {m['load_avg_start']} at the start.",
         "",
-        "| setting | accuracy | vs full context | needle in context | needle from memory | KL vs 16-bit (first token) | median first-token s |",
+        "| setting | accuracy | vs full context | needle in context | needle from memory | KL vs 16-bit "
+        "(first token) | median first-token s |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in m["settings"]:

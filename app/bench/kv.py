@@ -60,9 +60,10 @@ def _time(fn, repeat: int) -> float:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from app.engine.backends.registry import load_backend
     from app.bench import common, runtime
-    from compression.kvcodec import KVCodec, KVCodecConfig
+    from app.engine.backends.registry import load_backend
+    from compression.kvcodec import KV_BITS, VALUE_MODES, KVCodec, KVCodecConfig
+    from streaming.checks import check_choice
 
     runtime.prepare_torch(args)
     if args.quick:
@@ -71,8 +72,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     bits_list = runtime.parse_ints("bits", args.bits, 2, 32)
     groups = runtime.parse_ints("group_sizes", args.group_sizes, 1, 4096)
     for b in bits_list:
-        if b not in (32, 16, 8, 4, 2):
-            raise ValueError(f"--bits values must be among 32, 16, 8, 4, 2; got {b}")
+        check_choice("--bits values", b, KV_BITS)
     load0 = runtime.load_average()
     backend = load_backend(args.model, dtype="float32")
     spec = backend.spec
@@ -81,15 +81,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     input_bytes = (k.numel() + v.numel()) * 4
     rows = []
     for bits in bits_list:
-        for mode in ("channel", "token"):
+        for mode in VALUE_MODES:
             for group in (groups if bits <= 8 else groups[:1]):
                 if bits > 8 and mode == "token":
                     continue  # float storage: value mode and groups do not apply
                 codec = KVCodec(KVCodecConfig(bits=bits, value_mode=mode, group_size=group))
                 packed = codec.encode(k, v)
                 k2, v2 = codec.decode(packed, torch.float32)
-                enc_s = _time(lambda: codec.encode(k, v), repeat)
-                dec_s = _time(lambda: codec.decode(packed, torch.float32), repeat)
+                enc_s = _time(lambda codec=codec: codec.encode(k, v), repeat)
+                dec_s = _time(lambda codec=codec, packed=packed: codec.decode(packed, torch.float32), repeat)
                 rows.append({
                     "bits": bits, "value_mode": mode if bits <= 8 else "-", "group_size": group if bits <= 8 else None,
                     "bytes_per_frame": packed.nbytes, "bits_per_element": float(packed.bits_per_element()),
@@ -124,5 +124,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               "points) over the number of key and value elements; keys are always quantized per channel (groups of tokens). "
               "A frame in the memory bank also stores its positions (int64) and a float32 summary (S = L x H x D) outside "
               "these figures."]
-    return {"title": "KV codec: bytes per frame, bits per element, throughput", "command": common.format_command("kv", [], options),
+    return {"title": "KV codec: bytes per frame, bits per element, throughput",
+            "command": common.format_command("kv", [], options),
             "params": options, "metrics": metrics, "markdown": "\n".join(lines)}

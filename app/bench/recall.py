@@ -40,9 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from app.engine.backends.registry import load_backend
     from app.bench import common, runtime
     from app.bench.needles import make_stream, needle_in_context
+    from app.engine.backends.registry import load_backend
     from app.engine.config import SessionConfig
     from app.engine.session import Session
 

@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sizes", default="1000,10000,100000,1000000", help="bank sizes in chunks")
     parser.add_argument("--indexes", default="flat,hnsw,ivf", help="index kinds (flat is always run: it is the truth)")
-    parser.add_argument("--full-dim-max-size", type=int, default=10_000, help="largest size with S = L*H*D of the model (default 10^4)")
+    parser.add_argument("--full-dim-max-size", type=int, default=10_000,
+                        help="largest size with S = L*H*D of the model (default 10^4)")
     parser.add_argument("--small-dim", type=int, default=576, help="summary dim above that size (default 576)")
     parser.add_argument("--huge-dim", type=int, default=576,
                         help="summary dim above --bank-max-size (default 576; smaller when the machine's free RAM is short)")
@@ -96,8 +97,9 @@ def _fill_bank(kind: str, data) -> Any:
 
 
 def _bulk_index(kind: str, data) -> Any:
-    from memory.index import new_index
     import numpy as np
+
+    from memory.index import new_index
 
     n, dim = data.shape
     index = new_index(_bank_config(kind, n), dim)
@@ -145,7 +147,8 @@ def _one_size(n: int, dim: int, kinds: list[str], args, seed: int) -> list[dict[
             build_s = time.perf_counter() - t0
 
             def search(q, store=store):
-                return [r.chunk.meta.chunk_id for r in sorted(store.retrieve(torch.from_numpy(q), args.k), key=lambda r: -r.score)]
+                hits = sorted(store.retrieve(torch.from_numpy(q), args.k), key=lambda r: -r.score)
+                return [r.chunk.meta.chunk_id for r in hits]
 
             def search_c(q, store=store):
                 return [r.chunk.meta.chunk_id for r in store.retrieve(torch.from_numpy(q), args.candidates)]
@@ -208,9 +211,9 @@ def _rerank_cost(args) -> dict[str, Any]:
 
     import torch
 
-    from app.engine.backends.base import KVSegment, PrefillResult
-    from app.engine.backends.registry import load_backend
     from app.bench import common
+    from app.engine.backends.registry import load_backend
+    from app.engine.backends.types import KVSegment, PrefillResult
     from app.engine.retrieval import late_interaction_scores, rerank_layers, retrieve
     from compression.kvcodec import KVCodecConfig
     from memory import BankConfig, ChunkMeta, KVChunk, MemoryBank
@@ -274,6 +277,7 @@ def _rerank_cost(args) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from app.bench import common, runtime
+    from memory.config import INDEX_KINDS
 
     runtime.prepare_torch(args)
     if args.quick:
@@ -281,9 +285,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         args.small_dim, args.huge_dim, args.queries, args.model = 64, 64, 10, "tiny-smolvlm"
     sizes = runtime.parse_ints("sizes", args.sizes, 10, 10_000_000)
     kinds = [k.strip() for k in str(args.indexes).split(",") if k.strip()]
-    bad = sorted(set(kinds) - {"flat", "hnsw", "ivf"})
+    bad = sorted(set(kinds) - set(INDEX_KINDS))
     if bad:
-        raise ValueError(f"--indexes must be among flat, hnsw, ivf; got {', '.join(bad)}")
+        raise ValueError(f"--indexes must be among {', '.join(INDEX_KINDS)}; got {', '.join(bad)}")
     runtime.check_range("queries", args.queries, 1, 100_000)
     runtime.check_range("k", args.k, 1, 4096)
     runtime.check_range("candidates", args.candidates, 1, 4096)
@@ -304,7 +308,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rows.extend(_one_size(n, dim, kinds, args, seed=i))
     options: dict[str, Any] = {"quick": True, "threads": args.threads} if args.quick else {"threads": args.threads,
         "sizes": args.sizes, "indexes": args.indexes, "full_dim_max_size": args.full_dim_max_size, "small_dim": args.small_dim,
-        "huge_dim": args.huge_dim, "bank_max_size": args.bank_max_size, "hnsw_max_size": args.hnsw_max_size, "queries": args.queries, "k": args.k,
+        "huge_dim": args.huge_dim, "bank_max_size": args.bank_max_size, "hnsw_max_size": args.hnsw_max_size,
+        "queries": args.queries, "k": args.k,
         "candidates": args.candidates, "model": args.model}
     metrics = {"rows": rows, "rerank": rerank, "load_avg_start": load0}
     return {"title": "Retrieval: MemoryBank.retrieve from 10^3 to 10^6 chunks, flat vs approximate; rerank cost",
@@ -324,7 +329,8 @@ def _markdown(m: dict[str, Any], args) -> str:
         "column says which). HNSW M=32, efSearch 128; IVF nlist = sqrt(n), "
         f"nprobe 32. {args.threads} torch thread(s); load average {m['load_avg_start']} at the start.",
         "",
-        f"| chunks | S | index | measured through | build s | latency ms (k={k}) | latency ms (k={args.candidates}) | recall@{k} vs flat |",
+        f"| chunks | S | index | measured through | build s | latency ms (k={k}) | latency ms "
+        f"(k={args.candidates}) | recall@{k} vs flat |",
         "|---:|---:|---|---|---:|---:|---:|---:|",
     ]
     for r in m["rows"]:
@@ -345,7 +351,8 @@ def _markdown(m: dict[str, Any], args) -> str:
         "fetched whole. *Disk*: every candidate on the disk tier (read + sha256 checked per chunk), as for most "
         "candidates late in a long stream.",
         "",
-        "| candidates in | old: fetch + dequantize all | old total | new: upper-layer keys | new: scoring | new total (incl. final k) | speed-up |",
+        "| candidates in | old: fetch + dequantize all | old total | new: upper-layer keys | new: scoring | "
+        "new total (incl. final k) | speed-up |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for tier, t in rr["tiers"].items():

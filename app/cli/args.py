@@ -1,21 +1,31 @@
-"""Command-line options shared by every command that builds a session (ask, serve, client, bench)."""
+"""Command-line options shared by every command that builds a session (ask, serve, client, bench).
+
+The lists of choices come from the packages that declare them (:mod:`app.bench.choices` reads them
+when first needed) and the ``--model`` help from the model registry, so nothing here repeats them.
+"""
 
 from __future__ import annotations
 
 import argparse
 
-DEFAULT_MODEL = "HuggingFaceTB/SmolVLM2-256M-Video-Instruct"
+from app.bench.choices import DROP_CHOICES, INDEX_CHOICES, KV_BITS_CHOICES, LOAD_IN_CHOICES, VALUE_MODE_CHOICES
 
 
-def add_model_arguments(p: argparse.ArgumentParser, default_model: str = DEFAULT_MODEL) -> None:
+def add_model_arguments(p: argparse.ArgumentParser, default_model: str | None = None) -> None:
+    """``--model`` (default: the registry's default model), ``--device``, ``--dtype``, ``--load-in``."""
+    from app.engine.backends import registry  # reads the families' declarations, imports no model code
+
+    help_text = registry.model_help()
+    if default_model is None:
+        default_model = registry.default_model()
+    else:
+        help_text += f" This command's default: {default_model}."
     g = p.add_argument_group("model")
-    g.add_argument("--model", default=default_model,
-                   help="hub id, local model directory, or builtin (tiny-smolvlm, smolvlm2-256m-smollm2, tiny-qwen2_5_vl, tiny-llava-ov); "
-                        f"default {default_model}")
+    g.add_argument("--model", default=default_model, help=help_text)
     g.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     g.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    g.add_argument("--load-in", default=None, choices=["8bit", "4bit"],
-                   help="quantize the model's weights with bitsandbytes on load")
+    g.add_argument("--load-in", default=None, choices=LOAD_IN_CHOICES, metavar="BITS",
+                   help="quantize the model's weights with bitsandbytes on load: %(choices)s")
 
 
 def add_session_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,21 +36,23 @@ def add_session_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--rerank", default=None, choices=["on", "off"],
                    help="late-interaction rerank of the summary search's candidates (default on)")
     g.add_argument("--rerank-candidates", type=int, default=None, metavar="N",
-                   help="summary-search candidates the rerank scores (default 64; 32 halves the rerank's cost, "
-                        "see `livesight bench recall`)")
+                   help="summary-search candidates the rerank scores (fewer make the rerank cheaper; "
+                        "`livesight bench recall` measures what it costs in recall)")
     g.add_argument("--max-new-tokens", type=int, default=None, help="answer length limit")
     g.add_argument("--system-prompt", default=None)
-    g.add_argument("--drop", default=None, choices=["off", "feature", "pixel", "budget"], help="token drop mode")
+    g.add_argument("--drop", default=None, choices=DROP_CHOICES, metavar="MODE", help="token drop mode: %(choices)s")
     g.add_argument("--tau", type=float, default=None, help="feature drop: cosine similarity above which a token is dropped")
     g.add_argument("--keep-ratio", type=float, default=None, help="budget drop: fraction of tokens kept per frame")
     g.add_argument("--pixel-threshold", type=float, default=None, help="pixel drop: mean cell difference counted as no change")
     g.add_argument("--keyframe-every", type=float, default=None, metavar="SECONDS", help="keep a whole frame every N seconds")
-    g.add_argument("--kv-bits", type=int, default=None, choices=[32, 16, 8, 4, 2], help="bits per KV element in memory")
-    g.add_argument("--kv-value-mode", default=None, choices=["channel", "token"])
+    g.add_argument("--kv-bits", type=int, default=None, choices=KV_BITS_CHOICES, metavar="BITS",
+                   help="bits per KV element in memory: %(choices)s")
+    g.add_argument("--kv-value-mode", default=None, choices=VALUE_MODE_CHOICES, metavar="MODE",
+                   help="values quantized per %(choices)s")
     g.add_argument("--kv-group-size", type=int, default=None)
     g.add_argument("--ram-budget-mb", type=float, default=None, help="RAM for memory chunks before they spill to disk")
     g.add_argument("--retention", type=float, default=None, metavar="SECONDS", help="forget memory older than this")
-    g.add_argument("--index", default=None, choices=["flat", "hnsw", "ivf"])
+    g.add_argument("--index", default=None, choices=INDEX_CHOICES, metavar="KIND", help="summary index: %(choices)s")
 
 
 _FIELDS = {

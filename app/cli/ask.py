@@ -63,7 +63,9 @@ def format_evidence(evidence) -> str:
 
     parts = []
     for e in evidence:
-        span = format_timestamp(e.t_start) if e.t_start == e.t_end else f"{format_timestamp(e.t_start)}-{format_timestamp(e.t_end)}"
+        span = format_timestamp(e.t_start)
+        if e.t_start != e.t_end:
+            span += f"-{format_timestamp(e.t_end)}"
         if e.source == "memory":
             what = f" \"{e.text}\"" if e.kind == "text" and e.text else ""
             parts.append(f"{span} ({e.kind}{what}, memory, score {e.score:.2f})")
@@ -106,16 +108,17 @@ def ask_and_print(session, q: TimedQuestion, out=sys.stdout) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from app.engine.backends.base import BackendError
-    from app.engine.config import ConfigError, SessionConfig
     from app.cli.args import load_backend_from_args, session_overrides
-    from app.engine.session import SESSION_FILE, Session
+    from app.engine.backends.types import BackendError
+    from app.engine.config import ConfigError, SessionConfig
+    from app.engine.persistence import is_saved_memory
+    from app.engine.session import Session
     from app.engine.types import SessionError
     from streaming.errors import SourceError
 
     out = sys.stdout
     memory = Path(args.memory) if args.memory else None
-    from_memory = memory is not None and (memory / SESSION_FILE).is_file()
+    from_memory = memory is not None and is_saved_memory(memory)
     inputs = list(args.inputs)
     source = None if from_memory else inputs.pop(0)
     if not inputs and not memory:
@@ -169,7 +172,8 @@ def _watch_and_ask(backend, config, source, questions, texts, args, out) -> int:
     pending = [q for q in questions if q.at is not None]
     at_end = [q for q in questions if q.at is None]
     texts = list(texts)
-    with Session(backend, config) as session, Sampler(src, SamplerConfig(fps=args.fps or None, max_side=args.max_side)) as sampler:
+    sampling = SamplerConfig(fps=args.fps or None, max_side=args.max_side)
+    with Session(backend, config) as session, Sampler(src, sampling) as sampler:
         info = sampler.info
         out.write(f"source: {source} ({info.width}x{info.height}, {info.codec}"
                   + (f", {info.duration_s:.1f} s" if getattr(info, "duration_s", None) else "") + ")\n")
@@ -187,7 +191,8 @@ def _watch_and_ask(backend, config, source, questions, texts, args, out) -> int:
         st = session.stats()
         ing = sampler.stats()
         out.write(f"watched {st['frames']} frames ({st['stream_time_s']:.1f} s), kept {st['kept_ratio']:.0%} of visual tokens, "
-                  f"{st['bank_chunks']} memory chunks; decoded {ing.decoded}, dropped {ing.dropped}, decode errors {ing.decode_errors}\n")
+                  f"{st['bank_chunks']} memory chunks; decoded {ing.decoded}, dropped {ing.dropped}, decode "
+                  f"errors {ing.decode_errors}\n")
         if args.stats:
             for k, v in st.items():
                 out.write(f"  {k}: {v}\n")

@@ -1,4 +1,4 @@
-"""``livesight bench NAME ...``: run one benchmark, write its JSON, update BENCHMARKS.md.
+"""``livesight bench NAME ...``: run one benchmark, write its JSON, update BENCHMARKS.md (paths under the cwd).
 
 Each bench is a module ``app.bench.<name>`` exposing ``add_arguments(parser)`` and
 ``run(args) -> dict`` (see :mod:`app.bench.common`); bench modules import only light
@@ -33,7 +33,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "bench",
         help="run a benchmark and record it in BENCHMARKS.md",
         description="Run a benchmark side by side with its baseline; write bench-results/NAME-TIME.json "
-                    "and update the NAME section of BENCHMARKS.md.",
+                    "and update the NAME section of BENCHMARKS.md, its plots going to docs/bench/. These paths "
+                    "are relative to the current directory (run it from the repository's root to update the "
+                    "repository's BENCHMARKS.md); --output-dir, --benchmarks-md and --plot-dir choose others.",
     )
     sub = parser.add_subparsers(dest="bench", metavar="NAME")
     for name, module_name in BENCHES.items():

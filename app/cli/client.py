@@ -96,8 +96,8 @@ async def client_main(args: argparse.Namespace, stdin, out, err) -> int:
 
     from websockets.exceptions import InvalidStatus
 
-    from app.serving.client import LiveSightClient, LiveSightError
     from app.engine.timefmt import format_timestamp
+    from app.serving.client import LiveSightClient, LiveSightError
     from streaming import Sampler, SamplerConfig, open_source
     from streaming.errors import SourceError
 

@@ -34,7 +34,8 @@ def add_parser(sub) -> None:
                    help="fail when the model cannot be loaded instead of using tiny-smolvlm")
     g = p.add_argument_group("limits")
     g.add_argument("--max-sessions", type=int, default=16, help="open sessions at most (default 16)")
-    g.add_argument("--session-ttl", type=float, default=600.0, metavar="SECONDS", help="idle sessions close after this (default 600)")
+    g.add_argument("--session-ttl", type=float, default=600.0, metavar="SECONDS",
+                   help="idle sessions close after this (default 600)")
     g.add_argument("--max-fps", type=float, default=4.0, help="frames per second accepted per session (default 4)")
     g.add_argument("--max-frame-side", type=int, default=1920, help="largest frame side in pixels (default 1920)")
     g.add_argument("--max-frame-mb", type=float, default=8.0, help="largest encoded frame in MiB (default 8)")
@@ -52,10 +53,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.offline:  # before anything imports huggingface_hub, which reads it once
         os.environ["HF_HUB_OFFLINE"] = "1"
-    from app.engine.backends.base import BackendError
-    from app.engine.config import ConfigError, SessionConfig
     from app.cli.args import session_overrides, weight_quantization
-    from app.serving.manager import ManagerConfig
+    from app.engine.backends.types import BackendError
+    from app.engine.config import ConfigError, SessionConfig
+    from app.serving.limits import ManagerConfig
     from app.serving.process import ServeOptions, run_server
 
     try:

@@ -7,14 +7,17 @@ websocket ``session.update`` or page setting gets a precise message.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-DROP_MODES = ("off", "feature", "pixel", "budget")
-KV_BITS = (32, 16, 8, 4, 2)
-VALUE_MODES = ("channel", "token")
-INDEX_KINDS = ("flat", "hnsw", "ivf")
+# The mode lists are declared by the packages that implement them; they are re-exported here for the
+# page and the CLI.
+from compression.droppers import DROP_MODES, DropConfig
+from compression.kvcodec import KV_BITS, VALUE_MODES, KVCodecConfig
+from memory.config import INDEX_KINDS, BankConfig
+from streaming.checks import check_bool, check_choice, check_int, check_number
+
+__all__ = ["DROP_MODES", "INDEX_KINDS", "KV_BITS", "VALUE_MODES", "ConfigError", "SessionConfig"]
 
 
 class ConfigError(ValueError):
@@ -22,26 +25,6 @@ class ConfigError(ValueError):
 
     #: the websocket API's error code for this failure (subclasses may narrow it).
     code = "invalid_config"
-
-
-def _int_range(name: str, value: Any, lo: int, hi: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
-        rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise ConfigError(f"{name} must be an integer in {rng}; got {value!r}")
-
-
-def _float_range(name: str, value: Any, lo: float, hi: float, *, lo_open: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = (value > lo if lo_open else value >= lo) and value <= hi
-    if not ok:
-        left = "(" if lo_open else "["
-        raise ConfigError(f"{name} must be a number in {left}{lo}, {hi}]; got {value!r}")
-
-
-def _choice(name: str, value: Any, choices: tuple) -> None:
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -100,39 +83,35 @@ class SessionConfig:
     watch_on_every_frame: bool = False
 
     def __post_init__(self) -> None:
-        _int_range("window_tokens", self.window_tokens, 16, 1_000_000)
-        _int_range("chunk_frames", self.chunk_frames, 1, 64)
-        _int_range("top_k", self.top_k, 0, 4096)
-        if not isinstance(self.rerank, bool):
-            raise ConfigError(f"rerank must be true or false; got {self.rerank!r}")
-        _int_range("rerank_candidates", self.rerank_candidates, 1, 100_000)
-        _int_range("max_new_tokens", self.max_new_tokens, 1, 4096)
-        _int_range("dialog_max_tokens", self.dialog_max_tokens, 0, 65536)
+        err = {"error": ConfigError}
+        check_int("window_tokens", self.window_tokens, low=16, high=1_000_000, **err)
+        check_int("chunk_frames", self.chunk_frames, low=1, high=64, **err)
+        check_int("top_k", self.top_k, low=0, high=4096, **err)
+        check_bool("rerank", self.rerank, **err)
+        check_int("rerank_candidates", self.rerank_candidates, low=1, high=100_000, **err)
+        check_int("max_new_tokens", self.max_new_tokens, low=1, high=4096, **err)
+        check_int("dialog_max_tokens", self.dialog_max_tokens, low=0, high=65536, **err)
         if self.system_prompt is not None and (not isinstance(self.system_prompt, str) or len(self.system_prompt) > 8000):
             raise ConfigError("system_prompt must be a string of at most 8000 characters or None")
-        _choice("drop", self.drop, DROP_MODES)
-        _float_range("tau", self.tau, -1.0, 1.0, lo_open=True)
-        _float_range("keep_ratio", self.keep_ratio, 0.0, 1.0, lo_open=True)
-        _float_range("pixel_threshold", self.pixel_threshold, 0.0, 1.0)
-        if self.keyframe_every_s is not None:
-            _float_range("keyframe_every_s", self.keyframe_every_s, 0.0, 86400.0, lo_open=True)
-        _choice("kv_bits", self.kv_bits, KV_BITS)
-        _choice("kv_value_mode", self.kv_value_mode, VALUE_MODES)
-        _int_range("kv_group_size", self.kv_group_size, 8, 4096)
-        if self.ram_budget_mb is not None:
-            _float_range("ram_budget_mb", self.ram_budget_mb, 0.0, 1_048_576.0, lo_open=True)
+        check_choice("drop", self.drop, DROP_MODES, **err)
+        check_number("tau", self.tau, low=-1.0, high=1.0, **err)
+        check_number("keep_ratio", self.keep_ratio, low=0.0, high=1.0, **err)
+        check_number("pixel_threshold", self.pixel_threshold, low=0.0, high=1.0, low_inclusive=True, **err)
+        check_number("keyframe_every_s", self.keyframe_every_s, low=0.0, high=86400.0, allow_none=True, **err)
+        check_choice("kv_bits", self.kv_bits, KV_BITS, **err)
+        check_choice("kv_value_mode", self.kv_value_mode, VALUE_MODES, **err)
+        check_int("kv_group_size", self.kv_group_size, low=8, high=4096, **err)
+        check_number("ram_budget_mb", self.ram_budget_mb, low=0.0, high=1_048_576.0, allow_none=True, **err)
         if self.memory_dir is not None and not isinstance(self.memory_dir, str):
             raise ConfigError(f"memory_dir must be a path string or None; got {self.memory_dir!r}")
-        if not isinstance(self.persist, bool):
-            raise ConfigError(f"persist must be true or false; got {self.persist!r}")
+        check_bool("persist", self.persist, **err)
         if self.persist and self.memory_dir is None:
             raise ConfigError("persist needs memory_dir: the directory the memory is kept in")
-        if self.retention_s is not None:
-            _float_range("retention_s", self.retention_s, 0.0, 1e9, lo_open=True)
-        _choice("index", self.index, INDEX_KINDS)
-        _float_range("watch_min_interval_s", self.watch_min_interval_s, 0.0, 86400.0)
-        if not isinstance(self.watch_on_every_frame, bool):
-            raise ConfigError(f"watch_on_every_frame must be true or false; got {self.watch_on_every_frame!r}")
+        check_number("retention_s", self.retention_s, low=0.0, high=1e9, allow_none=True, **err)
+        check_choice("index", self.index, INDEX_KINDS, **err)
+        check_number("watch_min_interval_s", self.watch_min_interval_s, low=0.0, high=86400.0, low_inclusive=True,
+                     **err)
+        check_bool("watch_on_every_frame", self.watch_on_every_frame, **err)
 
     @property
     def ram_budget_bytes(self) -> int | None:
@@ -149,9 +128,8 @@ class SessionConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def drop_config(self):
-        from compression.droppers import DropConfig
-
+    def drop_config(self) -> DropConfig:
+        """The token dropper's settings."""
         return DropConfig(
             mode=self.drop,
             tau=self.tau,
@@ -160,14 +138,12 @@ class SessionConfig:
             keyframe_every_s=self.keyframe_every_s,
         )
 
-    def codec_config(self):
-        from compression.kvcodec import KVCodecConfig
-
+    def codec_config(self) -> KVCodecConfig:
+        """The KV codec's settings for the memory."""
         return KVCodecConfig(bits=self.kv_bits, value_mode=self.kv_value_mode, group_size=self.kv_group_size)
 
-    def bank_config(self):
-        from memory import BankConfig
-
+    def bank_config(self) -> BankConfig:
+        """The memory bank's settings."""
         return BankConfig(
             codec=self.codec_config(),
             ram_budget_bytes=self.ram_budget_bytes,

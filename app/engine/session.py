@@ -10,12 +10,14 @@ Layout of what the model attends to (positions are explicit and never change)::
 * KV that leaves the window becomes a chunk of the :class:`memory.MemoryBank` (quantized there).
 * A question's per-layer mean query scores the chunk summaries; the top-k chunks are put back,
   in time order at their original positions, and the answer is generated over the whole layout.
+
+The session composes the parts that each do one job: the window and its chunking
+(:mod:`app.engine.window`), watch rules (:mod:`app.engine.watch`), the saved form on disk
+(:mod:`app.engine.persistence`) and retrieval (:mod:`app.engine.retrieval`).
 """
 
 from __future__ import annotations
 
-import io
-import itertools
 import logging
 import queue
 import threading
@@ -23,18 +25,18 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from streaming.frame import Frame
-
-from app.engine.backends.base import KVSegment, TimeAnchor, VideoLLM
-from app.engine.timefmt import format_timestamp
+from app.engine.backends.base import VideoLLM
+from app.engine.backends.types import KVSegment
 from app.engine.config import SessionConfig
+from app.engine.persistence import SavedSession, check_compatible, read_session_file, write_session_file
+from app.engine.timefmt import format_timestamp
 from app.engine.types import (
     Alert,
     Answer,
@@ -45,44 +47,16 @@ from app.engine.types import (
     SessionError,
     WatchRule,
 )
+from app.engine.watch import WatchRules, rule_text
+from app.engine.window import Window, WindowItem, thumbnail
+from streaming.frame import Frame
 
 logger = logging.getLogger(__name__)
 
-SESSION_FILE = "session.json"
-THUMBNAIL_SIDE = 96
+__all__ = ["MAX_QUESTION_CHARS", "MAX_TEXT_CHARS", "Session"]
+
 MAX_TEXT_CHARS = 4000
 MAX_QUESTION_CHARS = 4000
-
-
-@dataclass
-class _WindowItem:
-    """One prefilled frame or text event still inside the attention window."""
-
-    kv: KVSegment
-    kind: str
-    pts: float
-    key_sum: torch.Tensor  # (S,) sum of the content tokens' pre-RoPE keys = mean * key_weight
-    key_weight: int
-    content: torch.Tensor | None = None  # (T,) bool content tokens
-    frame_index: int | None = None
-    text: str | None = None
-    thumbnail: bytes | None = None
-    banked: bool = False  # already copied into the bank by save()
-    pts_end: float | None = None  # stream time of a step's last frame (steps of several frames)
-
-    @property
-    def end(self) -> float:
-        return self.pts if self.pts_end is None else self.pts_end
-
-
-def _thumbnail(rgb: np.ndarray) -> bytes:
-    from PIL import Image
-
-    img = Image.fromarray(rgb)
-    img.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=80)
-    return buf.getvalue()
 
 
 class Session:
@@ -107,14 +81,11 @@ class Session:
         res, _ = backend.prefill(sink_seg, [])
         self._sink = res.kv
         self._next_pos = sink_seg.next_position
-        self._window: deque[_WindowItem] = deque()
-        self._window_len = 0
+        first_chunk_id = len(self._bank) and max(m.chunk_id for m in self._bank.metas()) + 1
+        self._window = Window(self.config.window_tokens, self.config.chunk_frames, first_chunk_id)
         self._dialog: deque[KVSegment] = deque()
         self._dialog_len = 0
-        self._chunk_ids = itertools.count(len(self._bank) and max(m.chunk_id for m in self._bank.metas()) + 1)
-        self._rules: dict[str, WatchRule] = {}
-        self._last_alert: dict[str, float] = {}
-        self._alerts: deque[Alert] = deque(maxlen=1000)
+        self._watches = WatchRules()
         self._kept_history: deque[tuple[float, float]] = deque(maxlen=10_000)
         self._pending_frames: list[Frame] = []
         self._counters = dict(frames=0, encoder_calls=0, frames_encoded=0, frames_skipped=0, frames_empty=0, text_events=0,
@@ -142,7 +113,7 @@ class Session:
             raise SessionClosed(f"session {self.session_id} is closed")
 
     def _local_context(self) -> list[KVSegment]:
-        return [self._sink] + [w.kv for w in self._window]
+        return [self._sink] + self._window.segments()
 
     def _check_positions(self, needed: int) -> None:
         if self._next_pos + needed > self.spec.max_positions and not self._position_warned:
@@ -152,73 +123,23 @@ class Session:
                 self.session_id, self.spec.max_positions,
             )
 
-    def _make_room(self, incoming: int) -> None:
-        """Evict the oldest window items into the bank until ``incoming`` tokens fit the window."""
-        while self._window and self._window_len + incoming > self.config.window_tokens:
-            self._evict_chunk()
-
-    def _group_length(self, items, i: int) -> int:
-        """How many items from ``items[i]`` make one memory chunk.
-
-        A text event is a chunk of its own; frames group up to ``chunk_frames``. A group never mixes
-        items already banked by :meth:`save` with items that are not, so eviction and saving cut the
-        window at the same places and nothing is banked twice.
-        """
-        head = items[i]
-        n = 1
-        if head.kind == "frame":
-            while (n < self.config.chunk_frames and i + n < len(items) and items[i + n].kind == "frame"
-                   and items[i + n].banked == head.banked):
-                n += 1
-        return n
-
-    def _evict_chunk(self) -> None:
-        items = [self._window.popleft() for _ in range(self._group_length(self._window, 0))]
-        for it in items:
-            self._window_len -= it.kv.length
-        if not items[0].banked:
-            self._bank.append(self._make_chunk(items))
-
-    def _make_chunk(self, items: list[_WindowItem]):
-        from memory import ChunkMeta, KVChunk
-
-        kv = KVSegment.concat([it.kv for it in items])
-        n = kv.length
-        summary = torch.stack([it.key_sum for it in items]).sum(0) / sum(it.key_weight for it in items)
-        frames = tuple(it.frame_index for it in items if it.frame_index is not None)
-        text = "\n".join(it.text for it in items if it.text) or None
-        ranges, offset = [], 0
-        for it in items:
-            if it.content is not None and bool(it.content.any()):
-                idx = it.content.nonzero().flatten()
-                ranges.append([offset + int(idx[0]), offset + int(idx[-1]) + 1])
-            offset += it.kv.length
-        meta = ChunkMeta(
-            chunk_id=next(self._chunk_ids),
-            t_start=items[0].pts,
-            t_end=items[-1].end,
-            kind=items[0].kind,
-            n_tokens=n,
-            frame_indices=frames,
-            text=text,
-            thumbnail=next((it.thumbnail for it in items if it.thumbnail), None),
-            extra={"content": ranges} if ranges else {},
-        )
-        self._counters["chunks"] += 1
-        return KVChunk(meta=meta, keys=kv.keys, values=kv.values, positions=kv.positions, summary=summary.float())
+    def _bank_chunks(self, chunks) -> None:
+        for chunk in chunks:
+            self._bank.append(chunk)
+            self._counters["chunks"] += 1
 
     def _prefill_into_window(self, seg, kind: str, pts: float, **extra) -> int:
+        """Prefill ``seg`` over the sink and the window, after moving what no longer fits into the bank."""
         self._check_positions(seg.length)
-        self._make_room(seg.length)
+        self._bank_chunks(self._window.make_room(seg.length))
         t0 = time.perf_counter()
         res, _ = self.backend.prefill(seg, self._local_context())
         self._timing["prefill_s"] += time.perf_counter() - t0
         self._next_pos = seg.next_position
         weight = int(seg.content.sum()) if seg.content is not None and bool(seg.content.any()) else seg.length
-        item = _WindowItem(kv=res.kv, kind=kind, pts=pts, key_sum=res.key_summary * weight, key_weight=weight,
-                           content=seg.content, **extra)
+        item = WindowItem(kv=res.kv, kind=kind, pts=pts, key_sum=res.key_summary * weight, key_weight=weight,
+                          content=seg.content, **extra)
         self._window.append(item)
-        self._window_len += seg.length
         self._last_attention = res.attention_length
         self._max_attention = max(self._max_attention, res.attention_length)
         return res.attention_length
@@ -246,7 +167,7 @@ class Session:
             if len(self._pending_frames) < self.spec.frames_per_step:
                 return FrameResult(frame.index, frame.pts, False, 0, 0, False, 0, pending=True)
             result = self._ingest_step()
-            if evaluate_watches and self._rules and (result.scene_change or self.config.watch_on_every_frame):
+            if evaluate_watches and self._watches and (result.scene_change or self.config.watch_on_every_frame):
                 result = replace(result, alerts=tuple(self.check_watches()))
             return result
 
@@ -266,7 +187,7 @@ class Session:
         small = self.backend.resize_frame(last.rgb)
         # the step's other frames (a pair's first) count too: pixel drop skips a step only if none changed
         others = ([self.backend.resize_frame(f.rgb) for f in frames[:-1] if f is not last]
-                  if self._drop.config.mode == "pixel" else [])
+                  if self._drop.inspects_pixels else [])
         pre = self._drop.before_encode(last.pts, small, others)
         n = self.spec.tokens_per_frame
         if not pre.run_encoder:
@@ -290,7 +211,7 @@ class Session:
             return FrameResult(last.index, first.pts, True, n, 0, scene_change, 0)
         seg = self.backend.frame_segment(first.pts, tokens, keep, self._next_pos, self._time_anchor)
         self._time_anchor = seg.time_anchor
-        attn = self._prefill_into_window(seg, "frame", first.pts, frame_index=first.index, thumbnail=_thumbnail(small),
+        attn = self._prefill_into_window(seg, "frame", first.pts, frame_index=first.index, thumbnail=thumbnail(small),
                                          pts_end=last.pts)
         return FrameResult(last.index, first.pts, True, n, kept, scene_change, attn)
 
@@ -313,14 +234,16 @@ class Session:
             self._check_open()
             self.last_active = time.time()
             self.flush()  # keep time order: frames waiting for their step go first
-            seg = self.backend.text_segment(text.strip(), self._next_pos, prefix=f"Note at {format_timestamp(pts)}: ", suffix="\n")
+            seg = self.backend.text_segment(text.strip(), self._next_pos, prefix=f"Note at {format_timestamp(pts)}: ",
+                                            suffix="\n")
             self._counters["text_events"] += 1
             self._last_pts = max(self._last_pts, pts)
             self._prefill_into_window(seg, "text", pts, text=text.strip())
             return seg.length
 
     # ---- questions -------------------------------------------------------------------------------
-    def ask(self, question: str, *, max_new_tokens: int | None = None, top_k: int | None = None) -> Iterator[AnswerDelta | Answer]:
+    def ask(self, question: str, *, max_new_tokens: int | None = None,
+            top_k: int | None = None) -> Iterator[AnswerDelta | Answer]:
         """Stream an answer: :class:`AnswerDelta` pieces, then one :class:`Answer` with its evidence.
 
         The work runs in a worker thread that holds the session lock; closing the iterator early
@@ -334,7 +257,7 @@ class Session:
                 ans = self.answer(question, on_delta=lambda d: q.put(AnswerDelta(d)), should_stop=cancel.is_set,
                                   max_new_tokens=max_new_tokens, top_k=top_k)
                 q.put(ans)
-            except BaseException as exc:  # handed to the consumer
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer, who re-raises it
                 q.put(exc)
 
         worker = threading.Thread(target=work, name=f"ask-{self.session_id}", daemon=True)
@@ -395,7 +318,7 @@ class Session:
                 "question_tokens": qseg.length,
                 "completion_tokens": len(result.token_ids),
                 "retrieved_chunks": len(retrieved),
-                "window_tokens": self._window_len,
+                "window_tokens": self._window.tokens,
                 "retrieval_s": round(t_retrieved - t0, 4),
                 "first_token_s": None if first_token_s is None else round(first_token_s, 4),
                 "total_s": round(time.perf_counter() - t0, 4),
@@ -418,7 +341,7 @@ class Session:
             retrieved = retrieve(self.backend, self._bank, probe, k, candidates=self.config.rerank_candidates,
                                  rerank=self.config.rerank, dtype=self.backend.dtype)
         memory = [KVSegment(r.chunk.keys, r.chunk.values, r.chunk.positions) for r in retrieved]
-        context = [self._sink] + memory + [w.kv for w in self._window] + list(self._dialog)
+        context = [self._sink] + memory + self._window.segments() + list(self._dialog)
         return qseg, context, retrieved
 
     def question_logits(self, question: str, *, top_k: int | None = None) -> tuple[torch.Tensor, tuple[Evidence, ...]]:
@@ -458,40 +381,26 @@ class Session:
             )
             for r in retrieved
         ]
-        if self._window:
-            frames = tuple(w.frame_index for w in self._window if w.frame_index is not None)
-            thumb = next((w.thumbnail for w in reversed(self._window) if w.thumbnail), None)
-            kinds = {w.kind for w in self._window}
-            out.append(Evidence(
-                t_start=self._window[0].pts, t_end=self._window[-1].end, source="window",
-                kind="frame" if kinds == {"frame"} else "text" if kinds == {"text"} else "mixed",
-                frame_indices=frames, thumbnail=thumb,
-            ))
+        window = self._window.evidence()
+        if window is not None:
+            out.append(window)
         return tuple(out)
 
     # ---- watch rules ------------------------------------------------------------------------------
     def watch(self, rule: str) -> WatchRule:
         """Register a standing yes/no question, evaluated when the scene changes."""
-        if not isinstance(rule, str) or not rule.strip():
-            raise SessionError("a watch rule needs non-empty text")
-        if len(rule) > 500:
-            raise SessionError(f"a watch rule is limited to 500 characters, got {len(rule)}")
+        text = rule_text(rule)
         with self._lock:
             self._check_open()
-            if len(self._rules) >= 32:
-                raise SessionError("a session holds at most 32 watch rules")
-            r = WatchRule(uuid.uuid4().hex[:8], rule.strip())
-            self._rules[r.rule_id] = r
-            return r
+            return self._watches.add(text)
 
     def unwatch(self, rule_id: str) -> bool:
         with self._lock:
-            self._last_alert.pop(rule_id, None)
-            return self._rules.pop(rule_id, None) is not None
+            return self._watches.remove(rule_id)
 
     def rules(self) -> list[WatchRule]:
         with self._lock:
-            return list(self._rules.values())
+            return self._watches.rules()
 
     def check_watches(self) -> list[Alert]:
         """Evaluate every watch rule on the recent stream with a short yes/no generation.
@@ -499,31 +408,15 @@ class Session:
         Runs over the sink and the local window only and leaves no trace in the conversation.
         Rules that fired less than ``watch_min_interval_s`` ago (stream time) are skipped.
         """
-        alerts: list[Alert] = []
         with self._lock:
             self._check_open()
             self.flush()
-            pts = self._last_pts
-            for rule in list(self._rules.values()):
-                last = self._last_alert.get(rule.rule_id)
-                if last is not None and pts - last < self.config.watch_min_interval_s:
-                    continue
-                text = f"Answer only yes or no. Looking at the latest frames: {rule.text}"
-                qseg = self.backend.question_segment(text, self._next_pos, first=True)
-                answer = ""
-                for item in self.backend.generate(qseg, self._local_context(), max_new_tokens=3):
-                    if isinstance(item, str):
-                        answer += item
-                if answer.strip().lower().startswith("yes"):
-                    self._last_alert[rule.rule_id] = pts
-                    alert = Alert(rule.rule_id, rule.text, pts, answer.strip(), time.time())
-                    self._alerts.append(alert)
-                    alerts.append(alert)
-        return alerts
+            return self._watches.check(self.backend, self._local_context(), self._next_pos, self._last_pts,
+                                       self.config.watch_min_interval_s)
 
     def alerts(self) -> list[Alert]:
         with self._lock:
-            return list(self._alerts)
+            return self._watches.alerts()
 
     # ---- state ------------------------------------------------------------------------------------
     def kept_history(self) -> list[tuple[float, float]]:
@@ -536,7 +429,7 @@ class Session:
             c = dict(self._counters)
             encoded = max(1, c["encoder_calls"])
             bank_bytes = self._bank.nbytes()
-            window_bytes = sum(w.kv.nbytes for w in self._window)
+            window_bytes = self._window.nbytes
             dialog_bytes = sum(d.nbytes for d in self._dialog)
             return {
                 "session_id": self.session_id,
@@ -545,7 +438,7 @@ class Session:
                 **c,
                 "kept_ratio": (c["tokens_kept"] / c["tokens_seen"]) if c["tokens_seen"] else 1.0,
                 "stream_time_s": self._last_pts,
-                "window_tokens": self._window_len,
+                "window_tokens": self._window.tokens,
                 "window_items": len(self._window),
                 "dialog_tokens": self._dialog_len,
                 "bank_chunks": len(self._bank),
@@ -558,9 +451,10 @@ class Session:
                 "last_attention_length": self._last_attention,
                 "max_attention_length": self._max_attention,
                 "encode_ms_per_step": 1000 * self._timing["encode_s"] / encoded,
-                "prefill_ms_per_item": 1000 * self._timing["prefill_s"] / max(1, c["encoder_calls"] - c["frames_empty"] + c["text_events"]),
-                "watch_rules": len(self._rules),
-                "alerts": len(self._alerts),
+                "prefill_ms_per_item": 1000 * self._timing["prefill_s"]
+                / max(1, c["encoder_calls"] - c["frames_empty"] + c["text_events"]),
+                "watch_rules": len(self._watches),
+                "alerts": len(self._watches.alerts()),
             }
 
     # ---- persistence -------------------------------------------------------------------------------
@@ -570,77 +464,43 @@ class Session:
         The window's items are copied into the bank (the session keeps streaming), then the bank
         and ``session.json`` (model, positions, stream time) are written to ``memory_dir``.
         """
-        import json
-
         with self._lock:
             self._check_open()
             if self.config.memory_dir is None:
                 raise SessionError("saving needs memory_dir (the directory the memory is kept in)")
             self.flush()
-            items, i = list(self._window), 0
-            while i < len(items):
-                group = items[i : i + self._group_length(items, i)]
-                if not group[0].banked:
-                    self._bank.append(self._make_chunk(group))
-                    for it in group:
-                        it.banked = True
-                i += len(group)
+            self._bank_chunks(self._window.bank_all())
             path = Path(self._bank.save())
-            meta = {
-                "format": "livesight-session",
-                "version": 1,
-                "session_id": self.session_id,
-                "model": self.spec.name,
-                "family": self.spec.family,
-                "summary_dim": self.spec.summary_dim,
-                "next_position": self._next_pos,
-                "last_pts": self._last_pts,
-                "time_anchor": None if self._time_anchor is None else asdict(self._time_anchor),
-                "counters": self._counters,
-                "saved_at": time.time(),
-            }
-            tmp = path / (SESSION_FILE + ".tmp")
-            tmp.write_text(json.dumps(meta, indent=2))
-            tmp.replace(path / SESSION_FILE)
+            write_session_file(path, SavedSession(
+                session_id=self.session_id,
+                model=self.spec.name,
+                family=self.spec.family,
+                summary_dim=self.spec.summary_dim,
+                next_position=self._next_pos,
+                last_pts=self._last_pts,
+                time_anchor=self._time_anchor,
+                counters=self._counters,
+                saved_at=time.time(),
+            ))
             return path
 
     @classmethod
-    def open_memory(cls, backend: VideoLLM, directory: str | Path, config: SessionConfig | None = None) -> "Session":
+    def open_memory(cls, backend: VideoLLM, directory: str | Path, config: SessionConfig | None = None) -> Session:
         """Reopen a memory saved by :meth:`save`; questions are answered from it without the video.
 
         The model must have the same KV shape as the one that saved it.
         """
-        import json
-
         from memory import MemoryBank
 
         directory = Path(directory)
-        meta_path = directory / SESSION_FILE
-        if not meta_path.is_file():
-            raise SessionError(f"{directory} holds no saved LiveSight memory ({SESSION_FILE} is missing)")
-        try:
-            meta = json.loads(meta_path.read_text())
-            summary_dim = int(meta["summary_dim"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise SessionError(f"{meta_path} is unreadable: {exc}") from exc
-        if summary_dim != backend.spec.summary_dim:
-            raise SessionError(
-                f"{directory} was saved by model {meta.get('model')!r} whose KV shape differs from {backend.spec.name!r}; "
-                f"open it with --model {meta.get('model')}"
-            )
-        if meta.get("model") != backend.spec.name:
-            logger.warning("memory saved by %s, opened with %s (same KV shape)", meta.get("model"), backend.spec.name)
+        saved = read_session_file(directory)
+        check_compatible(saved, backend.spec, directory)
         cfg = (config or SessionConfig()).updated(memory_dir=str(directory), persist=True)
         bank = MemoryBank.open(directory, ram_budget_bytes=cfg.ram_budget_bytes)
-        session = cls(backend, cfg, session_id=meta.get("session_id"), _bank=bank)
-        session._next_pos = max(session._next_pos, int(meta.get("next_position", 0)))
-        session._last_pts = float(meta.get("last_pts", 0.0))
-        anchor = meta.get("time_anchor")
-        if isinstance(anchor, dict):
-            try:
-                session._time_anchor = TimeAnchor(float(anchor["pts"]), int(anchor["position"]))
-            except (KeyError, TypeError, ValueError) as exc:
-                raise SessionError(f"{meta_path} has an unreadable time_anchor: {exc}") from exc
+        session = cls(backend, cfg, session_id=saved.session_id, _bank=bank)
+        session._next_pos = max(session._next_pos, saved.next_position)
+        session._last_pts = saved.last_pts
+        session._time_anchor = saved.time_anchor
         return session
 
     def close(self) -> None:
@@ -657,7 +517,7 @@ class Session:
     def closed(self) -> bool:
         return self._closed
 
-    def __enter__(self) -> "Session":
+    def __enter__(self) -> Session:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -2,8 +2,9 @@
 
 * All model work of all sessions runs on one :class:`~app.serving.scheduler.Scheduler` worker thread, by
   priority: answers and text events (in the order they were submitted, so a question sees the text
-  sent before it), then control work (building a session), then watch-rule checks, then frames. Each session keeps at most one pending frame (newest wins); the replaced frame is
-  counted as dropped (``backlog``). Frames beyond ``max_fps`` are refused at once (``rate_limit``).
+  sent before it), then control work (building a session), then watch-rule checks, then frames. Each
+  session keeps at most one pending frame (newest wins); the replaced frame is counted as dropped
+  (``backlog``). Frames beyond ``max_fps`` are refused at once (``rate_limit``).
 * A session's model state (:class:`~app.engine.session.Session`, whose sink prefill is model work) is
   built on the worker when it is first needed: by its first frame, text event, question or watch
   rule, or by :meth:`SessionManager.get`. Until then :meth:`SessionManager.update_session` may
@@ -30,173 +31,34 @@ Events given to :meth:`SessionManager.subscribe` callbacks are plain dicts with 
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import logging
 import math
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.engine.config import ConfigError, SessionConfig
+from app.engine.session import MAX_QUESTION_CHARS, Session
+from app.engine.types import Alert, Answer, SessionClosed, WatchRule
+from app.serving.errors import (
+    FrameTooLarge,
+    InvalidRequest,
+    LiveUpdateRefused,
+    ManagerError,
+    ResponseInProgress,
+    SessionLimit,
+    UnknownSession,
+)
+from app.serving.limits import LIVE_FIELDS, FrameVerdict, ManagerConfig, RateLimiter
+from app.serving.scheduler import ALERT, ANSWER, CONTROL, Scheduler, SchedulerClosed
+from app.serving.session_stats import SessionCounters, SnapshotCache, compose_stats
+from app.serving.source_runner import SourceRunner
 from streaming.frame import Frame
 
-from app.engine.config import ConfigError, SessionConfig
-from app.serving.scheduler import ALERT, ANSWER, CONTROL, Scheduler, SchedulerClosed
-from app.engine.session import MAX_QUESTION_CHARS, Session
-from app.engine.types import Answer, SessionClosed, SessionError, WatchRule
-
 logger = logging.getLogger(__name__)
-
-#: Session settings that may change after a session's input has started (read per request).
-#: Everything else (drop mode, KV bits, window, system prompt, memory settings) is fixed from then.
-LIVE_FIELDS = frozenset({"max_new_tokens", "top_k", "dialog_max_tokens", "watch_min_interval_s", "watch_on_every_frame"})
-
-#: Seconds over which the processed-frame rate is measured.
-FPS_WINDOW_S = 2.0
-
-
-# --------------------------------------------------------------------------- errors
-
-class ManagerError(SessionError):
-    """A request to the session manager that cannot be served."""
-
-
-class UnknownSession(ManagerError):
-    """No open session has that id (never created, closed, or expired)."""
-
-
-class SessionLimit(ManagerError):
-    """``max_sessions`` sessions are open already."""
-
-
-class FrameTooLarge(ManagerError):
-    """A frame is larger than ``max_frame_side`` pixels on a side (or ``max_frame_bytes`` encoded)."""
-
-
-class ResponseInProgress(ManagerError):
-    """The session is already answering a question (one answer at a time per session)."""
-
-
-class InvalidRequest(ManagerError):
-    """A request argument is out of range or of the wrong type; the message names it."""
-
-
-class LiveUpdateRefused(ConfigError):
-    """A setting that is fixed once a session's input has started was asked to change."""
-
-
-# --------------------------------------------------------------------------- config
-
-def _check_number(name: str, value: Any, lo: float, hi: float, *, lo_open: bool = False, integer: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok and integer:
-        ok = isinstance(value, int)
-    if ok:
-        ok = (value > lo if lo_open else value >= lo) and value <= hi
-    if not ok:
-        kind = "an integer" if integer else "a number"
-        left = "(" if lo_open else "["
-        raise ConfigError(f"{name} must be {kind} in {left}{lo:g}, {hi:g}]; got {value!r}")
-
-
-@dataclass(frozen=True)
-class ManagerConfig:
-    """Limits and defaults of a :class:`SessionManager`.
-
-    Attributes:
-        max_sessions: open sessions at most. [1, 10000]
-        session_ttl_s: a session with no activity for this long is closed. (0, 604800]
-        max_fps: frames per second accepted per session (token bucket holding one second's worth, >= 1);
-            frames beyond it are dropped and counted as ``rate_limit``. (0, 1000]
-        max_frame_side: frames wider or taller than this are refused (:class:`FrameTooLarge`); frames a
-            server-pulled source delivers are shrunk to it instead. [16, 16384]
-        max_frame_bytes: largest encoded (JPEG/PNG) frame accepted, bytes (enforced by the websocket layer).
-            [1024, 1 GiB]
-        default_session: settings every new session starts from.
-        session_ram_budget_mb: memory-bank RAM per session; used when the session's own
-            ``ram_budget_mb`` is None (``None`` here too = unlimited). (0, 1_048_576]
-        stats_interval_s: how often ``input_video.stats`` events go out while frames flow. [0.05, 3600]
-        snapshot_interval_s: the session's own stats are copied for readers after a frame at most this
-            often (frames closer together are caught up once they stop). [0.01, 60]
-        allow_file_sources: :meth:`SessionManager.set_source` admits local paths / ``file:`` URLs / webcams
-            when its caller does not say (the page passes ``allow_files=True`` for its own uploads).
-        source_open_timeout_s: how long opening a server-pulled source may take. (0, 600]
-    """
-
-    max_sessions: int = 16
-    session_ttl_s: float = 600.0
-    max_fps: float = 4.0
-    max_frame_side: int = 1920
-    max_frame_bytes: int = 8 * 2**20
-    default_session: SessionConfig = field(default_factory=SessionConfig)
-    session_ram_budget_mb: float | None = 256.0
-    stats_interval_s: float = 1.0
-    snapshot_interval_s: float = 0.25
-    allow_file_sources: bool = False
-    source_open_timeout_s: float = 10.0
-
-    def __post_init__(self) -> None:
-        _check_number("max_sessions", self.max_sessions, 1, 10000, integer=True)
-        _check_number("session_ttl_s", self.session_ttl_s, 0, 604800, lo_open=True)
-        _check_number("max_fps", self.max_fps, 0, 1000, lo_open=True)
-        _check_number("max_frame_side", self.max_frame_side, 16, 16384, integer=True)
-        _check_number("max_frame_bytes", self.max_frame_bytes, 1024, 2**30, integer=True)
-        if not isinstance(self.default_session, SessionConfig):
-            raise ConfigError(f"default_session must be a SessionConfig; got {type(self.default_session).__name__}")
-        if self.session_ram_budget_mb is not None:
-            _check_number("session_ram_budget_mb", self.session_ram_budget_mb, 0, 1_048_576, lo_open=True)
-        _check_number("stats_interval_s", self.stats_interval_s, 0.05, 3600)
-        _check_number("snapshot_interval_s", self.snapshot_interval_s, 0.01, 60)
-        if not isinstance(self.allow_file_sources, bool):
-            raise ConfigError(f"allow_file_sources must be true or false; got {self.allow_file_sources!r}")
-        _check_number("source_open_timeout_s", self.source_open_timeout_s, 0, 600, lo_open=True)
-
-    def updated(self, **changes: Any) -> "ManagerConfig":
-        """A validated copy with ``changes``; unknown names raise :class:`ConfigError`."""
-        known = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(changes) - known)
-        if unknown:
-            raise ConfigError(f"unknown manager setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return dataclasses.replace(self, **changes)
-
-
-@dataclass(frozen=True)
-class FrameVerdict:
-    """What :meth:`SessionManager.offer_frame` did with a frame.
-
-    Attributes:
-        accepted: the frame is queued for the model.
-        reason: why it was not accepted (``"rate_limit"``), else None.
-        replaced: it replaced an older pending frame of the session (counted as a ``backlog`` drop).
-    """
-
-    accepted: bool
-    reason: str | None = None
-    replaced: bool = False
-
-
-# --------------------------------------------------------------------------- per-session state
-
-class _RateLimiter:
-    """A token bucket: ``rate`` tokens per second, at most one second's worth (>= 1) stored."""
-
-    def __init__(self, rate: float) -> None:
-        self.rate = float(rate)
-        self.burst = max(1.0, self.rate)
-        self._tokens = self.burst
-        self._t = time.monotonic()
-
-    def allow(self) -> bool:
-        now = time.monotonic()
-        self._tokens = min(self.burst, self._tokens + (now - self._t) * self.rate)
-        self._t = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        return False
 
 
 @dataclass
@@ -207,159 +69,28 @@ class _AnswerJob:
 
 @dataclass
 class _Entry:
+    """One open session as the manager holds it. Everything the session itself knows (its stats,
+    watch rules, alerts, kept-ratio history) is read from ``session``, through ``snapshot`` by
+    readers that must not wait for the model. ``lock`` guards the mutable fields."""
+
     sid: str
-    owner: str | None
     config: SessionConfig
-    limiter: _RateLimiter
+    limiter: RateLimiter
+    snapshot: SnapshotCache
     lock: threading.RLock = field(default_factory=threading.RLock)
-    session: Session | None = None
+    session: Session | None = None  # built on the worker at the first input
     closed: bool = False
     inputs: int = 0  # frames, texts, questions, watch rules, sources so far
-    created: float = field(default_factory=time.time)
     last_active: float = field(default_factory=time.monotonic)
     subscribers: list = field(default_factory=list)
     answer: _AnswerJob | None = None
-    source: "_SourceRunner | None" = None
-    counters: dict = field(default_factory=lambda: {
-        "frames_submitted": 0, "frames_accepted": 0, "frames_processed": 0, "frame_errors": 0,
-        "texts": 0, "text_errors": 0, "answers": 0, "answer_errors": 0, "watch_checks": 0, "alerts": 0,
-    })
-    dropped: dict = field(default_factory=lambda: {"rate_limit": 0, "backlog": 0})
-    processed_at: deque = field(default_factory=deque)
-    lag_s: float = 0.0
-    last_pts: float | None = None
-    snapshot: dict | None = None
-    snapshot_at: float = 0.0
-    snapshot_stale: bool = False  # a refresh was skipped (throttled): the housekeeper schedules one
-    kept_history: list = field(default_factory=list)
-    stats_dirty: bool = False
+    source: SourceRunner | None = None
+    counters: SessionCounters = field(default_factory=SessionCounters)
+    stats_dirty: bool = False  # something changed since the last input_video.stats event
     stats_sent_at: float = 0.0
-    alerts: deque = field(default_factory=lambda: deque(maxlen=200))
-    rules: dict = field(default_factory=dict)  # rule_id -> WatchRule (a copy readers get without the session lock)
 
     def touch(self) -> None:
         self.last_active = time.monotonic()
-
-
-# --------------------------------------------------------------------------- server-pulled sources
-
-class _SourceRunner:
-    """Reads one server-pulled source in its own thread and feeds the session's frames.
-
-    ``paced``: frames of a non-live source are released at their stream times (a file or HTTP
-    download played as a live camera). ``blocking``: each frame waits for the model (nothing is
-    dropped; ``realtime=False``).
-    """
-
-    def __init__(self, manager: "SessionManager", entry: _Entry, sampler, spec: str, *, paced: bool, blocking: bool) -> None:
-        self.manager = manager
-        self.entry = entry
-        self.sampler = sampler
-        self.spec = spec
-        self.name = sampler.source.name
-        self.info = sampler.info
-        self.paced = paced
-        self.blocking = blocking
-        self.frames = 0
-        self.pts: float | None = None
-        self.first_pts: float | None = None
-        self.error: str | None = None
-        self.finished = False
-        self._gaps_seen = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"source-{entry.sid}", daemon=True)
-
-    def start(self) -> None:
-        # Start the sampler here, not lazily in the reader thread: Sampler.close() from another thread
-        # racing a lazy Sampler.start() could try to join its reader before it was started.
-        self.sampler.start()
-        self._thread.start()
-
-    def stop(self, join_s: float = 2.0) -> None:
-        self._stop.set()
-        self.sampler.close(join_timeout_s=min(join_s, 1.0))
-        if threading.current_thread() is not self._thread:
-            self._thread.join(join_s)
-
-    @property
-    def stopped(self) -> bool:
-        return self._stop.is_set()
-
-    def progress(self) -> dict[str, Any]:
-        duration = self.info.duration_s
-        pts = self.pts
-        rel = None if pts is None else pts - (self.first_pts or 0.0)
-        fraction = None
-        if duration and rel is not None:
-            fraction = 1.0 if self.finished and not self.error else max(0.0, min(1.0, rel / duration))
-        return {"source": self.name, "pts": pts, "duration_s": duration, "fraction": fraction,
-                "finished": self.finished, "error": self.error, "frames": self.frames, "live": self.info.live}
-
-    def _check_gaps(self) -> None:
-        gaps = self.sampler.source.counters.gaps
-        while self._gaps_seen < len(gaps):
-            g = gaps[self._gaps_seen]
-            self._gaps_seen += 1
-            self.manager._emit(self.entry, {"type": "input_source.gap", "source": self.name,
-                                            "gap": dataclasses.asdict(g)})
-
-    def _run(self) -> None:
-        from streaming.errors import SourceError
-        from streaming.pacing import RealtimeClock
-
-        clock = RealtimeClock(1.0, self._stop) if self.paced else None
-        reason = "end of stream"
-        try:
-            while not self._stop.is_set():
-                frame = self.sampler.poll(timeout=0.5)
-                self._check_gaps()
-                if frame is None:
-                    if self.sampler.finished:
-                        break
-                    continue
-                if clock is not None:
-                    due = clock.wait(frame.pts)
-                    if due is None:
-                        break
-                    frame = dataclasses.replace(frame, wall=due)
-                if self.first_pts is None:
-                    self.first_pts = frame.pts
-                self.pts = frame.pts
-                self.frames += 1
-                future = self.manager._enqueue_frame(self.entry, frame)
-                if self.blocking and future is not None:
-                    self._wait(future)
-        except SourceError as exc:
-            self.error = str(exc)
-            self.manager._emit(self.entry, {"type": "input_source.error", "source": self.name, "error": {
-                "code": "source_error", "source_error": type(exc).__name__, "message": str(exc)}})
-        except (SessionClosed, SchedulerClosed):
-            reason = "session closed"
-        except Exception as exc:  # noqa: BLE001 - any failure ends this source alone
-            logger.exception("source %s of session %s failed", self.name, self.entry.sid)
-            self.error = f"{type(exc).__name__}: {exc}"
-            self.manager._emit(self.entry, {"type": "input_source.error", "source": self.name, "error": {
-                "code": "internal_error", "source_error": type(exc).__name__, "message": str(exc)}})
-        finally:
-            self.finished = True
-            self.sampler.close(join_timeout_s=0.5)
-        if self.error is None and not self.entry.closed:
-            if self._stop.is_set():
-                reason = "stopped"
-            self.manager._emit(self.entry, {"type": "input_source.ended", "source": self.name, "reason": reason,
-                                            "frames": self.frames, "pts": self.pts})
-
-    def _wait(self, future: concurrent.futures.Future) -> None:
-        while not self._stop.is_set():
-            try:
-                future.result(timeout=0.5)
-                return
-            except concurrent.futures.TimeoutError:
-                continue
-            except concurrent.futures.CancelledError:
-                return
-            except Exception:  # noqa: BLE001 - already reported as an error event by the manager
-                return
 
 
 # --------------------------------------------------------------------------- the manager
@@ -415,7 +146,8 @@ class SessionManager:
             if len(self._entries) >= self.config.max_sessions:
                 raise SessionLimit(f"the server holds {self.config.max_sessions} sessions already (max_sessions); "
                                    "close one or try later")
-            self._entries[sid] = _Entry(sid, owner, cfg, _RateLimiter(self.config.max_fps))
+            self._entries[sid] = _Entry(sid, cfg, RateLimiter(self.config.max_fps),
+                                        SnapshotCache(self.config.snapshot_interval_s))
             self._counters["sessions_created"] += 1
         logger.info("session %s created (owner %s)", sid, owner)
         return sid
@@ -448,7 +180,7 @@ class SessionManager:
                 raise SessionClosed(f"session {entry.sid} is closed")
             if entry.session is None:
                 entry.session = Session(self.backend, entry.config, session_id=entry.sid)
-                self._refresh_snapshot(entry, force=True)
+                entry.snapshot.refresh(entry.session, force=True)
             return entry.session
 
     def _run_control(self, entry: _Entry, fn: Callable[[], Any], priority: int = CONTROL) -> Any:
@@ -517,7 +249,7 @@ class SessionManager:
                 old = entry.session
                 entry.session = Session(self.backend, new, session_id=sid)
                 entry.config = new
-                self._refresh_snapshot(entry, force=True)
+                entry.snapshot.refresh(entry.session, force=True)
             if old is not None:
                 old.close()
             return new
@@ -572,10 +304,10 @@ class SessionManager:
         entry = self._entry(sid)
         self.check_frame(frame)
         with entry.lock:
-            entry.counters["frames_submitted"] += 1
+            entry.counters.counts["frames_submitted"] += 1
             entry.touch()
             if not entry.limiter.allow():
-                entry.dropped["rate_limit"] += 1
+                entry.counters.dropped["rate_limit"] += 1
                 entry.stats_dirty = True
                 return FrameVerdict(False, "rate_limit")
         replaced = self._enqueue_frame(entry, frame, count_submit=False, return_replaced=True)
@@ -600,15 +332,15 @@ class SessionManager:
             if entry.closed:
                 raise SessionClosed(f"session {entry.sid} is closed")
             if count_submit:
-                entry.counters["frames_submitted"] += 1
-            entry.counters["frames_accepted"] += 1
+                entry.counters.counts["frames_submitted"] += 1
+            entry.counters.counts["frames_accepted"] += 1
             entry.inputs += 1
             entry.stats_dirty = True
             entry.touch()
 
         def dropped() -> None:
             with entry.lock:
-                entry.dropped["backlog"] += 1
+                entry.counters.dropped["backlog"] += 1
 
         future, replaced = self.scheduler.submit_frame(entry.sid, lambda: self._process_frame(entry, frame), on_drop=dropped)
         return replaced if return_replaced else future
@@ -620,23 +352,18 @@ class SessionManager:
             result = session.ingest(frame, evaluate_watches=False)
         except Exception as exc:
             with entry.lock:
-                entry.counters["frame_errors"] += 1
+                entry.counters.counts["frame_errors"] += 1
             if not isinstance(exc, SessionClosed):
                 logger.warning("session %s: frame %d failed: %s", entry.sid, frame.index, exc)
-                self._emit(entry, {"type": "error", "error": {"code": "internal_error",
-                                                              "message": f"frame {frame.index} (pts {frame.pts:.3f}) failed: {exc}"}})
+                message = f"frame {frame.index} (pts {frame.pts:.3f}) failed: {exc}"
+                self._emit(entry, {"type": "error", "error": {"code": "internal_error", "message": message}})
             raise
         now = time.monotonic()
         with entry.lock:
-            entry.counters["frames_processed"] += 1
-            entry.lag_s = lag
-            entry.last_pts = frame.pts
-            entry.processed_at.append(now)
-            while entry.processed_at and entry.processed_at[0] < now - FPS_WINDOW_S:
-                entry.processed_at.popleft()
+            entry.counters.frame_processed(frame.pts, lag, now)
             entry.stats_dirty = True
             entry.touch()
-        self._refresh_snapshot(entry)
+        entry.snapshot.refresh(session)
         cfg = session.config
         if (result.scene_change or cfg.watch_on_every_frame) and session.rules():
             try:
@@ -657,9 +384,10 @@ class SessionManager:
                                                               "message": f"watch-rule check failed: {exc}"}})
             raise
         with entry.lock:
-            entry.counters["watch_checks"] += 1
-            entry.counters["alerts"] += len(alerts)
-            entry.alerts.extend(alerts)
+            entry.counters.counts["watch_checks"] += 1
+            entry.counters.counts["alerts"] += len(alerts)
+        if alerts:
+            entry.snapshot.refresh(session, force=True)
         for alert in alerts:
             self._emit(entry, {"type": "alert.triggered", **alert.to_dict()})
         return alerts
@@ -683,14 +411,15 @@ class SessionManager:
 
         def work() -> int:
             try:
-                n = self._ensure(entry).ingest_text(float(pts), text)
+                session = self._ensure(entry)
+                n = session.ingest_text(float(pts), text)
             except Exception:
                 with entry.lock:
-                    entry.counters["text_errors"] += 1
+                    entry.counters.counts["text_errors"] += 1
                 raise
             with entry.lock:
-                entry.counters["texts"] += 1
-            self._refresh_snapshot(entry, force=True)
+                entry.counters.counts["texts"] += 1
+            entry.snapshot.refresh(session, force=True)
             return n
 
         return self._submit(entry, ANSWER, work)  # in order with the session's questions (a text is short)
@@ -726,16 +455,17 @@ class SessionManager:
 
         def work() -> Answer:
             try:
-                answer = self._ensure(entry).answer(question, on_delta=on_delta, should_stop=cancel.is_set,
-                                                    max_new_tokens=max_new_tokens, top_k=top_k)
+                session = self._ensure(entry)
+                answer = session.answer(question, on_delta=on_delta, should_stop=cancel.is_set,
+                                        max_new_tokens=max_new_tokens, top_k=top_k)
             except Exception:
                 with entry.lock:
-                    entry.counters["answer_errors"] += 1
+                    entry.counters.counts["answer_errors"] += 1
                 raise
             with entry.lock:
-                entry.counters["answers"] += 1
+                entry.counters.counts["answers"] += 1
                 entry.touch()
-            self._refresh_snapshot(entry, force=True)
+            entry.snapshot.refresh(session, force=True)
             return answer
 
         with entry.lock:
@@ -778,29 +508,29 @@ class SessionManager:
             entry.touch()
         session = entry.session or self._run_control(entry, lambda: self._ensure(entry))
         watch_rule = session.watch(rule)
-        with entry.lock:
-            entry.rules[watch_rule.rule_id] = watch_rule
+        entry.snapshot.refresh(session, force=True)  # readers see the rule at once
         return watch_rule
 
     def unwatch(self, sid: str, rule_id: str) -> bool:
         """Remove a watch rule; False when the session has no such rule."""
         entry = self._entry(sid)
         entry.touch()
-        with entry.lock:
-            entry.rules.pop(rule_id, None)
-        return entry.session.unwatch(rule_id) if entry.session is not None else False
+        session = entry.session
+        if session is None:
+            return False
+        removed = session.unwatch(rule_id)
+        entry.snapshot.refresh(session, force=True)
+        return removed
 
     def rules(self, sid: str) -> list[WatchRule]:
-        """The session's watch rules, oldest first (never waits for the model)."""
-        entry = self._entry(sid)
-        with entry.lock:
-            return list(entry.rules.values())
+        """The session's watch rules, oldest first (a cached copy: never waits for the model)."""
+        snapshot = self._entry(sid).snapshot.current
+        return list(snapshot.rules) if snapshot is not None else []
 
-    def alerts(self, sid: str) -> list:
-        """The session's recent alerts (:class:`~app.engine.types.Alert`), oldest first."""
-        entry = self._entry(sid)
-        with entry.lock:
-            return list(entry.alerts)
+    def alerts(self, sid: str) -> list[Alert]:
+        """The session's recent alerts, oldest first (a cached copy: never waits for the model)."""
+        snapshot = self._entry(sid).snapshot.current
+        return list(snapshot.alerts) if snapshot is not None else []
 
     # ---- server-pulled sources -------------------------------------------------------------------
     def set_source(self, sid: str, spec: str, *, fps: float | None = 1.0, realtime: bool = True,
@@ -825,7 +555,8 @@ class SessionManager:
         entry = self._entry(sid)
         if fps is None:
             fps = self.config.max_fps
-        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or not 0 < fps <= self.config.max_fps:
+        if (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps)
+                or not 0 < fps <= self.config.max_fps):
             raise InvalidRequest(f"fps must be a number in (0, {self.config.max_fps:g}] (max_fps); got {fps!r}")
         if not isinstance(spec, str) or not spec.strip():
             raise InvalidRequest("a source needs a non-empty URL or path")
@@ -839,7 +570,9 @@ class SessionManager:
         paced = bool(realtime) and not source.live
         sampler = Sampler(source, SamplerConfig(fps=float(fps), max_side=self.config.max_frame_side),
                           live=source.live)
-        runner = _SourceRunner(self, entry, sampler, spec, paced=paced, blocking=not realtime)
+        runner = SourceRunner(sampler, sid, emit=lambda event: self._emit(entry, event),
+                              enqueue=lambda frame: self._enqueue_frame(entry, frame),
+                              session_closed=lambda: entry.closed, paced=paced, blocking=not realtime)
         with entry.lock:
             if entry.closed:
                 sampler.close()
@@ -896,35 +629,19 @@ class SessionManager:
             except Exception:  # noqa: BLE001 - one subscriber cannot break the others
                 logger.exception("session %s: event subscriber failed", entry.sid)
 
-    def _refresh_snapshot(self, entry: _Entry, force: bool = False) -> None:
-        """Cache the session's stats (on the worker, so readers never wait for the model)."""
-        now = time.monotonic()
+    def _catch_up_snapshot(self, entry: _Entry) -> None:
+        """Refresh a snapshot that missed the last frames, and let the next stats event carry it."""
         session = entry.session
         if session is None:
             return
-        if not force and now - entry.snapshot_at < self.config.snapshot_interval_s:
-            entry.snapshot_stale = True
-            return
-        try:
-            snap = session.stats()
-            history = session.kept_history()[-2000:]
-        except SessionError:
-            return
-        with entry.lock:
-            entry.snapshot, entry.snapshot_at, entry.kept_history = snap, now, history
-            entry.snapshot_stale = False
-
-    def _catch_up_snapshot(self, entry: _Entry) -> None:
-        """Refresh a snapshot that missed the last frames, and let the next stats event carry it."""
-        self._refresh_snapshot(entry, force=True)
+        entry.snapshot.refresh(session, force=True)
         with entry.lock:
             entry.stats_dirty = True
 
     def kept_history(self, sid: str) -> list[tuple[float, float]]:
         """``[(pts, kept_ratio)]`` of recent frames (at most 2000; cached, never waits for the model)."""
-        entry = self._entry(sid)
-        with entry.lock:
-            return list(entry.kept_history)
+        snapshot = self._entry(sid).snapshot.current
+        return list(snapshot.kept_history) if snapshot is not None else []
 
     def stats(self, sid: str) -> dict:
         """The session's statistics (never waits for the model).
@@ -940,52 +657,12 @@ class SessionManager:
         (the session's pending work; the worker's busy fraction).
         """
         entry = self._entry(sid)
-        now = time.monotonic()
         with entry.lock:
-            while entry.processed_at and entry.processed_at[0] < now - FPS_WINDOW_S:
-                entry.processed_at.popleft()
-            fps = len(entry.processed_at) / FPS_WINDOW_S
-            c = dict(entry.counters)
-            dropped = dict(entry.dropped)
-            snap = dict(entry.snapshot or {})
+            counters = entry.counters.view(time.monotonic())
             runner = entry.source
             job = entry.answer
-            lag, last_pts = entry.lag_s, entry.last_pts
-            n_rules = len(entry.rules)
-        source = None
-        if runner is not None:
-            source = runner.progress()
-            ing = runner.sampler.stats()
-            dropped["source"] = ing.dropped
-            source["ingest"] = {"decoded": ing.decoded, "sampled": ing.sampled, "delivered": ing.delivered,
-                                "dropped": ing.dropped, "decode_errors": ing.decode_errors, "lag_s": ing.lag_s,
-                                "fps": ing.fps, "reconnects": ing.reconnects, "reconnecting": ing.reconnecting,
-                                "gaps": len(ing.gaps)}
-        else:
-            dropped["source"] = 0
-        sched = self.scheduler.stats()
-        return {
-            "session_id": sid,
-            **snap,
-            "ingest": {
-                "frames_submitted": c["frames_submitted"],
-                "frames_accepted": c["frames_accepted"],
-                "frames_processed": c["frames_processed"],
-                "frame_errors": c["frame_errors"],
-                "fps": round(fps, 3),
-                "lag_s": round(lag, 4),
-                "last_pts": last_pts,
-                "dropped": dropped,
-                "dropped_total": sum(dropped.values()),
-            },
-            "texts": c["texts"],
-            "answers": c["answers"],
-            "answering": job is not None and not job.future.done(),
-            "watch": {"rules": n_rules, "checks": c["watch_checks"], "alerts": c["alerts"]},
-            "source": source,
-            "scheduler": {"pending": self.scheduler.pending(sid), "busy_fraction": sched["busy_fraction"],
-                          "running": sched["running"]},
-        }
+        return compose_stats(sid, counters, entry.snapshot.current, runner,
+                             answering=job is not None and not job.future.done(), scheduler=self.scheduler)
 
     def manager_stats(self) -> dict:
         """Process-wide counters: sessions, scheduler."""
@@ -1011,10 +688,9 @@ class SessionManager:
                     logger.info("session %s expired after %.0f s idle", entry.sid, now - entry.last_active)
                     self.close_session(entry.sid, reason="expired")
                     continue
-                if entry.snapshot_stale and now - entry.snapshot_at >= self.config.snapshot_interval_s:
+                if entry.snapshot.take_catch_up(now):
                     # the last frames came too close together to be in the cached stats: refresh on the
                     # worker (it holds the session; readers never wait for the model)
-                    entry.snapshot_stale = False
                     try:
                         self.scheduler.submit(ALERT, lambda e=entry: self._catch_up_snapshot(e), key=entry.sid,
                                               coalesce=("snapshot", entry.sid))
@@ -1043,7 +719,7 @@ class SessionManager:
             if entry.answer is not None:
                 entry.answer.cancel.set()
             if entry.source is not None:
-                entry.source._stop.set()
+                entry.source.signal_stop()
         self.scheduler.shutdown(timeout=timeout)
         for entry in entries:
             self.close_session(entry.sid, reason="server shutdown")

@@ -106,8 +106,8 @@ def load_backend_with_fallback(model: str, *, device: str = "cpu", dtype: str = 
     Raises:
         BackendError: ``model`` failed for another reason, or the fallback failed too.
     """
-    from app.engine.backends.base import ModelNotAvailable
     from app.engine.backends.registry import load_backend
+    from app.engine.backends.types import ModelNotAvailable
 
     try:
         backend = load_backend(model, device=device, dtype=dtype, quantization=quantization)
@@ -153,7 +153,7 @@ def run_server(opts: ServeOptions, *, page_launcher: PageLauncher | None = None,
     if opts.offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
     elif _is_hub_id(opts.model) and not os.environ.get("HF_HUB_OFFLINE") and not hub_reachable():
-        # Without a network the hub client retries for about 30 s before giving up; cached weights
+        # Without a network the hub client keeps retrying for a long while before giving up; cached weights
         # still load offline.
         logger.warning("the model hub cannot be reached: loading %s from the local cache only", opts.model)
         os.environ["HF_HUB_OFFLINE"] = "1"

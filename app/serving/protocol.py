@@ -1,9 +1,11 @@
 """The websocket API's wire format: event schema, validation, error codes and the binary frame header.
 
-Every JSON message is one event object ``{"type": ..., "event_id": ...}``. Client events are
-validated here into :class:`ClientEvent` (unknown extra fields are ignored, so clients may send
-more than this version reads); server events are built with :func:`server_event`. This module
-does no I/O and knows nothing of sessions or sockets.
+Every JSON message is one event object ``{"type": ..., "event_id": ...}``. Each client event type
+has a validator here (``validate_*``, a :data:`Validator`) that turns a message into the fields of
+a :class:`ClientEvent` (unknown extra fields are ignored, so clients may send more than this
+version reads); the server's event table pairs each type with its validator and its handler and
+hands the validators to :func:`parse_message`. Server events are built with :func:`server_event`.
+This module does no I/O and knows nothing of sessions or sockets.
 
 Binary frame messages (a video frame without base64)::
 
@@ -22,6 +24,7 @@ import json
 import math
 import struct
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,30 +52,6 @@ ERROR_CODES = (
     "unauthorized",          # (handshake) a missing or wrong bearer token: HTTP 401
     "session_limit",         # the server holds max_sessions sessions already
     "internal_error",        # a server fault; the message says what failed
-)
-
-CLIENT_EVENT_TYPES = (
-    "session.update",
-    "session.stats",
-    "input_source.set",
-    "input_source.stop",
-    "input_video.append",
-    "input_text.append",
-    "conversation.item.create",
-    "response.create",
-    "response.cancel",
-    "watch.create",
-    "watch.delete",
-)
-
-SERVER_EVENT_TYPES = (
-    "session.created", "session.updated", "session.closed",
-    "input_source.started", "input_source.ended", "input_source.error", "input_source.gap",
-    "input_text.committed", "input_video.stats",
-    "conversation.item.created",
-    "response.created", "response.output_text.delta", "response.output_text.done", "response.done",
-    "watch.created", "watch.deleted", "alert.triggered",
-    "error",
 )
 
 MAX_EVENT_ID_CHARS = 128
@@ -146,8 +125,15 @@ def _finite(obj: Any) -> Any:
 
 # --------------------------------------------------------------------------- client events
 
-def parse_message(text: str) -> ClientEvent:
-    """Parse and validate one JSON text message.
+#: ``validator(message object, event_id) -> the event's normalised fields``; raises :class:`ProtocolError`.
+Validator = Callable[[dict, str | None], dict]
+
+
+def parse_message(text: str, validators: Mapping[str, Validator]) -> ClientEvent:
+    """Parse one JSON text message and validate it with the validator of its ``type``.
+
+    Args:
+        validators: the validator of every client event type the server takes (type -> validator).
 
     Raises:
         ProtocolError: ``invalid_json``, ``unknown_event_type`` or ``invalid_event`` (naming the field).
@@ -165,9 +151,9 @@ def parse_message(text: str) -> ClientEvent:
     type_ = obj.get("type")
     if not isinstance(type_, str) or not type_:
         raise ProtocolError("invalid_event", "a message needs a string field 'type'", event_id, param="type")
-    validator = _VALIDATORS.get(type_)
+    validator = validators.get(type_)
     if validator is None:
-        raise ProtocolError("unknown_event_type", f"unknown event type {type_[:80]!r}; known: {', '.join(CLIENT_EVENT_TYPES)}",
+        raise ProtocolError("unknown_event_type", f"unknown event type {type_[:80]!r}; known: {', '.join(validators)}",
                             event_id)
     return ClientEvent(type_, event_id, validator(obj, event_id))
 
@@ -226,7 +212,8 @@ def content_text(content: Any, event_id: str | None, where: str) -> str:
             raise _bad(event_id, where, f"field '{where}' must not be empty")
         return content
     if not isinstance(content, list) or not content:
-        raise _bad(event_id, where, f"field '{where}' must be a non-empty list of {{\"type\": \"input_text\", \"text\": ...}} parts")
+        raise _bad(event_id, where,
+                   f"field '{where}' must be a non-empty list of {{\"type\": \"input_text\", \"text\": ...}} parts")
     texts = []
     for i, part in enumerate(content):
         name = f"{where}[{i}]"
@@ -236,32 +223,38 @@ def content_text(content: Any, event_id: str | None, where: str) -> str:
     return "\n".join(texts)
 
 
-def _v_session_update(obj: dict, eid: str | None) -> dict:
+def validate_session_update(obj: dict, eid: str | None) -> dict:
+    """``session.update``: ``{"session": {setting: value}}`` (the server checks the settings)."""
     session = obj.get("session")
     if not isinstance(session, dict):
         raise _bad(eid, "session", "session.update needs an object field 'session' with the settings to change")
     return {"session": dict(session)}
 
 
-def _v_empty(obj: dict, eid: str | None) -> dict:
+def validate_empty(obj: dict, eid: str | None) -> dict:
+    """An event without fields (``session.stats``, ``input_source.stop``, ``response.cancel``)."""
     return {}
 
 
-def _v_source_set(obj: dict, eid: str | None) -> dict:
+def validate_source_set(obj: dict, eid: str | None) -> dict:
+    """``input_source.set``: ``{"url", "fps" (None: 1), "realtime" (None: true)}``."""
     return {"url": _str(obj, "url", eid, max_len=4096),
             "fps": _num(obj, "fps", eid, lo=0, hi=1000, lo_open=True),
             "realtime": _bool(obj, "realtime", eid)}
 
 
-def _v_video_append(obj: dict, eid: str | None) -> dict:
+def validate_video_append(obj: dict, eid: str | None) -> dict:
+    """``input_video.append``: ``{"image" (base64 JPEG/PNG), "pts" (None: arrival time)}``."""
     return {"image": _str(obj, "image", eid), "pts": _num(obj, "pts", eid, lo=0, hi=1e12)}
 
 
-def _v_text_append(obj: dict, eid: str | None) -> dict:
+def validate_text_append(obj: dict, eid: str | None) -> dict:
+    """``input_text.append``: ``{"text", "pts" (None: the last frame's)}``."""
     return {"text": _str(obj, "text", eid, max_len=4000), "pts": _num(obj, "pts", eid, lo=0, hi=1e12)}
 
 
-def _v_item_create(obj: dict, eid: str | None) -> dict:
+def validate_item_create(obj: dict, eid: str | None) -> dict:
+    """``conversation.item.create``: ``{"text"}`` of a user message."""
     item = obj.get("item")
     if not isinstance(item, dict):
         raise _bad(eid, "item", "conversation.item.create needs an object field 'item'")
@@ -272,7 +265,8 @@ def _v_item_create(obj: dict, eid: str | None) -> dict:
     return {"text": content_text(item.get("content"), eid, "item.content")}
 
 
-def _v_response_create(obj: dict, eid: str | None) -> dict:
+def validate_response_create(obj: dict, eid: str | None) -> dict:
+    """``response.create``: ``{"input" (None: the pending items), "max_output_tokens", "top_k"}``."""
     response = obj.get("response", {})
     if response is None:
         response = {}
@@ -286,30 +280,17 @@ def _v_response_create(obj: dict, eid: str | None) -> dict:
             "top_k": _num(response, "top_k", eid, lo=0, hi=4096, integer=True, where="response.")}
 
 
-def _v_watch_create(obj: dict, eid: str | None) -> dict:
+def validate_watch_create(obj: dict, eid: str | None) -> dict:
+    """``watch.create``: ``{"rule"}`` (``rule`` as a string or ``{"text": ...}``)."""
     rule = obj.get("rule")
     if isinstance(rule, dict):
         return {"rule": _str(rule, "text", eid, max_len=500, where="rule.")}
     return {"rule": _str(obj, "rule", eid, max_len=500)}
 
 
-def _v_watch_delete(obj: dict, eid: str | None) -> dict:
+def validate_watch_delete(obj: dict, eid: str | None) -> dict:
+    """``watch.delete``: ``{"rule_id"}``."""
     return {"rule_id": _str(obj, "rule_id", eid, max_len=64)}
-
-
-_VALIDATORS = {
-    "session.update": _v_session_update,
-    "session.stats": _v_empty,
-    "input_source.set": _v_source_set,
-    "input_source.stop": _v_empty,
-    "input_video.append": _v_video_append,
-    "input_text.append": _v_text_append,
-    "conversation.item.create": _v_item_create,
-    "response.create": _v_response_create,
-    "response.cancel": _v_empty,
-    "watch.create": _v_watch_create,
-    "watch.delete": _v_watch_delete,
-}
 
 
 # --------------------------------------------------------------------------- frames

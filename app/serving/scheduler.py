@@ -113,7 +113,8 @@ class Scheduler:
             self._cond.notify()
             return task.future
 
-    def submit_frame(self, key: Hashable, fn: Callable[[], Any], *, on_drop: Callable[[], None] | None = None) -> tuple[Future, bool]:
+    def submit_frame(self, key: Hashable, fn: Callable[[], Any], *,
+                     on_drop: Callable[[], None] | None = None) -> tuple[Future, bool]:
         """Queue frame work for session ``key``; a pending frame of that session is replaced.
 
         Returns:
@@ -233,7 +234,7 @@ class Scheduler:
             t0 = time.monotonic()
             try:
                 result = fn()
-            except BaseException as exc:  # the failure belongs to this task alone
+            except BaseException as exc:  # noqa: BLE001 - the failure belongs to this task alone
                 with self._cond:
                     self._counters["failed"] += 1
                 logger.debug("scheduler task (%s, %r) failed: %s", PRIORITY_NAMES[priority], key, exc)

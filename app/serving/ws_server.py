@@ -9,6 +9,10 @@ event loop keeps serving every connection.
 Outgoing events per connection go through a bounded outbox: ``input_video.stats`` events are
 merged (only the newest waits), everything else (answer deltas, errors, alerts) is kept in order;
 a client that lets ``send_queue`` events pile up is disconnected (close code 1013).
+
+Client events are served from one table, :data:`CLIENT_EVENTS`: each type's validator and handler
+(checked when a server is built). Errors become ``error`` events by their ``code`` attribute
+(:func:`error_for`).
 """
 
 from __future__ import annotations
@@ -17,30 +21,30 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import hmac
+import inspect
 import ipaddress
 import logging
 import math
 import threading
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from app.engine.config import ConfigError
-from app.serving.manager import (
-    FrameTooLarge,
-    InvalidRequest,
-    ManagerError,
-    ResponseInProgress,
-    SessionLimit,
-    SessionManager,
-    UnknownSession,
-)
+from app.serving import protocol
+from app.serving.errors import InvalidRequest, ManagerError, SessionLimit, UnknownSession
+from app.serving.limits import LIVE_FIELDS
+from app.serving.manager import SessionManager
 from app.serving.protocol import (
+    ERROR_CODES,
+    FRAME_HEADER,
     ClientEvent,
     ProtocolError,
+    Validator,
     decode_base64_image,
     dumps,
     error_event,
@@ -49,17 +53,14 @@ from app.serving.protocol import (
     response_object,
     server_event,
     unpack_frame,
-    FRAME_HEADER,
 )
-from app.engine.types import SessionError
+from streaming.checks import check_int, check_number
 
 logger = logging.getLogger(__name__)
 
 #: Session settings a remote client may not set unless the server allows file access: they name
 #: server-side paths.
 SERVER_PATH_FIELDS = frozenset({"memory_dir", "persist"})
-#: Connection-level settings accepted by ``session.update`` besides SessionConfig fields.
-CONNECTION_FIELDS = frozenset({"evidence_thumbnails"})
 
 
 class ServerConfigError(ConfigError):
@@ -109,26 +110,20 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host.strip():
             raise ServerConfigError(f"host must be a non-empty string; got {self.host!r}")
-        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
-            raise ServerConfigError(f"port must be an integer in [0, 65535]; got {self.port!r}")
+        check_int("port", self.port, low=0, high=65535, error=ServerConfigError)
         if self.token is not None and (not isinstance(self.token, str) or len(self.token) < 8 or not self.token.isprintable()
                                        or " " in self.token):
             raise ServerConfigError("token must be a string of at least 8 printable characters without spaces")
         if self.token is None and not is_loopback(self.host):
             raise ServerConfigError(f"listening on {self.host!r} (beyond loopback) needs a token: pass --token "
                                     "(or LIVESIGHT_TOKEN); without one, listen on 127.0.0.1")
-        for name, hi in (("max_message_bytes", 2**30), ("hard_max_bytes", 2**32)):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1024 <= value <= hi):
-                raise ServerConfigError(f"{name} must be an integer in [1024, {hi}] or None; got {value!r}")
-        if isinstance(self.send_queue, bool) or not isinstance(self.send_queue, int) or not 16 <= self.send_queue <= 1_000_000:
-            raise ServerConfigError(f"send_queue must be an integer in [16, 1000000]; got {self.send_queue!r}")
-        if self.ping_interval_s is not None and not (isinstance(self.ping_interval_s, (int, float))
-                                                     and 0 < self.ping_interval_s <= 3600):
-            raise ServerConfigError(f"ping_interval_s must be a number in (0, 3600] or None; got {self.ping_interval_s!r}")
-        if not isinstance(self.rate_limit_error_interval_s, (int, float)) or not 0 <= self.rate_limit_error_interval_s <= 3600:
-            raise ServerConfigError("rate_limit_error_interval_s must be a number in [0, 3600]; "
-                                    f"got {self.rate_limit_error_interval_s!r}")
+        check_int("max_message_bytes", self.max_message_bytes, low=1024, high=2**30, allow_none=True,
+                  error=ServerConfigError)
+        check_int("hard_max_bytes", self.hard_max_bytes, low=1024, high=2**32, allow_none=True, error=ServerConfigError)
+        check_int("send_queue", self.send_queue, low=16, high=1_000_000, error=ServerConfigError)
+        check_number("ping_interval_s", self.ping_interval_s, low=0, high=3600, allow_none=True, error=ServerConfigError)
+        check_number("rate_limit_error_interval_s", self.rate_limit_error_interval_s, low=0, high=3600,
+                     low_inclusive=True, error=ServerConfigError)
 
 
 @dataclass(frozen=True)
@@ -151,28 +146,32 @@ class Limits:
         return cls(message, max_frame_bytes, binary, hard)
 
 
-def error_for(exc: BaseException, event_id: str | None) -> dict[str, Any]:
-    """The ``error`` event for an exception raised while serving a client event."""
-    from streaming.errors import SchemeNotAllowed, SourceError
+#: Fields an error object carries besides ``code`` and ``message``, by code (what the exceptions
+#: raised with that code hold).
+_ERROR_FIELDS: dict[str, Callable[[BaseException], dict[str, Any]]] = {
+    "scheme_not_allowed": lambda exc: {"scheme": exc.scheme, "allowed": list(exc.allowed)},
+    "source_error": lambda exc: {"source_error": type(exc).__name__},
+}
 
-    if isinstance(exc, ProtocolError):
-        return error_event(exc.code, exc.message, exc.event_id if exc.event_id is not None else event_id, **exc.extra)
-    if isinstance(exc, SchemeNotAllowed):
-        return error_event("scheme_not_allowed", str(exc), event_id, scheme=exc.scheme, allowed=list(exc.allowed))
-    if isinstance(exc, SourceError):
-        return error_event("source_error", str(exc), event_id, source_error=type(exc).__name__)
-    if isinstance(exc, ConfigError):
-        return error_event("invalid_config", str(exc), event_id)
-    if isinstance(exc, FrameTooLarge):
-        return error_event("frame_too_large", str(exc), event_id)
-    if isinstance(exc, ResponseInProgress):
-        return error_event("response_in_progress", str(exc), event_id)
-    if isinstance(exc, SessionLimit):
-        return error_event("session_limit", str(exc), event_id)
-    if isinstance(exc, (InvalidRequest, SessionError, ValueError)):
-        return error_event("invalid_event", str(exc), event_id)
-    logger.error("internal error while serving %s", event_id, exc_info=exc)
-    return error_event("internal_error", f"{type(exc).__name__}: {exc}", event_id)
+
+def error_for(exc: BaseException, event_id: str | None) -> dict[str, Any]:
+    """The ``error`` event for an exception raised while serving a client event.
+
+    The code is the exception's ``code`` attribute (every error class a client can cause has one);
+    a :class:`ProtocolError` adds its own ``event_id`` and ``extra`` fields. Anything else (a plain
+    ``ValueError`` too) is a fault of the server: it is logged with its traceback and reported as
+    ``internal_error``.
+    """
+    code = getattr(exc, "code", None)
+    if not isinstance(code, str) or code not in ERROR_CODES or code == "internal_error":
+        logger.error("internal error while serving %s", event_id, exc_info=exc)
+        return error_event("internal_error", f"{type(exc).__name__}: {exc}", event_id)
+    own_id = getattr(exc, "event_id", None)
+    extra = dict(getattr(exc, "extra", None) or {})
+    fields = _ERROR_FIELDS.get(code)
+    if fields is not None:
+        extra.update(fields(exc))
+    return error_event(code, str(exc), own_id if own_id is not None else event_id, **extra)
 
 
 # --------------------------------------------------------------------------- per-connection
@@ -188,14 +187,12 @@ class _Outbox:
         self._stats: dict | None = None  # the queued stats event (merged in place)
         self._ready = asyncio.Event()
         self.overflow = False
-        self.merged = 0
 
     def put(self, event: dict) -> None:
         if event.get("type") == self.MERGED and event.get("reply_to") is None:
             if self._stats is not None:
                 self._stats.clear()
                 self._stats.update(event)
-                self.merged += 1
                 return
             self._stats = event
         self._items.append(event)
@@ -232,7 +229,6 @@ class _Connection:
         self.last_pts: float | None = None
         self.last_rate_error = -math.inf
         self.closing = False
-        self.response_id: str | None = None
 
     # events from manager threads
     def from_thread(self, event: dict) -> None:
@@ -292,14 +288,23 @@ class WebSocketServer:
     Use :meth:`start` / :meth:`stop` to run it in a background thread with its own event loop, or
     ``await serve()`` inside an existing loop.
 
+    Args:
+        events: the client events served, type -> :class:`ClientEventSpec` (default
+            :data:`CLIENT_EVENTS`); checked here by :func:`check_event_table`.
+
     Raises:
-        ServerConfigError: (at construction) a non-loopback host without a token, bad limits.
+        ServerConfigError: (at construction) a non-loopback host without a token, bad limits, an
+            event without a validator or a coroutine handler.
     """
 
-    def __init__(self, manager: SessionManager, config: ServerConfig | None = None) -> None:
+    def __init__(self, manager: SessionManager, config: ServerConfig | None = None, *,
+                 events: Mapping[str, "ClientEventSpec"] | None = None) -> None:
         self.manager = manager
         self.config = config if config is not None else ServerConfig()
         self.limits = Limits.derive(self.config, manager.config.max_frame_bytes)
+        self.events = dict(CLIENT_EVENTS if events is None else events)
+        check_event_table(self.events)
+        self._validators = {type_: spec.validate for type_, spec in self.events.items()}
         self._server = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -350,7 +355,7 @@ class WebSocketServer:
             asyncio.set_event_loop(loop)
             try:
                 loop.run_until_complete(self.serve())
-            except BaseException as exc:  # handed to start()
+            except BaseException as exc:  # noqa: BLE001 - handed to start(), which re-raises it
                 started.set_exception(exc)
                 loop.close()
                 return
@@ -424,7 +429,7 @@ class WebSocketServer:
         owner = f"ws:{remote[0]}:{remote[1]}" if remote else "ws"
         try:
             sid = await asyncio.to_thread(self.manager.create_session, None, owner=owner)
-        except (SessionLimit, ManagerError) as exc:
+        except ManagerError as exc:  # SessionLimit, or the manager is shut down
             code = "session_limit" if isinstance(exc, SessionLimit) else "internal_error"
             await ws.send(dumps(error_event(code, str(exc))))
             await ws.close(1013, "session limit reached" if code == "session_limit" else "server shutting down")
@@ -471,8 +476,6 @@ class WebSocketServer:
                 "notice": self.manager.model_notice}
 
     def _limits_view(self) -> dict[str, Any]:
-        from app.serving.manager import LIVE_FIELDS
-
         mc = self.manager.config
         return {"max_message_bytes": self.limits.max_message_bytes, "max_frame_bytes": self.limits.max_frame_bytes,
                 "hard_max_bytes": self.limits.hard_max_bytes, "max_frame_side": mc.max_frame_side,
@@ -491,10 +494,9 @@ class WebSocketServer:
             # len() counts characters; a character is at least one byte, so this never refuses a legal message
             raise ProtocolError("message_too_large", f"text message of {len(message)} characters; the limit is "
                                                      f"{self.limits.max_message_bytes} bytes (max_message_bytes)")
-        event = parse_message(message)
-        handler = getattr(self, "_on_" + event.type.replace(".", "_"))
+        event = parse_message(message, self._validators)
         try:
-            await handler(conn, event)
+            await self.events[event.type].handle(self, conn, event)
         except UnknownSession:
             raise
         except Exception as exc:  # noqa: BLE001 - reported to this client only
@@ -605,7 +607,6 @@ class WebSocketServer:
                                   top_k=ev.data["top_k"])
         if ev.data["input"] is None:
             conn.items.clear()
-        conn.response_id = rid
         conn.push(server_event("response.created", reply_to=ev.event_id,
                                response={"id": rid, "object": "response", "status": "in_progress", "question": question}))
         future.add_done_callback(lambda f: conn.from_thread({"type": "_finish", "future": f, "rid": rid,
@@ -641,3 +642,60 @@ class WebSocketServer:
         if not deleted:
             raise InvalidRequest(f"no watch rule {ev.data['rule_id']!r} in this session")
         conn.push(server_event("watch.deleted", reply_to=ev.event_id, rule_id=ev.data["rule_id"]))
+
+
+# --------------------------------------------------------------------------- the client events
+
+#: ``handler(server, connection, event)``: serves one validated client event (a coroutine function).
+Handler = Callable[[WebSocketServer, _Connection, ClientEvent], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ClientEventSpec:
+    """How the server takes one client event type: its validator (:mod:`app.serving.protocol`) and
+    its handler. Errors either raises become the client's ``error`` event (see :func:`error_for`)."""
+
+    validate: Validator
+    handle: Handler
+
+
+#: Every client event the websocket API takes: the one place a new event is added.
+CLIENT_EVENTS: dict[str, ClientEventSpec] = {
+    "session.update": ClientEventSpec(protocol.validate_session_update, WebSocketServer._on_session_update),
+    "session.stats": ClientEventSpec(protocol.validate_empty, WebSocketServer._on_session_stats),
+    "input_source.set": ClientEventSpec(protocol.validate_source_set, WebSocketServer._on_input_source_set),
+    "input_source.stop": ClientEventSpec(protocol.validate_empty, WebSocketServer._on_input_source_stop),
+    "input_video.append": ClientEventSpec(protocol.validate_video_append, WebSocketServer._on_input_video_append),
+    "input_text.append": ClientEventSpec(protocol.validate_text_append, WebSocketServer._on_input_text_append),
+    "conversation.item.create": ClientEventSpec(protocol.validate_item_create,
+                                                WebSocketServer._on_conversation_item_create),
+    "response.create": ClientEventSpec(protocol.validate_response_create, WebSocketServer._on_response_create),
+    "response.cancel": ClientEventSpec(protocol.validate_empty, WebSocketServer._on_response_cancel),
+    "watch.create": ClientEventSpec(protocol.validate_watch_create, WebSocketServer._on_watch_create),
+    "watch.delete": ClientEventSpec(protocol.validate_watch_delete, WebSocketServer._on_watch_delete),
+}
+
+#: The client event types, in the table's order.
+CLIENT_EVENT_TYPES = tuple(CLIENT_EVENTS)
+
+
+def check_event_table(events: Mapping[str, ClientEventSpec]) -> None:
+    """Refuse an event table the server could not serve.
+
+    Raises:
+        ServerConfigError: an empty table, a type that is not a non-empty string, an entry that is
+            not a :class:`ClientEventSpec`, a validator that is not callable, or a handler that is
+            not a coroutine function. The message names the event type.
+    """
+    if not events:
+        raise ServerConfigError("the client event table is empty")
+    for type_, spec in events.items():
+        if not isinstance(type_, str) or not type_:
+            raise ServerConfigError(f"client event types must be non-empty strings; got {type_!r}")
+        if not isinstance(spec, ClientEventSpec):
+            raise ServerConfigError(f"client event {type_!r}: the entry must be a ClientEventSpec; got {type(spec).__name__}")
+        if not callable(spec.validate):
+            raise ServerConfigError(f"client event {type_!r} has no validator (got {spec.validate!r})")
+        if not inspect.iscoroutinefunction(spec.handle):
+            raise ServerConfigError(f"client event {type_!r} needs a coroutine function as its handler "
+                                    f"(got {spec.handle!r})")

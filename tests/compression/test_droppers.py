@@ -119,7 +119,7 @@ def cut_and_rest(ratios: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 @pytest.mark.parametrize(
     ("field", "value", "range_text"),
     [
-        ("mode", "fast", "['off', 'feature', 'pixel', 'budget']"),
+        ("mode", "fast", "one of off, feature, pixel, budget"),
         ("tau", -1.0, "(-1, 1]"),
         ("tau", 1.01, "(-1, 1]"),
         ("tau", float("nan"), "(-1, 1]"),
@@ -594,3 +594,44 @@ def test_pixel_mode_counts_a_cell_changed_in_any_frame_of_a_step():
     assert pair.run_encoder and pair.keep.nonzero().flatten().tolist() == [1]
     with pytest.raises(compression.DropInputError, match="must have rgb's shape"):
         policy.before_encode(3.0, ref, [first[:, :-1]])
+
+
+# ------------------------------------------------------------------ rules
+def test_one_rule_class_per_mode_and_the_modes_come_from_the_table():
+    from compression.droppers import DROP_RULES, DropRule
+
+    assert compression.DROP_MODES == tuple(DROP_RULES) == ("off", "feature", "pixel", "budget")
+    for mode, rule in DROP_RULES.items():
+        assert issubclass(rule, DropRule) and rule.mode == mode
+        policy = DropPolicy(DropConfig(mode=mode), (2, 2))
+        assert isinstance(policy.rule, rule)
+        assert policy.inspects_pixels is (mode == "pixel")
+
+
+def test_policy_delegates_both_hooks_to_its_rule():
+    from compression.droppers import DROP_RULES, FeatureRule
+
+    calls = []
+
+    class Recording(FeatureRule):
+        def before_encode(self, pts, rgb, also, keyframe):
+            calls.append(("before", pts, keyframe))
+            return super().before_encode(pts, rgb, also, keyframe)
+
+        def after_encode(self, embeds, pre):
+            calls.append(("after", pre.pts))
+            return super().after_encode(embeds, pre)
+
+    original = DROP_RULES["feature"]
+    DROP_RULES["feature"] = Recording
+    try:
+        policy = DropPolicy(DropConfig(mode="feature", tau=0.9), (2, 2))
+    finally:
+        DROP_RULES["feature"] = original
+    rgb = np.zeros((4, 4, 3), np.uint8)
+    tokens = torch.randn(4, 8, generator=torch.Generator().manual_seed(0))
+    for pts in (0.0, 1.0):
+        pre = policy.before_encode(pts, rgb)
+        keep = policy.after_encode(pts, tokens, pre)
+    assert calls == [("before", 0.0, True), ("after", 0.0), ("before", 1.0, False), ("after", 1.0)]
+    assert not keep.any()  # identical tokens on the second frame: all dropped by the feature rule

@@ -352,8 +352,8 @@ def test_state_dict_round_trip_is_bit_identical(cfg, tmp_path):
 
 
 def test_state_dict_fits_safetensors(tmp_path):
-    from safetensors.torch import load_file, save_file
     from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
 
     k, v, _ = _case("normal")
     packed = _codec(bits=4, outlier_channels=2).encode(k, v)
@@ -478,6 +478,7 @@ def real_kv(smollm2):
 
 
 @pytest.mark.slow
+@pytest.mark.real_weights
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("bits", QUANT_BITS)
 def test_real_kv_error_within_bound(real_kv, bits, mode):
@@ -487,6 +488,7 @@ def test_real_kv_error_within_bound(real_kv, bits, mode):
 
 
 @pytest.mark.slow
+@pytest.mark.real_weights
 @pytest.mark.parametrize("mode", MODES)
 def test_real_kv_relative_error_ordering(real_kv, mode):
     k, v = real_kv
@@ -502,6 +504,7 @@ def test_real_kv_relative_error_ordering(real_kv, mode):
 
 
 @pytest.mark.slow
+@pytest.mark.real_weights
 def test_real_keys_per_channel_beats_per_token(real_kv):
     """KIVI/VidKV: post-RoPE keys have outlier channels, so per-channel groups quantize them better.
 
@@ -517,6 +520,7 @@ def test_real_keys_per_channel_beats_per_token(real_kv):
 
 
 @pytest.mark.slow
+@pytest.mark.real_weights
 @pytest.mark.parametrize("bits", (4, 2))
 def test_real_keys_outlier_channels_reduce_error(real_kv, bits):
     k, v = real_kv
@@ -532,6 +536,7 @@ def test_real_keys_outlier_channels_reduce_error(real_kv, bits):
 
 
 @pytest.mark.slow
+@pytest.mark.real_weights
 def test_real_decoded_cache_drives_the_model(smollm2, real_kv):
     """Decoded KV, put back into a DynamicCache, continues the text: bit-exact at 32 bits, close at 8."""
     from transformers import DynamicCache

@@ -22,11 +22,11 @@ DECODER_LINEARS = 14
 @pytest.mark.parametrize(
     ("field", "value", "allowed"),
     [
-        ("load_in", "2bit", "[None, '8bit', '4bit']"),
-        ("load_in", 8, "[None, '8bit', '4bit']"),
-        ("quant_type", "int4", "['nf4', 'fp4']"),
-        ("compute_dtype", "float64", "['float32', 'float16', 'bfloat16']"),
-        ("double_quant", 1, "bool"),
+        ("load_in", "2bit", "one of None, 8bit, 4bit"),
+        ("load_in", 8, "one of None, 8bit, 4bit"),
+        ("quant_type", "int4", "one of nf4, fp4"),
+        ("compute_dtype", "float64", "one of float32, float16, bfloat16"),
+        ("double_quant", 1, "true or false"),
         ("skip_modules", ["lm_head"], "tuple"),
         ("skip_modules", ("",), "non-empty"),
     ],
@@ -78,7 +78,8 @@ def test_from_name_rejects_unknown():
 def test_transformers_accepts_the_kwargs():
     from transformers import BitsAndBytesConfig
 
-    bnb = BitsAndBytesConfig(**WeightQuantConfig(load_in="4bit", quant_type="nf4", compute_dtype="float16", double_quant=True).bnb_kwargs())
+    config = WeightQuantConfig(load_in="4bit", quant_type="nf4", compute_dtype="float16", double_quant=True)
+    bnb = BitsAndBytesConfig(**config.bnb_kwargs())
     assert bnb.load_in_4bit and not bnb.load_in_8bit
     assert bnb.bnb_4bit_quant_type == "nf4"
     assert bnb.bnb_4bit_compute_dtype == torch.float16

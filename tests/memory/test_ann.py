@@ -77,7 +77,8 @@ def test_approximate_index_persists(tmp_path, index):
     rng = np.random.default_rng(2)
     centers = 2.0 * rng.standard_normal((8, DIM)).astype(np.float32)
     data = _clustered(rng, 400, centers)
-    bank = _bank(index, data, disk_dir=str(tmp_path / "b"), persist=True, ivf_nlist=8, ivf_nprobe=4, ivf_train_min=200, hnsw_ef_search=64)
+    bank = _bank(index, data, disk_dir=str(tmp_path / "b"), persist=True, ivf_nlist=8, ivf_nprobe=4, ivf_train_min=200,
+                 hnsw_ef_search=64)
     queries = data[:20] + 0.01
     before = [[m.chunk_id for m, _ in bank.search(torch.from_numpy(q), 5)] for q in queries]
     bank.close()

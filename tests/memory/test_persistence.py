@@ -145,7 +145,8 @@ def test_open_errors(tmp_path):
     (tmp_path / MANIFEST).write_text("{not json")
     with pytest.raises(BankCorrupt, match="cannot read"):
         MemoryBank.open(tmp_path)
-    (tmp_path / MANIFEST).write_text(json.dumps({"format": 1, "summary_dim": S, "config": {"index": "flat"}, "chunks": [{"meta": {}}]}))
+    malformed = {"format": 1, "summary_dim": S, "config": {"index": "flat"}, "chunks": [{"meta": {}}]}
+    (tmp_path / MANIFEST).write_text(json.dumps(malformed))
     with pytest.raises(BankCorrupt, match="malformed"):
         MemoryBank.open(tmp_path)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import torch
 import pytest
+import torch
 
 from streaming.frame import Frame
 

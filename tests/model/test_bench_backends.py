@@ -50,7 +50,8 @@ def test_fast_random_init_is_finite_well_scaled_and_seeded():
 
     cfg = Qwen2_5_VLConfig(
         text_config=dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, rope_parameters=dict(rope_type="default", rope_theta=1e6, mrope_section=[2, 3, 3])),
+                         num_key_value_heads=2,
+                         rope_parameters=dict(rope_type="default", rope_theta=1e6, mrope_section=[2, 3, 3])),
         vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64),
         image_token_id=500, video_token_id=501, vision_start_token_id=502, vision_end_token_id=503,
         tie_word_embeddings=True,

@@ -1,4 +1,4 @@
-"""Compression inside a live session (issue 4): drop on real footage, pixel drop skipping the vision
+"""Compression inside a live session: drop on real footage, pixel drop skipping the vision
 tower, low-bit memory, saved memory reopened by the CLI, bitsandbytes weights."""
 
 from __future__ import annotations

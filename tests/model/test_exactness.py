@@ -1,4 +1,4 @@
-"""DESIGN.md invariant 1: the streaming machinery computes exactly what the plain model computes.
+"""Exactness: the streaming machinery computes exactly what the plain model computes.
 
 The reference is one forward pass of the unmodified transformers model over the same token
 sequence (``input_ids`` with ``<image>`` placeholders + ``pixel_values``: transformers inserts the
@@ -172,7 +172,8 @@ def test_dropped_tokens_keep_positions_exact(tiny_backend):
     embeds = torch.cat([s_.embeds for s_ in segs]).unsqueeze(0)
     positions = torch.cat([s_.positions for s_ in segs]).unsqueeze(0)
     with torch.inference_mode():
-        ref = backend.model(inputs_embeds=embeds, position_ids=positions, attention_mask=torch.ones(positions.shape, dtype=torch.long)).logits[0]
+        mask = torch.ones(positions.shape, dtype=torch.long)
+        ref = backend.model(inputs_embeds=embeds, position_ids=positions, attention_mask=mask).logits[0]
     q_len = segs[-1].length
     torch.testing.assert_close(logits, ref[-q_len:].float(), atol=ATOL, rtol=1e-4)
 

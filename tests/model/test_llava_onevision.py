@@ -2,17 +2,16 @@
 
 The reference is the model's own forward over ``input_ids`` with ``<video>`` placeholders and
 ``pixel_values_videos``: transformers runs SigLIP, the projector, the 2x bilinear video pooling and
-appends ``image_newline`` itself. Each streamed frame is a one-frame video (DESIGN.md invariant 1).
+appends ``image_newline`` itself. Each streamed frame is a one-frame video.
 """
 
 from __future__ import annotations
-
 
 import numpy as np
 import pytest
 import torch
 
-from app.engine.backends.base import BackendError
+from app.engine.backends.types import BackendError
 from app.engine.config import SessionConfig
 from app.engine.session import Session
 from streaming.frame import Frame

@@ -6,7 +6,7 @@ visual features itself. Positions come from the model's own rules: ``get_rope_in
 sequence (each pair a one-grid video) for text, height and width, and for the temporal row the
 index the model gives the same temporal patch in one video of all pairs (``second_per_grid_ts`` =
 the pairs' spacing): stream time on the temporal axis. The session's incremental positions and
-question logits must equal it (DESIGN.md invariant 1).
+question logits must equal it (exactness).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from app.engine.backends.base import BackendError, TimeAnchor
+from app.engine.backends.types import BackendError, TimeAnchor
 from app.engine.config import SessionConfig
 from app.engine.session import Session
 from streaming.frame import Frame
@@ -179,7 +179,7 @@ def test_bad_inputs_raise_backend_errors(qwen):
         qwen.encode_frames([np.zeros((8, 8), np.uint8)])
 
 
-# ---- exactness (DESIGN.md invariant 1) -------------------------------------------------------------------
+# ---- exactness -------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("with_note", [True, False])
@@ -340,7 +340,7 @@ def test_saved_memory_keeps_the_stream_clock(qwen, tmp_path):
     assert int(last[0, last[0] != last[1]][0]) == anchor.position + 2 * 4  # pts 4 s on the same clock
 
 
-# ---- drop semantics under M-RoPE (DESIGN.md invariant 3) ------------------------------------------------------
+# ---- drop semantics under M-RoPE ------------------------------------------------------------------------------
 
 
 def test_identical_pair_is_dropped_and_the_rest_stays_exact(qwen):
@@ -401,7 +401,7 @@ def test_partial_drop_keeps_each_token_at_its_3d_position(qwen):
     torch.testing.assert_close(logits, ref[-q_len:], atol=ATOL, rtol=1e-4)
 
 
-# ---- bounded work (DESIGN.md invariant 2) ---------------------------------------------------------------
+# ---- bounded work ---------------------------------------------------------------------------------------
 
 
 def test_attention_length_stays_constant_per_pair(qwen):

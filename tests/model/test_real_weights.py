@@ -15,7 +15,7 @@ import torch
 from app.engine.config import SessionConfig
 from app.engine.session import Session
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.real_weights]
 
 SUBJECTS = ["The weather", "The traffic", "The lobby", "The parking lot", "The kitchen", "The hallway",
             "The garden", "The office", "A cyclist", "The queue"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from app.engine.backends.base import KVSegment, PrefillResult
+from app.engine.backends.types import KVSegment, PrefillResult
 from app.engine.retrieval import late_interaction_scores, rerank_layers, retrieve
 from compression.kvcodec import KVCodecConfig
 from memory import BankConfig, ChunkMeta, KVChunk, MemoryBank

@@ -16,13 +16,15 @@ from typing import Any
 import pytest
 
 from app.engine.config import SessionConfig
-from app.serving.manager import ManagerConfig, SessionManager
+from app.serving.limits import ManagerConfig
+from app.serving.manager import SessionManager
 from app.serving.ws_server import ServerConfig, WebSocketServer
 from streaming.frame import Frame
 
+
 @pytest.fixture(scope="session")
 def backend():
-    """The tiny random SmolVLM (loads in about a second); shared by every serving test."""
+    """The tiny random SmolVLM (quick to load); shared by every serving test."""
     from app.engine.backends.registry import load_backend
 
     b = load_backend("tiny-smolvlm", dtype="float32")

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-import re
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -98,7 +98,8 @@ def test_serve_falls_back_to_the_tiny_model_says_so_and_stops_cleanly(tmp_path):
         out.append(lines.get())
     err = proc.stderr.read()
     assert out[-1].startswith("stopped")
-    assert re.search(r"WARNING app.serving.process: The model HuggingFaceTB/SmolVLM2-256M-Video-Instruct could not be loaded", err)
+    assert re.search(r"WARNING app.serving.process: The model HuggingFaceTB/SmolVLM2-256M-Video-Instruct "
+                     r"could not be loaded", err)
 
 
 def test_client_exits_when_the_server_closes_its_session(make_server, bikes_path):

@@ -1,5 +1,5 @@
-"""The websocket API with each other backend family behind it (issue 7: every serving feature works with
-``--model`` set to Qwen2.5-VL or LLaVA-OneVision): a real server on 127.0.0.1, a real ``websockets``
+"""The websocket API with each other backend family behind it (every serving feature works with
+``--model`` set to any family's model): a real server on 127.0.0.1, a real ``websockets``
 client, real frames (bikes.mp4 decoded by PyAV, sent as JPEG), the tiny random models."""
 
 from __future__ import annotations
@@ -9,9 +9,11 @@ import base64
 
 import pytest
 
-from app.serving.client import encode_jpeg
+from app.engine.backends.registry import test_models
 from app.engine.config import SessionConfig
-from app.serving.manager import ManagerConfig, SessionManager
+from app.serving.client import encode_jpeg
+from app.serving.limits import ManagerConfig
+from app.serving.manager import SessionManager
 from app.serving.protocol import pack_frame
 from app.serving.ws_server import ServerConfig, WebSocketServer
 
@@ -19,8 +21,11 @@ from .conftest import WS, run, wait_for
 
 pytestmark = pytest.mark.network
 
+#: One tiny model per family, but the family the other serving tests run with (tiny-smolvlm).
+OTHER_FAMILIES = [name for name in test_models() if name != "tiny-smolvlm"]
 
-@pytest.fixture(scope="module", params=["tiny-qwen2_5_vl", "tiny-llava-ov"])
+
+@pytest.fixture(scope="module", params=OTHER_FAMILIES)
 def family_server(request):
     from app.engine.backends.registry import load_backend
 

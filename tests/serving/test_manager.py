@@ -9,16 +9,15 @@ import numpy as np
 import pytest
 
 from app.engine.config import ConfigError, SessionConfig
-from app.serving.manager import (
-    LIVE_FIELDS,
+from app.serving.errors import (
     FrameTooLarge,
     InvalidRequest,
     LiveUpdateRefused,
-    ManagerConfig,
     ResponseInProgress,
     SessionLimit,
     UnknownSession,
 )
+from app.serving.limits import LIVE_FIELDS, ManagerConfig
 from app.serving.scheduler import CONTROL
 from streaming.frame import Frame
 
@@ -212,6 +211,8 @@ def test_watch_rules_are_evaluated_on_scene_changes_only(make_manager, bikes_fra
     wait_for(m.scheduler.idle)
     assert m.stats(sid)["watch"]["checks"] == 2
     assert m.unwatch(sid, rule.rule_id) and not m.unwatch(sid, rule.rule_id)
+    assert m.rules(sid) == [] and m.stats(sid)["watch"]["rules"] == 0  # readers see the removal at once
+    assert m.alerts(sid) == m.get(sid).alerts()  # read from the session (the tiny model's answers are noise)
 
 
 def test_shutdown_is_clean(make_manager, bikes_path, bikes_frames):

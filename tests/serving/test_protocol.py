@@ -19,6 +19,14 @@ from app.serving.protocol import (
     parse_message,
     unpack_frame,
 )
+from app.serving.ws_server import CLIENT_EVENTS
+
+#: The server's validators, as the websocket server hands them to parse_message.
+VALIDATORS = {type_: spec.validate for type_, spec in CLIENT_EVENTS.items()}
+
+
+def parse(text: str):
+    return parse_message(text, VALIDATORS)
 
 
 def test_binary_frame_header_round_trip_and_layout():
@@ -64,20 +72,20 @@ def test_bad_binary_frames_are_invalid_events(data, needle):
 ])
 def test_invalid_messages_get_typed_codes_naming_the_problem(text, code, needle):
     with pytest.raises(ProtocolError) as info:
-        parse_message(text)
+        parse(text)
     assert info.value.code == code
     assert needle in info.value.message
 
 
 def test_valid_events_are_normalised():
-    ev = parse_message(json.dumps({"type": "conversation.item.create", "event_id": "e1", "item": {
+    ev = parse(json.dumps({"type": "conversation.item.create", "event_id": "e1", "item": {
         "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Who"},
                                                        {"type": "input_text", "text": "came in?"}]}}))
     assert (ev.type, ev.event_id, ev.data) == ("conversation.item.create", "e1", {"text": "Who\ncame in?"})
-    ev = parse_message('{"type": "response.create", "response": {"input": "What?", "max_output_tokens": 9}, "extra": 1}')
+    ev = parse('{"type": "response.create", "response": {"input": "What?", "max_output_tokens": 9}, "extra": 1}')
     assert ev.data == {"input": "What?", "max_output_tokens": 9, "top_k": None}
-    assert parse_message('{"type": "response.create"}').data["input"] is None
-    assert parse_message('{"type": "watch.create", "rule": {"text": "a dog"}}').data == {"rule": "a dog"}
+    assert parse('{"type": "response.create"}').data["input"] is None
+    assert parse('{"type": "watch.create", "rule": {"text": "a dog"}}').data == {"rule": "a dog"}
 
 
 def test_base64_images_limits_and_errors():

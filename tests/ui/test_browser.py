@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.ui.browser import CHROMIUM, CHROMIUM_ARGS, chromium_problem, under_make, write_y4m_clip
+
 from .conftest import wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.network, pytest.mark.timeout(300)]

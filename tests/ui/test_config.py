@@ -29,7 +29,8 @@ def test_defaults_and_frozen():
 
 
 def test_build_page_caps_source_fps_and_rejects_a_non_config(ui_backend):
-    from app.serving.manager import ManagerConfig, SessionManager
+    from app.serving.limits import ManagerConfig
+    from app.serving.manager import SessionManager
     from ui.page import build_page
 
     manager = SessionManager(ui_backend, ManagerConfig(max_fps=2.0))

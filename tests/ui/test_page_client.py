@@ -12,6 +12,7 @@ import socket
 import pytest
 
 from ui.render import MAX_EVIDENCE_CARDS, format_span
+
 from .conftest import wait_until
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(240)]

@@ -1,18 +1,23 @@
-"""The page with each other backend family behind it (issue 7: every serving feature works with
-``--model`` set to Qwen2.5-VL or LLaVA-OneVision): a real video uploaded through ``gradio_client`` over
+"""The page with each other backend family behind it (every serving feature works with
+``--model`` set to any family's model): a real video uploaded through ``gradio_client`` over
 real HTTP on 127.0.0.1 is played into the caller's session, the answer streams and carries evidence."""
 
 from __future__ import annotations
 
 import pytest
 
+from app.engine.backends.registry import test_models
+
 from .conftest import launch_page
 from .test_page_client import _client, _play, _words
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(240)]
 
+#: One tiny model per family, but the family the other page tests run with (tiny-smolvlm).
+OTHER_FAMILIES = [name for name in test_models() if name != "tiny-smolvlm"]
 
-@pytest.fixture(scope="module", params=["tiny-qwen2_5_vl", "tiny-llava-ov"])
+
+@pytest.fixture(scope="module", params=OTHER_FAMILIES)
 def family_page(request, page_env):
     from app.engine.backends.registry import load_backend
 

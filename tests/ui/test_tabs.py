@@ -15,7 +15,8 @@ from ui.tabs import TabRegistry
 @pytest.fixture
 def manager(ui_backend):
     from app.engine.config import SessionConfig
-    from app.serving.manager import ManagerConfig, SessionManager
+    from app.serving.limits import ManagerConfig
+    from app.serving.manager import SessionManager
 
     mgr = SessionManager(ui_backend, ManagerConfig(max_sessions=4, max_fps=50.0,
                                                    default_session=SessionConfig(max_new_tokens=16)))
@@ -93,7 +94,7 @@ def test_webcam_frames_use_the_tab_clock(manager):
     for bad in (np.zeros((48, 64), np.uint8), np.zeros((48, 64, 3), np.float32), np.zeros((0, 64, 3), np.uint8)):
         with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8"):
             tabs.webcam_frame(tab, bad)
-    from app.serving.manager import FrameTooLarge
+    from app.serving.errors import FrameTooLarge
 
     with pytest.raises(FrameTooLarge, match="max_frame_side"):
         tabs.webcam_frame(tab, np.zeros((16, manager.config.max_frame_side + 2, 3), np.uint8))
@@ -116,8 +117,8 @@ def test_alert_events_are_buffered_for_the_feed(manager):
 
 
 def test_stream_answer_yields_growing_text_then_the_answer(manager):
-    from app.serving.manager import ResponseInProgress
     from app.engine.types import Answer
+    from app.serving.errors import ResponseInProgress
     from streaming.frame import Frame
 
     sid = manager.create_session()

@@ -1,4 +1,4 @@
-"""The backend contract: what a video LLM family must provide to stream.
+"""The backend contract and the generic engine: what a video LLM family must provide to stream.
 
 A backend wraps one transformers vision-language model, used as is through its
 public forward and the public ``Cache`` API. The session (``app.engine.session``)
@@ -19,259 +19,24 @@ from __future__ import annotations
 
 import abc
 import logging
-import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from app.engine.backends.capture import QKCapture
+from app.engine.backends.types import (
+    BackendError,
+    BackendSpec,
+    ChatFormat,
+    GenerationResult,
+    KVSegment,
+    PrefillResult,
+    SegmentInput,
+    TimeAnchor,
+)
+
 logger = logging.getLogger(__name__)
-
-
-class BackendError(RuntimeError):
-    """A model could not be loaded or run."""
-
-
-class ModelNotAvailable(BackendError):
-    """The requested weights are not cached locally and cannot be downloaded."""
-
-
-@dataclass(frozen=True)
-class BackendSpec:
-    """Static facts about a loaded model that the session and memory need."""
-
-    family: str
-    name: str
-    num_layers: int
-    num_kv_heads: int
-    num_heads: int
-    head_dim: int
-    hidden_size: int
-    tokens_per_frame: int
-    token_grid: tuple[int, int]
-    frame_size: int
-    max_positions: int
-    position_dims: int = 1  # 1 for 1D RoPE, 3 for M-RoPE
-    frames_per_step: int = 1  # frames that enter the model together (2 for Qwen2.5-VL's temporal patch)
-    random_weights: bool = False
-
-    @property
-    def summary_dim(self) -> int:
-        """Length of a retrieval summary vector: ``L * H * D``."""
-        return self.num_layers * self.num_kv_heads * self.head_dim
-
-    def kv_bytes_per_token(self, bytes_per_element: float) -> float:
-        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * bytes_per_element
-
-
-@dataclass
-class KVSegment:
-    """KV of a contiguous piece of the stream, all layers.
-
-    Attributes:
-        keys: ``(L, H, T, D)`` post-RoPE keys, as the cache stores them.
-        values: ``(L, H, T, D)``.
-        positions: ``(T,)`` or ``(P, T)`` int64: the tokens' positions.
-    """
-
-    keys: torch.Tensor
-    values: torch.Tensor
-    positions: torch.Tensor
-
-    @property
-    def length(self) -> int:
-        return int(self.keys.shape[2])
-
-    @property
-    def nbytes(self) -> int:
-        return self.keys.numel() * self.keys.element_size() * 2
-
-    def slice(self, start: int, stop: int) -> "KVSegment":
-        return KVSegment(
-            self.keys[:, :, start:stop].clone(),
-            self.values[:, :, start:stop].clone(),
-            self.positions[..., start:stop].clone(),
-        )
-
-    @staticmethod
-    def concat(segments: Sequence["KVSegment"]) -> "KVSegment":
-        return KVSegment(
-            torch.cat([s.keys for s in segments], dim=2),
-            torch.cat([s.values for s in segments], dim=2),
-            torch.cat([s.positions for s in segments], dim=-1),
-        )
-
-
-@dataclass(frozen=True)
-class TimeAnchor:
-    """Where one stream's clock meets a backend's temporal position axis.
-
-    Stream time ``pts`` (seconds) sits at temporal position ``position``; later stream times map
-    onto that axis at the backend's own rate (Qwen2.5-VL: ``tokens_per_second``). Backends whose
-    positions are 1D use none. A session keeps the anchor its first frame step made and hands it to
-    every later step, so the whole stream shares one clock.
-    """
-
-    pts: float
-    position: int
-
-
-@dataclass(frozen=True)
-class SegmentInput:
-    """A piece of input ready for prefill.
-
-    Attributes:
-        embeds: ``(T, E)`` input embeddings.
-        positions: ``(T,)`` or ``(P, T)`` int64 explicit positions.
-        next_position: the first position free after this segment (dropped tokens keep their slot).
-        token_ids: ``(T,)`` token ids where known (the image token id for visual tokens).
-        content: ``(T,)`` bool, the tokens that carry the segment's content (visual tokens, the
-            text of a note or question) as opposed to markers and template; retrieval summaries
-            average over these only. ``None`` = all tokens.
-        time_anchor: the stream clock a frame segment was laid out on (backends with a temporal
-            position axis); the session passes it to the next frame step.
-    """
-
-    embeds: torch.Tensor
-    positions: torch.Tensor
-    next_position: int
-    token_ids: torch.Tensor | None = None
-    content: torch.Tensor | None = None
-    time_anchor: TimeAnchor | None = None
-
-    @property
-    def length(self) -> int:
-        return int(self.embeds.shape[0])
-
-
-@dataclass
-class PrefillResult:
-    """What one prefill produced.
-
-    Attributes:
-        kv: KV of the new tokens only.
-        key_summary: ``(L * H * D,)`` float32, per-layer mean pre-RoPE key of the new tokens, flattened.
-        query_summary: ``(L * H * D,)`` float32, per-layer mean pre-RoPE query (query heads averaged per KV group).
-        logits: ``(T_logits, V)`` logits of the last positions when asked for, else ``None``.
-        attention_length: number of KV entries each new token could attend to at most (context + new).
-        query_tokens: ``(L, Tc, H * D)`` per-token pre-RoPE queries of the content tokens (for reranking).
-    """
-
-    kv: KVSegment
-    key_summary: torch.Tensor
-    query_summary: torch.Tensor
-    logits: torch.Tensor | None
-    attention_length: int
-    query_tokens: torch.Tensor | None = None
-
-
-@dataclass
-class GenerationResult:
-    """A finished generation: its token ids, text, why it stopped and the KV of the whole turn."""
-
-    token_ids: list[int]
-    text: str
-    stop_reason: str  # "eos" | "max_tokens" | "cancelled"
-    turn_kv: KVSegment | None = None
-    next_position: int = 0
-    first_logits: torch.Tensor | None = None
-
-
-@dataclass
-class ChatFormat:
-    """Prompt pieces derived from the model's chat template.
-
-    ``sink_prefix`` opens the conversation (system prompt and the user turn
-    that the stream lives in); ``first_question`` wraps the first question
-    (``{q}``), ``next_question`` later ones (after an assistant turn closed);
-    ``assistant_end`` closes an assistant turn.
-    """
-
-    sink_template: str
-    first_question: str
-    next_question: str
-    assistant_end: str
-    stop_strings: tuple[str, ...] = field(default_factory=tuple)
-
-
-class QKCapture:
-    """Forward hooks on each layer's query and key projections.
-
-    Records the mean pre-RoPE key (and query) over the tokens of one forward
-    pass, per layer, using ``register_forward_hook`` (public PyTorch API). The
-    query heads are averaged within each KV group so a query summary is
-    comparable with key summaries: both are ``(L, H * D)``.
-    """
-
-    def __init__(self, attn_modules: Sequence[torch.nn.Module], num_heads: int, num_kv_heads: int, head_dim: int):
-        self._modules = list(attn_modules)
-        self._num_heads = num_heads
-        self._num_kv_heads = num_kv_heads
-        self._head_dim = head_dim
-        self._keys: list[torch.Tensor | None] = [None] * len(self._modules)
-        self._queries: list[torch.Tensor | None] = [None] * len(self._modules)
-        self._handles = []
-        self._active = False
-        self._lock = threading.Lock()
-        for i, attn in enumerate(self._modules):
-            self._handles.append(attn.k_proj.register_forward_hook(self._make_hook(i, is_key=True)))
-            self._handles.append(attn.q_proj.register_forward_hook(self._make_hook(i, is_key=False)))
-
-    def _make_hook(self, layer: int, is_key: bool) -> Callable:
-        def hook(_module, _inputs, output):
-            if not self._active:
-                return
-            # output: (1, T, heads * D) pre-RoPE projections.
-            flat = output.detach()[0].float()
-            if is_key:
-                self._keys[layer] = flat
-            else:
-                t = flat.shape[0]
-                q = flat.view(t, self._num_kv_heads, self._num_heads // self._num_kv_heads, self._head_dim)
-                self._queries[layer] = q.mean(dim=2).reshape(t, -1)
-
-        return hook
-
-    def __enter__(self) -> "QKCapture":
-        self._lock.acquire()
-        self._keys = [None] * len(self._modules)
-        self._queries = [None] * len(self._modules)
-        self._active = True
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._active = False
-        self._keys = [None] * len(self._modules)
-        self._queries = [None] * len(self._modules)
-        self._lock.release()
-
-    def summaries(self, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (key_summary, query_summary), each ``(L * H * D,)`` float32: means over the tokens in ``mask`` ``(T,)``."""
-        if any(k is None for k in self._keys) or any(q is None for q in self._queries):
-            raise BackendError("query/key capture saw no forward pass for some layer")
-        if mask is not None and bool(mask.any()):
-            m = mask.to(self._keys[0].device)
-            keys = [k[m].mean(0) for k in self._keys]  # type: ignore[index]
-            queries = [q[m].mean(0) for q in self._queries]  # type: ignore[index]
-        else:
-            keys = [k.mean(0) for k in self._keys]  # type: ignore[union-attr]
-            queries = [q.mean(0) for q in self._queries]  # type: ignore[union-attr]
-        return torch.cat(keys).cpu(), torch.cat(queries).cpu()
-
-    def token_queries(self, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-token pre-RoPE queries of the last forward (heads averaged per KV group): ``(L, T', H * D)``."""
-        if any(q is None for q in self._queries):
-            raise BackendError("query capture saw no forward pass for some layer")
-        qs = torch.stack(self._queries)  # type: ignore[arg-type]
-        if mask is not None and bool(mask.any()):
-            qs = qs[:, mask.to(qs.device)]
-        return qs.cpu()
-
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
 
 
 class VideoLLM(abc.ABC):
@@ -540,7 +305,7 @@ class VideoLLM(abc.ABC):
             [question.positions, self.text_positions(question.next_position, in_cache + len(feed))], dim=-1
         )
         turn_kv = self.cache_tail(cache, turn_len, turn_positions)
-        yield GenerationResult(generated, final_text, stop_reason, turn_kv, pos, first_logits)
+        yield GenerationResult(generated, final_text, stop_reason, turn_kv, pos)
 
     def close(self) -> None:
         cap = getattr(self, "_qk_capture", None)
@@ -548,7 +313,3 @@ class VideoLLM(abc.ABC):
             cap.remove()
             self._qk_capture = None
 
-
-def iter_chunks(seq: Sequence, size: int) -> Iterator[Sequence]:
-    for i in range(0, len(seq), size):
-        yield seq[i : i + size]

@@ -9,7 +9,7 @@ any template, so the model sees exactly the format it was trained on.
 
 from __future__ import annotations
 
-from app.engine.backends.base import BackendError, ChatFormat
+from app.engine.backends.types import BackendError, ChatFormat
 
 _SYS = "\x00SYSTEM\x00"
 _U1 = "\x00USER1\x00"

@@ -1,8 +1,8 @@
-"""Loading helpers the backend families share.
+"""Loading helpers and prompt constants the backend families share.
 
-Tokenizers for the offline builtins (the real SmolLM2 tokenizer plus a
-family's special tokens and a ChatML template), the decoder fields of a
-:class:`~app.engine.backends.base.BackendSpec`, fast random initialisation for
+The product's default system prompt, ChatML, tokenizers for the offline builtins (the real
+SmolLM2 tokenizer plus a family's special tokens and a ChatML template), the decoder fields of a
+:class:`~app.engine.backends.types.BackendSpec`, fast random initialisation for
 real-shape models built in code, RGB frames as normalised arrays with a PIL
 image processor's own settings, checkpoints from a directory or hub id, and the
 last step of every load (device or bitsandbytes quantization through
@@ -19,9 +19,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from app.engine.backends.base import BackendError, ModelNotAvailable
+from app.engine.backends.types import BackendError, ModelNotAvailable
 
 logger = logging.getLogger(__name__)
+
+#: The system prompt of every family unless the session config sets one.
+DEFAULT_SYSTEM = (
+    "You are LiveSight, an assistant watching a live video stream. Frames and notes arrive with their "
+    "stream timestamps. Answer questions about what you have seen, briefly and precisely."
+)
 
 #: ChatML, the format Qwen2 / Qwen2.5 models (and LLaVA-OneVision's Qwen2 language model) were
 #: trained on, for string message contents; the default system prompt is Qwen's.
@@ -38,7 +44,7 @@ CHATML_STOP = ("<|im_end|>", "<|endoftext|>")
 
 
 def decoder_shape(text_config, *, head_dim: int | None = None) -> dict:
-    """The :class:`~app.engine.backends.base.BackendSpec` fields a decoder's config fixes.
+    """The :class:`~app.engine.backends.types.BackendSpec` fields a decoder's config fixes.
 
     ``head_dim`` overrides the config's (or ``hidden_size // num_attention_heads`` when it has none),
     for attention classes that derive it themselves.
@@ -87,9 +93,9 @@ def fill_random_(model: torch.nn.Module, *, std: float = 0.02, seed: int = 0) ->
 
     Norm weights become 1, biases 0, every other parameter normal noise with standard deviation
     ``std``. Used with transformers' ``no_init_weights`` for real-shape models with random weights:
-    the Qwen2.5-VL-3B shape (3.75 B parameters, fp32) built in 33 s this way against 53 s with
-    transformers' own initialisation, side by side on 2 cores; and no weight is left as
-    uninitialised memory (NaN, denormals, which would distort timings).
+    one pass of plain normal draws is much faster than transformers' per-module initialisation of a
+    multi-billion-parameter model, and no weight is left as uninitialised memory (NaN, denormals,
+    which would distort timings).
     """
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -194,12 +200,13 @@ def place_model(model, model_cls, *, builtin: bool, device, dtype, quantization_
     return model.to(device).eval()
 
 
-def load_checkpoint(family: str, model_cls, processor_cls, path_or_id: str, dtype, quantization_config=None):
+def load_checkpoint(label: str, model_cls, processor_cls, path_or_id: str, dtype, quantization_config=None):
     """-> ``(model, tokenizer, image_processor)`` of a checkpoint in a local directory or under a hub id
     (cached, or downloaded when online), through transformers' own ``from_pretrained``.
 
     Raises:
-        ModelNotAvailable: naming the family, the directory or hub id, and transformers' reason.
+        ModelNotAvailable: naming the family (``label``, e.g. ``"SmolVLM2"``), the directory or hub id,
+            and transformers' reason.
     """
     from transformers import AutoTokenizer
 
@@ -212,5 +219,5 @@ def load_checkpoint(family: str, model_cls, processor_cls, path_or_id: str, dtyp
         proc = processor_cls.from_pretrained(path_or_id)
     except OSError as exc:
         where = "directory" if Path(path_or_id).exists() else "hub id"
-        raise ModelNotAvailable(f"cannot load {family} {where} {path_or_id!r}: {exc}") from exc
+        raise ModelNotAvailable(f"cannot load {label} {where} {path_or_id!r}: {exc}") from exc
     return model, tok, proc

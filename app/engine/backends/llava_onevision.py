@@ -26,12 +26,13 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from app.engine.timefmt import format_timestamp
-from app.engine.backends.base import BackendError, BackendSpec, SegmentInput, TimeAnchor, VideoLLM
+from app.engine.backends.base import VideoLLM
 from app.engine.backends.chat_format import derive_chat_format
+from app.engine.backends.family import FamilyInfo
 from app.engine.backends.family_utils import (
     CHATML_STOP,
     CHATML_TEMPLATE,
+    DEFAULT_SYSTEM,
     build_model,
     build_published_shape,
     builtin_tokenizer,
@@ -42,17 +43,23 @@ from app.engine.backends.family_utils import (
     resize_square,
     token_id,
 )
-from app.engine.backends.smolvlm import DEFAULT_SYSTEM
+from app.engine.backends.types import BackendError, BackendSpec, SegmentInput, TimeAnchor
+from app.engine.timefmt import format_timestamp
 
 logger = logging.getLogger(__name__)
 
-FAMILY = "llava_onevision"
-DEFAULT_HUB_ID = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
-
-#: Offline model names this family builds in code.
-BUILTINS = {
-    "tiny-llava-ov": "tiny random LLaVA-OneVision (2 text layers, hidden 64; 16 tokens per 64 px frame) for tests",
-}
+#: What the registry knows of this family; literal values only (it is read from this source without importing it).
+FAMILY = FamilyInfo(
+    name="llava_onevision",
+    label="LLaVA-OneVision",
+    hub_prefixes=("llava-hf/llava-onevision-",),
+    model_types=("llava_onevision",),
+    builtins={
+        "tiny-llava-ov": "tiny random LLaVA-OneVision (2 text layers, hidden 64; 16 tokens per 64 px frame) for tests",
+    },
+    default_hub_id="llava-hf/llava-onevision-qwen2-0.5b-ov-hf",
+    test_model="tiny-llava-ov",
+)
 
 IMAGE_TOKEN = "<image>"
 VIDEO_TOKEN = "<video>"
@@ -97,7 +104,7 @@ class LlavaOnevisionBackend(VideoLLM):
         tcfg, vcfg = cfg.text_config, cfg.vision_config
         side = pooled_side(vcfg.image_size, vcfg.patch_size)
         self.spec = BackendSpec(
-            family=FAMILY,
+            family=FAMILY.name,
             name=name,
             **decoder_shape(tcfg),
             tokens_per_frame=side * side,
@@ -242,7 +249,7 @@ def load_pretrained(path_or_id: str, dtype, quantization_config=None):
     """A LLaVA-OneVision checkpoint from a local directory or a hub id (cached, or downloaded when online)."""
     from transformers.models.llava_onevision.image_processing_pil_llava_onevision import LlavaOnevisionImageProcessorPil
 
-    model, tok, proc = load_checkpoint("LLaVA-OneVision", model_class(), LlavaOnevisionImageProcessorPil, path_or_id,
+    model, tok, proc = load_checkpoint(FAMILY.label, model_class(), LlavaOnevisionImageProcessorPil, path_or_id,
                                        dtype, quantization_config)
     tok.chat_template = CHATML_TEMPLATE
     return model, tok, proc
@@ -250,7 +257,7 @@ def load_pretrained(path_or_id: str, dtype, quantization_config=None):
 
 def load(name_or_path: str, device, dtype, quantization_config=None) -> LlavaOnevisionBackend:
     """Load a LLaVA-OneVision backend by builtin name, local directory or hub id."""
-    builtin = name_or_path in BUILTINS
+    builtin = name_or_path in FAMILY.builtins
     if name_or_path == "tiny-llava-ov":
         model, tok, proc = build_tiny(dtype)
     else:

@@ -19,7 +19,7 @@ Questions and answers follow the highest position used so far.
 own ``get_rope_index`` a video's temporal patch ``k`` sits at ``P + floor(k * second_per_grid_t *
 tokens_per_second)``, so one temporal position is ``1 / tokens_per_second`` seconds (0.5 s for the
 published checkpoints). A stream is laid out on one such clock: the first step anchors stream time
-``pts0`` at its own ``P0`` (a :class:`~app.engine.backends.base.TimeAnchor` the session keeps), and every
+``pts0`` at its own ``P0`` (a :class:`~app.engine.backends.types.TimeAnchor` the session keeps), and every
 later step's temporal index is ``t = P0 + floor((pts - pts0) * tokens_per_second)`` with ``pts`` the
 stream time of the step's first frame. Two steps are therefore ``tokens_per_second`` positions apart
 per second of stream time, whatever the frame rate, dropped steps, gaps or text between them, which
@@ -48,12 +48,13 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from app.engine.timefmt import format_timestamp
-from app.engine.backends.base import BackendError, BackendSpec, SegmentInput, TimeAnchor, VideoLLM
+from app.engine.backends.base import VideoLLM
 from app.engine.backends.chat_format import derive_chat_format
+from app.engine.backends.family import FamilyInfo
 from app.engine.backends.family_utils import (
     CHATML_STOP,
     CHATML_TEMPLATE,
+    DEFAULT_SYSTEM,
     build_model,
     build_published_shape,
     builtin_tokenizer,
@@ -64,17 +65,23 @@ from app.engine.backends.family_utils import (
     resize_square,
     token_id,
 )
-from app.engine.backends.smolvlm import DEFAULT_SYSTEM
+from app.engine.backends.types import BackendError, BackendSpec, SegmentInput, TimeAnchor
+from app.engine.timefmt import format_timestamp
 
 logger = logging.getLogger(__name__)
 
-FAMILY = "qwen2_5_vl"
-DEFAULT_HUB_ID = "Qwen/Qwen2.5-VL-3B-Instruct"
-
-#: Offline model names this family builds in code.
-BUILTINS = {
-    "tiny-qwen2_5_vl": "tiny random Qwen2.5-VL (2 text layers, hidden 64; 16 tokens per 112 px frame pair) for tests",
-}
+#: What the registry knows of this family; literal values only (it is read from this source without importing it).
+FAMILY = FamilyInfo(
+    name="qwen2_5_vl",
+    label="Qwen2.5-VL",
+    hub_prefixes=("Qwen/Qwen2.5-VL-",),
+    model_types=("qwen2_5_vl",),
+    builtins={
+        "tiny-qwen2_5_vl": "tiny random Qwen2.5-VL (2 text layers, hidden 64; 16 tokens per 112 px frame pair) for tests",
+    },
+    default_hub_id="Qwen/Qwen2.5-VL-3B-Instruct",
+    test_model="tiny-qwen2_5_vl",
+)
 
 VISION_START = "<|vision_start|>"
 VISION_END = "<|vision_end|>"
@@ -127,7 +134,7 @@ class Qwen25VLBackend(VideoLLM):
         patches = frame_size // self.patch_size
         side = patches // self.merge_size
         self.spec = BackendSpec(
-            family=FAMILY,
+            family=FAMILY.name,
             name=name,
             # Qwen2_5_VLAttention uses hidden_size // num_heads whatever the config's head_dim says
             **decoder_shape(tcfg, head_dim=tcfg.hidden_size // tcfg.num_attention_heads),
@@ -325,7 +332,7 @@ def load_pretrained(path_or_id: str, dtype, quantization_config=None):
     """A Qwen2.5-VL checkpoint from a local directory or a hub id (cached, or downloaded when online)."""
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    model, tok, proc = load_checkpoint("Qwen2.5-VL", model_class(), Qwen2VLImageProcessorPil, path_or_id, dtype,
+    model, tok, proc = load_checkpoint(FAMILY.label, model_class(), Qwen2VLImageProcessorPil, path_or_id, dtype,
                                        quantization_config)
     if not getattr(tok, "chat_template", None):
         tok.chat_template = CHATML_TEMPLATE
@@ -334,7 +341,7 @@ def load_pretrained(path_or_id: str, dtype, quantization_config=None):
 
 def load(name_or_path: str, device, dtype, quantization_config=None) -> Qwen25VLBackend:
     """Load a Qwen2.5-VL backend by builtin name, local directory or hub id."""
-    builtin = name_or_path in BUILTINS
+    builtin = name_or_path in FAMILY.builtins
     if name_or_path == "tiny-qwen2_5_vl":
         model, tok, proc = build_tiny(dtype)
         frame_size = TINY_FRAME_SIZE

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from app.engine.backends.base import ModelNotAvailable
+from app.engine.backends.types import ModelNotAvailable
 
 logger = logging.getLogger(__name__)
 

@@ -20,21 +20,34 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from app.engine.backends.base import BackendError, BackendSpec, SegmentInput, TimeAnchor, VideoLLM
+from app.engine.backends.base import VideoLLM
 from app.engine.backends.chat_format import derive_chat_format
-from app.engine.backends.family_utils import add_special_tokens, decoder_shape, load_checkpoint, place_model
-from app.engine.timefmt import format_timestamp  # noqa: F401  (re-exported)
+from app.engine.backends.family import FamilyInfo
+from app.engine.backends.family_utils import (
+    DEFAULT_SYSTEM,
+    add_special_tokens,
+    decoder_shape,
+    load_checkpoint,
+    place_model,
+)
+from app.engine.backends.types import BackendError, BackendSpec, SegmentInput, TimeAnchor
+from app.engine.timefmt import format_timestamp
 
 logger = logging.getLogger(__name__)
 
-FAMILY = "smolvlm"
-DEFAULT_HUB_ID = "HuggingFaceTB/SmolVLM2-256M-Video-Instruct"
-
-#: Offline model names this family builds in code.
-BUILTINS = {
-    "tiny-smolvlm": "tiny random weights (2 text layers, hidden 64; 16 tokens per 128 px frame) for tests",
-    "smolvlm2-256m-smollm2": "SmolVLM2-256M shape; real SmolLM2-135M-Instruct text weights, random vision tower",
-}
+#: What the registry knows of this family; literal values only (it is read from this source without importing it).
+FAMILY = FamilyInfo(
+    name="smolvlm",
+    label="SmolVLM2",
+    hub_prefixes=("HuggingFaceTB/SmolVLM",),
+    model_types=("smolvlm",),
+    builtins={
+        "tiny-smolvlm": "tiny random weights (2 text layers, hidden 64; 16 tokens per 128 px frame) for tests",
+        "smolvlm2-256m-smollm2": "SmolVLM2-256M shape; real SmolLM2-135M-Instruct text weights, random vision tower",
+    },
+    default_hub_id="HuggingFaceTB/SmolVLM2-256M-Video-Instruct",
+    test_model="tiny-smolvlm",
+)
 
 IMAGE_TOKEN = "<image>"
 FAKE_TOKEN = "<fake_token_around_image>"
@@ -50,12 +63,6 @@ SMOLVLM_CHAT_TEMPLATE = (
     "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
 )
 
-DEFAULT_SYSTEM = (
-    "You are LiveSight, an assistant watching a live video stream. Frames and notes arrive with their "
-    "stream timestamps. Answer questions about what you have seen, briefly and precisely."
-)
-
-
 class SmolVLMBackend(VideoLLM):
     """A loaded SmolVLM2 model ready to stream."""
 
@@ -68,7 +75,7 @@ class SmolVLMBackend(VideoLLM):
         side = patches // cfg.scale_factor
         self.image_token_id = int(cfg.image_token_id)
         self.spec = BackendSpec(
-            family=FAMILY,
+            family=FAMILY.name,
             name=name,
             **decoder_shape(tcfg),
             tokens_per_frame=side * side,
@@ -139,14 +146,6 @@ class SmolVLMBackend(VideoLLM):
         content = torch.zeros(ids.numel(), dtype=torch.bool)
         content[a : a + n_kept] = True
         return SegmentInput(embeds, positions, suf_start + int(suffix.numel()), ids, content)
-
-    def frame_placeholder_text(self, pts: float) -> str:
-        """The text form of a full frame segment, with ``<image>`` placeholders (for reference forwards)."""
-        return (
-            f"Frame from {format_timestamp(pts)}:{FAKE_TOKEN}{GLOBAL_TOKEN}"
-            + IMAGE_TOKEN * self.spec.tokens_per_frame
-            + f"{FAKE_TOKEN}\n"
-        )
 
     # ---- model plumbing ----------------------------------------------------------------------------
     def decoder(self):
@@ -220,7 +219,8 @@ def build_smollm2_shape(dtype=torch.float32, seed: int = 0):
     add_special_tokens(tok, SPECIAL_TOKENS)
     text = lm.config
     text.vocab_size = len(tok)
-    vision = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, image_size=512, patch_size=16)
+    vision = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                  image_size=512, patch_size=16)
     model = _build(text, vision, 4, tok, seed)
     lm.resize_token_embeddings(len(tok))
     model.model.text_model.load_state_dict(lm.model.state_dict(), strict=True)
@@ -234,14 +234,14 @@ def load_pretrained(path_or_id: str, dtype, quantization_config=None):
     """A SmolVLM2 checkpoint from a local directory or a hub id (cached, or downloaded when online)."""
     from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil
 
-    model, tok, proc = load_checkpoint("SmolVLM2", SmolVLMForConditionalGeneration_cls(), SmolVLMImageProcessorPil,
+    model, tok, proc = load_checkpoint(FAMILY.label, model_class(), SmolVLMImageProcessorPil,
                                        path_or_id, dtype, quantization_config)
     if not getattr(tok, "chat_template", None):
         tok.chat_template = SMOLVLM_CHAT_TEMPLATE
     return model, tok, proc
 
 
-def SmolVLMForConditionalGeneration_cls():
+def model_class():
     from transformers import SmolVLMForConditionalGeneration
 
     return SmolVLMForConditionalGeneration
@@ -258,6 +258,6 @@ def load(name_or_path: str, device, dtype, quantization_config=None) -> SmolVLMB
     else:
         model, tok, proc = load_pretrained(name_or_path, dtype, quantization_config)
         random_weights = False
-    model = place_model(model, SmolVLMForConditionalGeneration_cls(), builtin=name_or_path in BUILTINS, device=device,
+    model = place_model(model, model_class(), builtin=name_or_path in FAMILY.builtins, device=device,
                         dtype=dtype, quantization_config=quantization_config)
     return SmolVLMBackend(model, tok, proc, name=name_or_path, device=device, dtype=dtype, random_weights=random_weights)

@@ -1,0 +1,210 @@
+"""The local attention window and how it is cut into memory chunks.
+
+Every prefilled frame step or text event enters the window as a :class:`WindowItem`. When the
+window is full, its oldest items leave it as one memory chunk: a text event alone, or up to
+``chunk_frames`` consecutive frame steps (:func:`group_length`, the one grouping rule that
+eviction and saving share, so both cut the window at the same places and nothing is banked twice).
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from app.engine.backends.types import KVSegment
+from app.engine.types import Evidence
+
+if TYPE_CHECKING:
+    from memory import KVChunk
+
+#: Longest side of a frame's evidence thumbnail, in pixels.
+THUMBNAIL_SIDE = 96
+
+
+@dataclass
+class WindowItem:
+    """One prefilled frame step or text event still inside the attention window.
+
+    Attributes:
+        kv: its KV, keys and values ``(L, H, T, D)``.
+        kind: ``"frame"`` or ``"text"``.
+        pts: stream time (seconds) of the step's first frame, or of the text event.
+        key_sum: ``(L * H * D,)`` sum of the content tokens' pre-RoPE keys (mean * ``key_weight``), so
+            a chunk's summary is the mean over all its items' content tokens.
+        key_weight: how many tokens ``key_sum`` adds up.
+        content: ``(T,)`` bool, the content tokens (``None``: no content mask).
+        frame_index: index of the step's first frame (frames only).
+        text: the event's text (text only).
+        thumbnail: JPEG bytes of the step's last frame (frames only).
+        banked: already copied into the memory bank by a save.
+        pts_end: stream time of the step's last frame (steps of several frames).
+    """
+
+    kv: KVSegment
+    kind: str
+    pts: float
+    key_sum: torch.Tensor
+    key_weight: int
+    content: torch.Tensor | None = None
+    frame_index: int | None = None
+    text: str | None = None
+    thumbnail: bytes | None = None
+    banked: bool = False
+    pts_end: float | None = None
+
+    @property
+    def end(self) -> float:
+        return self.pts if self.pts_end is None else self.pts_end
+
+
+def thumbnail(rgb: np.ndarray) -> bytes:
+    """``rgb (H, W, 3)`` uint8 -> JPEG bytes at most :data:`THUMBNAIL_SIDE` pixels on a side."""
+    from PIL import Image
+
+    img = Image.fromarray(rgb)
+    img.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=80)
+    return buf.getvalue()
+
+
+def group_length(items: Sequence[WindowItem], i: int, chunk_frames: int) -> int:
+    """How many items from ``items[i]`` make one memory chunk.
+
+    A text event is a chunk of its own; frames group up to ``chunk_frames``. A group never mixes
+    items already banked by a save with items that are not.
+    """
+    head = items[i]
+    n = 1
+    if head.kind == "frame":
+        while (n < chunk_frames and i + n < len(items) and items[i + n].kind == "frame"
+               and items[i + n].banked == head.banked):
+            n += 1
+    return n
+
+
+def make_chunk(items: Sequence[WindowItem], chunk_id: int) -> KVChunk:
+    """One memory chunk of consecutive window items: their KV joined, one summary, one time range.
+
+    The summary is the mean pre-RoPE key over the items' content tokens, ``(L * H * D,)`` float32;
+    ``meta.extra["content"]`` holds the content tokens' ``[start, stop)`` ranges within the chunk.
+    """
+    from memory import ChunkMeta, KVChunk
+
+    kv = KVSegment.concat([it.kv for it in items])
+    summary = torch.stack([it.key_sum for it in items]).sum(0) / sum(it.key_weight for it in items)
+    ranges, offset = [], 0
+    for it in items:
+        if it.content is not None and bool(it.content.any()):
+            idx = it.content.nonzero().flatten()
+            ranges.append([offset + int(idx[0]), offset + int(idx[-1]) + 1])
+        offset += it.kv.length
+    meta = ChunkMeta(
+        chunk_id=chunk_id,
+        t_start=items[0].pts,
+        t_end=items[-1].end,
+        kind=items[0].kind,
+        n_tokens=kv.length,
+        frame_indices=tuple(it.frame_index for it in items if it.frame_index is not None),
+        text="\n".join(it.text for it in items if it.text) or None,
+        thumbnail=next((it.thumbnail for it in items if it.thumbnail), None),
+        extra={"content": ranges} if ranges else {},
+    )
+    return KVChunk(meta=meta, keys=kv.keys, values=kv.values, positions=kv.positions, summary=summary.float())
+
+
+class Window:
+    """The recent stream every new token attends to: window items in stream order, bounded in tokens.
+
+    Iterating, indexing and ``len`` give the items, oldest first.
+
+    Args:
+        max_tokens: the window's size in tokens.
+        chunk_frames: frame steps per memory chunk.
+        first_chunk_id: the id of the first chunk it cuts (ids then count up).
+    """
+
+    def __init__(self, max_tokens: int, chunk_frames: int, first_chunk_id: int = 0):
+        self.max_tokens = max_tokens
+        self.chunk_frames = chunk_frames
+        self._items: deque[WindowItem] = deque()
+        self._tokens = 0
+        self._chunk_ids = itertools.count(first_chunk_id)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[WindowItem]:
+        return iter(self._items)
+
+    def __getitem__(self, i: int) -> WindowItem:
+        return self._items[i]
+
+    @property
+    def tokens(self) -> int:
+        """Tokens held (at most ``max_tokens`` once :meth:`make_room` has run for the last item)."""
+        return self._tokens
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the KV held."""
+        return sum(it.kv.nbytes for it in self._items)
+
+    def segments(self) -> list[KVSegment]:
+        """The items' KV, oldest first."""
+        return [it.kv for it in self._items]
+
+    def append(self, item: WindowItem) -> None:
+        self._items.append(item)
+        self._tokens += item.kv.length
+
+    def make_room(self, incoming: int) -> list[KVChunk]:
+        """Evict the oldest items until ``incoming`` more tokens fit.
+
+        Returns the chunks the evicted items make, in stream order, for the memory bank; items a
+        save already banked leave without a chunk.
+        """
+        chunks = []
+        while self._items and self._tokens + incoming > self.max_tokens:
+            group = [self._items.popleft() for _ in range(group_length(self._items, 0, self.chunk_frames))]
+            self._tokens -= sum(it.kv.length for it in group)
+            if not group[0].banked:
+                chunks.append(make_chunk(group, next(self._chunk_ids)))
+        return chunks
+
+    def bank_all(self) -> list[KVChunk]:
+        """Chunks of every item not yet banked, cut where eviction will cut them; the items stay and
+        are marked banked (a save copies the window into the bank while the stream goes on)."""
+        items, chunks, i = list(self._items), [], 0
+        while i < len(items):
+            group = items[i : i + group_length(items, i, self.chunk_frames)]
+            if not group[0].banked:
+                chunks.append(make_chunk(group, next(self._chunk_ids)))
+                for it in group:
+                    it.banked = True
+            i += len(group)
+        return chunks
+
+    def evidence(self) -> Evidence | None:
+        """What the window covers, as evidence of an answer (``None`` when empty)."""
+        if not self._items:
+            return None
+        frames = tuple(it.frame_index for it in self._items if it.frame_index is not None)
+        thumb = next((it.thumbnail for it in reversed(self._items) if it.thumbnail), None)
+        kinds = {it.kind for it in self._items}
+        return Evidence(
+            t_start=self._items[0].pts, t_end=self._items[-1].end, source="window",
+            kind="frame" if kinds == {"frame"} else "text" if kinds == {"text"} else "mixed",
+            frame_indices=frames, thumbnail=thumb,
+        )
+
+    def clear(self) -> None:
+        self._items.clear()
+        self._tokens = 0

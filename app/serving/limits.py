@@ -1,0 +1,117 @@
+"""The session manager's limits: its validated config, the per-session frame-rate limiter, and
+which session settings may change once a session's input has started."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.engine.config import ConfigError, SessionConfig
+from streaming.checks import check_bool, check_int, check_number
+
+__all__ = ["LIVE_FIELDS", "FrameVerdict", "ManagerConfig", "RateLimiter"]
+
+#: Session settings that may change after a session's input has started (read per request).
+#: Everything else (drop mode, KV bits, window, system prompt, memory settings) is fixed from then.
+LIVE_FIELDS = frozenset({"max_new_tokens", "top_k", "dialog_max_tokens", "watch_min_interval_s", "watch_on_every_frame"})
+
+
+@dataclass(frozen=True)
+class ManagerConfig:
+    """Limits and defaults of a :class:`~app.serving.manager.SessionManager`.
+
+    Attributes:
+        max_sessions: open sessions at most. [1, 10000]
+        session_ttl_s: a session with no activity for this long is closed. (0, 604800]
+        max_fps: frames per second accepted per session (token bucket holding one second's worth, >= 1);
+            frames beyond it are dropped and counted as ``rate_limit``. (0, 1000]
+        max_frame_side: frames wider or taller than this are refused (``FrameTooLarge``); frames a
+            server-pulled source delivers are shrunk to it instead. [16, 16384]
+        max_frame_bytes: largest encoded (JPEG/PNG) frame accepted, bytes (enforced by the websocket layer).
+            [1024, 1 GiB]
+        default_session: settings every new session starts from.
+        session_ram_budget_mb: memory-bank RAM per session; used when the session's own
+            ``ram_budget_mb`` is None (``None`` here too = unlimited). (0, 1_048_576]
+        stats_interval_s: how often ``input_video.stats`` events go out while frames flow. [0.05, 3600]
+        snapshot_interval_s: the session's own stats are copied for readers after a frame at most this
+            often (frames closer together are caught up once they stop). [0.01, 60]
+        allow_file_sources: ``SessionManager.set_source`` admits local paths / ``file:`` URLs / webcams
+            when its caller does not say (the page passes ``allow_files=True`` for its own uploads).
+        source_open_timeout_s: how long opening a server-pulled source may take. (0, 600]
+    """
+
+    max_sessions: int = 16
+    session_ttl_s: float = 600.0
+    max_fps: float = 4.0
+    max_frame_side: int = 1920
+    max_frame_bytes: int = 8 * 2**20
+    default_session: SessionConfig = field(default_factory=SessionConfig)
+    session_ram_budget_mb: float | None = 256.0
+    stats_interval_s: float = 1.0
+    snapshot_interval_s: float = 0.25
+    allow_file_sources: bool = False
+    source_open_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        check_int("max_sessions", self.max_sessions, low=1, high=10000, error=ConfigError)
+        check_number("session_ttl_s", self.session_ttl_s, low=0, high=604800, error=ConfigError)
+        check_number("max_fps", self.max_fps, low=0, high=1000, error=ConfigError)
+        check_int("max_frame_side", self.max_frame_side, low=16, high=16384, error=ConfigError)
+        check_int("max_frame_bytes", self.max_frame_bytes, low=1024, high=2**30, error=ConfigError)
+        if not isinstance(self.default_session, SessionConfig):
+            raise ConfigError(f"default_session must be a SessionConfig; got {type(self.default_session).__name__}")
+        check_number("session_ram_budget_mb", self.session_ram_budget_mb, low=0, high=1_048_576, allow_none=True,
+                     error=ConfigError)
+        check_number("stats_interval_s", self.stats_interval_s, low=0.05, high=3600, low_inclusive=True, error=ConfigError)
+        check_number("snapshot_interval_s", self.snapshot_interval_s, low=0.01, high=60, low_inclusive=True,
+                     error=ConfigError)
+        check_bool("allow_file_sources", self.allow_file_sources, error=ConfigError)
+        check_number("source_open_timeout_s", self.source_open_timeout_s, low=0, high=600, error=ConfigError)
+
+    def updated(self, **changes: Any) -> "ManagerConfig":
+        """A validated copy with ``changes``; unknown names raise :class:`ConfigError`."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ConfigError(f"unknown manager setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class FrameVerdict:
+    """What ``SessionManager.offer_frame`` did with a frame.
+
+    Attributes:
+        accepted: the frame is queued for the model.
+        reason: why it was not accepted (``"rate_limit"``), else None.
+        replaced: it replaced an older pending frame of the session (counted as a ``backlog`` drop).
+    """
+
+    accepted: bool
+    reason: str | None = None
+    replaced: bool = False
+
+
+class RateLimiter:
+    """A token bucket: ``rate`` tokens per second, at most one second's worth (>= 1) stored.
+
+    Not thread-safe: the manager calls :meth:`allow` under the session's lock.
+    """
+
+    def __init__(self, rate: float) -> None:
+        self.rate = float(rate)
+        self.burst = max(1.0, self.rate)
+        self._tokens = self.burst
+        self._t = time.monotonic()
+
+    def allow(self) -> bool:
+        """Take a token if one is there: True when the caller may go ahead."""
+        now = time.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._t) * self.rate)
+        self._t = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
