@@ -10,8 +10,9 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 APT_STAMP := $(VENV)/.apt-installed
-# Debian packages the tests need: a real RTSP server (GStreamer), a real browser, ffmpeg for media fixtures.
-APT_PACKAGES := python3-gst-1.0 gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-good gstreamer1.0-plugins-base gstreamer1.0-plugins-bad chromium ffmpeg
+# Debian packages the tests need: a real RTSP server (GStreamer), a real browser, ffmpeg for media fixtures,
+# espeak-ng for real speech.
+APT_PACKAGES := python3-gst-1.0 gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-good gstreamer1.0-plugins-base gstreamer1.0-plugins-bad chromium ffmpeg espeak-ng
 SERVE_ARGS ?=
 PYTEST_ARGS ?=
 # The quick tier, by the markers declared in pyproject.toml.

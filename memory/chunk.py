@@ -2,7 +2,7 @@
 
 A chunk is the KV of a few consecutive tokens that slid out of the model's
 attention window: one frame's kept visual tokens, a few frames, or one timed
-text event. :class:`ChunkMeta` is the small, JSON-able description (time
+text event (a note, or a speech segment heard in the audio). :class:`ChunkMeta` is the small, JSON-able description (time
 range, kind, token count, thumbnail); :class:`KVChunk` adds the tensors.
 """
 
@@ -21,7 +21,7 @@ import torch
 from memory.errors import InvalidChunk
 
 #: Chunk kinds the bank knows.
-CHUNK_KINDS = ("frame", "text")
+CHUNK_KINDS = ("frame", "text", "speech")
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class ChunkMeta:
         chunk_id: unique non-negative id assigned by the caller (the session), increasing in time.
         t_start: start of the stream time range covered by the chunk, seconds.
         t_end: end of that range, seconds (``>= t_start``).
-        kind: ``"frame"`` or ``"text"``.
+        kind: ``"frame"``, ``"text"`` (a note) or ``"speech"`` (words heard in the audio).
         n_tokens: number of tokens ``T`` in the chunk's KV.
         frame_indices: indices of the frames the chunk was cut from (empty for text).
         text: the text of a text event (or a caption for display); ``None`` if none.

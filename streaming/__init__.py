@@ -1,4 +1,4 @@
-"""LiveSight ingestion: frame sources (file, URL, webcam, push), the sampler and ingest stats.
+"""LiveSight ingestion: frame (and audio) sources (file, URL, webcam, push), the sampler and ingest stats.
 
 Names are loaded on first use (PEP 562), so ``import streaming`` or
 ``from streaming.frame import Frame`` does not pull in PyAV or OpenCV.
@@ -38,6 +38,9 @@ _EXPORTS = {
     "SourceTimeout": "streaming.errors",
     "SourceClosed": "streaming.errors",
     "InvalidFrame": "streaming.errors",
+    "InvalidAudio": "streaming.errors",
+    "AudioChunk": "streaming.audio",
+    "AUDIO_RATE": "streaming.audio",
 }
 
 __all__ = sorted(_EXPORTS)

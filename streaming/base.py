@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
 
+from streaming.audio import AudioCallback, AudioDispatch
 from streaming.errors import SourceClosed
 from streaming.frame import Frame
 from streaming.info import Gap, SourceInfo
@@ -45,6 +46,10 @@ class SourceCounters:
 class FrameSource(ABC):
     """An iterable of :class:`Frame` with ``close()`` and context-manager support.
 
+    A source opened with ``audio=True`` (file, URL, push) also hands its audio, as
+    :class:`~streaming.audio.AudioChunk` s on the frames' clock, to the consumers registered
+    with :meth:`on_audio`; :meth:`audio_stats` counts what it did.
+
     A source is read once: iterate it directly (every frame, full size) or call
     :meth:`frames` with a ``select`` predicate and ``max_side`` so it converts only the frames
     wanted, at the wanted size. ``close()`` may be called from any thread; it stops the reading
@@ -64,6 +69,9 @@ class FrameSource(ABC):
         self._io_lock = threading.Lock()
         self._released = False
         self._started = False
+        #: True when the source decodes (or accepts) audio for its :meth:`on_audio` consumers.
+        self.audio = False
+        self._audio = AudioDispatch(name)
 
     @property
     @abstractmethod
@@ -93,6 +101,28 @@ class FrameSource(ABC):
 
     def __iter__(self) -> Iterator[Frame]:
         return self.frames()
+
+    def on_audio(self, callback: AudioCallback) -> None:
+        """Register a consumer of the source's audio; call it before iterating.
+
+        ``callback(chunk)`` runs on the thread that demuxes (or pushes) once per
+        :class:`~streaming.audio.AudioChunk`, in stream order; it must be quick and must not
+        block (queue the work). An exception it raises is logged and counted in
+        :meth:`audio_stats` (``callback_errors``) and never stops the stream. A source opened
+        with ``audio=False`` (or one that carries no audio) never calls it.
+        """
+        self._audio.add(callback)
+
+    def audio_stats(self) -> dict[str, object]:
+        """What the audio path did: ``enabled`` (opened with audio), ``packets``, ``chunks``,
+        ``seconds`` (decoded audio), ``decode_errors``, ``callback_errors``, ``last_end``."""
+        return {"enabled": self.audio, **self._audio.counters.as_dict()}
+
+    def _emit_audio(self, chunks: list) -> None:
+        """Hand decoded chunks (oldest first) to the consumers; empties ``chunks``."""
+        for chunk in chunks:
+            self._audio.emit(chunk)
+        chunks.clear()
 
     @abstractmethod
     def _produce(self, select: Select | None, max_side: int | None) -> Iterator[Frame]:

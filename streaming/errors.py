@@ -77,3 +77,10 @@ class SourceClosed(SourceError):
 
 class InvalidFrame(SourceError):
     """One pushed frame could not be used (undecodable bytes, bad array); only that push fails."""
+
+
+class InvalidAudio(SourceError):
+    """One pushed audio buffer could not be used (odd byte count, bad rate, empty, too long,
+    bad array); only that push fails."""
+
+    code = "invalid_audio"

@@ -23,7 +23,7 @@ def is_webcam_spec(spec: str) -> bool:
 def open_source(spec: str | os.PathLike[str], *, allow_files: bool = True, allow_webcam: bool | None = None,
                 allowed_schemes: Iterable[str] = DEFAULT_ALLOWED_SCHEMES, realtime: bool = False,
                 open_timeout_s: float | None = 10.0, read_timeout_s: float | None = 10.0,
-                **options: Any) -> FrameSource:
+                audio: bool = False, **options: Any) -> FrameSource:
     """Open the source ``spec`` names.
 
     * a path or ``file:`` URL -> :class:`FileSource` (``realtime`` plays it as a live camera);
@@ -38,6 +38,8 @@ def open_source(spec: str | os.PathLike[str], *, allow_files: bool = True, allow
         allowed_schemes: URL schemes admitted.
         realtime: pace a file at wall-clock speed.
         open_timeout_s, read_timeout_s: the source's timeouts.
+        audio: files and URLs also decode their audio for ``source.on_audio`` consumers (an
+            audio-only input is then valid); a local camera has no audio and ignores it.
         **options: further keyword arguments for the chosen source class
             (e.g. ``reconnect``, ``backoff_initial_s`` for URLs; ``speed`` for files).
 
@@ -66,6 +68,6 @@ def open_source(spec: str | os.PathLike[str], *, allow_files: bool = True, allow
             raise SchemeNotAllowed(f"{redact(text)}: local files are not allowed here (allowed schemes: {admitted})",
                                    redact(text), scheme="file", allowed=tuple(sorted(allowed)))
         return FileSource(local_path(text), realtime=realtime, open_timeout_s=open_timeout_s,
-                          read_timeout_s=read_timeout_s, **options)
+                          read_timeout_s=read_timeout_s, audio=audio, **options)
     return URLSource(text, allowed_schemes=allowed, allow_files=False, open_timeout_s=open_timeout_s,
-                     read_timeout_s=read_timeout_s, **options)
+                     read_timeout_s=read_timeout_s, audio=audio, **options)

@@ -1,4 +1,4 @@
-"""Video files (any container/codec FFmpeg decodes), read through PyAV."""
+"""Video (and audio) files, any container/codec FFmpeg decodes, read through PyAV."""
 
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ from collections.abc import Iterator
 import av
 import numpy as np
 
+from streaming.audio import AudioChunk, AudioDecoder
 from streaming.base import FrameSource, Select
-from streaming.checks import check_int, check_number, check_timeout
+from streaming.checks import check_bool, check_int, check_number, check_timeout
 from streaming.errors import CorruptStream, NotAVideo, SourceNotFound
 from streaming.frame import Frame
 from streaming.info import SourceInfo
 from streaming.pacing import RealtimeClock
-from streaming.pyav_io import PacketDecoder, describe, frame_to_rgb, make_frame, open_input, pick_video_stream
+from streaming.pyav_io import PacketDecoder, describe, frame_to_rgb, make_frame, open_input, pick_streams
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +59,20 @@ class FrameClock:
 
 
 class FileSource(FrameSource):
-    """Frames of a local video file, decoded with PyAV.
+    """Frames (and, with ``audio=True``, audio) of a local media file, decoded with PyAV.
 
     ``pts`` come from the stream's own timestamps (variable frame rate keeps them); frames
     without one get a best-effort pts. Corrupt packets are skipped and counted in
     ``counters.decode_errors``; the stream goes on. With ``realtime=True`` frames are paced at
     wall-clock speed relative to the first pts (the file plays as a live camera, ``live`` is
     True) and each frame's ``wall`` is its due time on that clock.
+
+    With ``audio=True`` the first audio stream is demuxed in the same loop as the video,
+    resampled to 16 kHz mono and handed, as :class:`~streaming.audio.AudioChunk` s on the
+    container's clock (the frames' clock), to the :meth:`on_audio` consumers, paced like the
+    frames in realtime mode. An audio-only file is then valid: iterating yields no frames and
+    the audio goes to the consumers until the end. Bad audio packets are skipped and counted in
+    :meth:`audio_stats`; an audio track that ends early leaves the video going.
 
     Args:
         path: the file.
@@ -75,10 +83,12 @@ class FileSource(FrameSource):
         thread_type: FFmpeg decoder threading, ``AUTO`` (default), ``FRAME``, ``SLICE`` or ``NONE``.
         max_consecutive_errors: bad packets in a row tolerated before :class:`CorruptStream`.
         options: extra FFmpeg demuxer options.
+        audio: also decode the audio stream for :meth:`on_audio` consumers.
 
     Raises:
         SourceNotFound: no such file.
-        NotAVideo: not a media file, or no video stream (:class:`AudioOnly` for audio only).
+        NotAVideo: not a media file, or no video stream (:class:`AudioOnly` for audio only with
+            ``audio=False``; with ``audio=True``, neither video nor audio).
         CorruptStream: looks like media but its container cannot be read.
     """
 
@@ -87,7 +97,7 @@ class FileSource(FrameSource):
     def __init__(self, path: str | os.PathLike[str], *, realtime: bool = False, speed: float = 1.0,
                  open_timeout_s: float | None = 10.0, read_timeout_s: float | None = 10.0,
                  thread_type: str = "AUTO", max_consecutive_errors: int = 1000,
-                 options: dict[str, str] | None = None) -> None:
+                 options: dict[str, str] | None = None, audio: bool = False) -> None:
         name = os.fspath(path)
         super().__init__(name, live=bool(realtime))
         self.speed = check_number("speed", speed, low=0.0, high=100.0)
@@ -95,6 +105,7 @@ class FileSource(FrameSource):
         self.read_timeout_s = check_timeout("read_timeout_s", read_timeout_s)
         thread_type = check_thread_type(thread_type)
         self._max_errors = check_int("max_consecutive_errors", max_consecutive_errors, low=1, high=10**7)
+        self.audio = check_bool("audio", audio)
         if not os.path.exists(name):
             raise SourceNotFound(f"{name}: no such file", name)
         if os.path.isdir(name):
@@ -102,14 +113,19 @@ class FileSource(FrameSource):
         self._container = open_input(name, name=name, options=options, open_timeout_s=self.open_timeout_s,
                                      read_timeout_s=self.read_timeout_s, network=False)
         try:
-            self._stream = pick_video_stream(self._container, name)
-            self._stream.thread_type = thread_type
+            self._stream, audio_stream = pick_streams(self._container, name, audio=self.audio)
+            if self._stream is not None:
+                self._stream.thread_type = thread_type
             self._info = describe(self._container, self._stream, name=name, kind=self.kind, live=self.live)
+            audio_decoder = (AudioDecoder(audio_stream, name, self._audio.counters)
+                             if audio_stream is not None else None)
         except BaseException:
             self._container.close()
             raise
-        self._decoder = PacketDecoder(self._container, self._stream, self.counters, name, self._max_errors)
-        start = float(self._stream.start_time * self._stream.time_base) if self._stream.start_time else 0.0
+        self._decoder = PacketDecoder(self._container, self._stream, self.counters, name, self._max_errors,
+                                      audio=audio_decoder, audio_stream=audio_stream)
+        stream = self._stream
+        start = float(stream.start_time * stream.time_base) if stream is not None and stream.start_time else 0.0
         self._clock = FrameClock(name, self._info.fps, start)
 
     @property
@@ -121,18 +137,28 @@ class FileSource(FrameSource):
         # frame frees it before the next one is converted (glibc then reuses the memory).
         pacer = RealtimeClock(self.speed, self._stop) if self.live else None
         pending: deque[tuple[int, float, np.ndarray]] = deque()
+        sound: deque[AudioChunk] = deque()
         index = 0
+        ended = False
         try:
-            while True:
+            while not ended:
                 with self._io_lock:
                     if self._stop.is_set() or self._released:
                         return
                     decoded = self._decoder.step()
                     if decoded is None:
-                        break
-                    index = self._convert(decoded, select, max_side, index, pending)
+                        ended = True
+                    else:
+                        index = self._convert(decoded, select, max_side, index, pending)
                     del decoded
-                while pending:
+                    sound.extend(self._decoder.audio_ready)
+                    self._decoder.audio_ready.clear()
+                while pending or sound:  # in stream order, both paced on the same clock
+                    if sound and (not pending or sound[0].pts <= pending[0][1]):
+                        if pacer is not None and pacer.wait(sound[0].pts) is None:
+                            return
+                        self._audio.emit(sound.popleft())
+                        continue
                     if pacer is None:
                         wall = time.time()
                     else:
@@ -141,12 +167,19 @@ class FileSource(FrameSource):
                             return
                         wall = due
                     yield make_frame(pending.popleft(), wall)
-            if self.counters.decoded == 0 and self.counters.decode_errors > 0:
-                raise CorruptStream(
-                    f"{self.name}: no decodable video frame ({self.counters.decode_errors} decode errors)", self.name
-                )
+            self._check_decoded()
         finally:
             self._release_locked()
+
+    def _check_decoded(self) -> None:
+        """At the end: an input that gave nothing but errors is corrupt."""
+        if self._stream is not None and self.counters.decoded == 0 and self.counters.decode_errors > 0:
+            raise CorruptStream(
+                f"{self.name}: no decodable video frame ({self.counters.decode_errors} decode errors)", self.name
+            )
+        audio = self._audio.counters
+        if self._stream is None and audio.chunks == 0 and audio.decode_errors > 0:
+            raise CorruptStream(f"{self.name}: no decodable audio ({audio.decode_errors} decode errors)", self.name)
 
     def _convert(self, decoded: list[av.VideoFrame], select: Select | None, max_side: int | None, index: int,
                  pending: deque[tuple[int, float, np.ndarray]]) -> int:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class SourceInfo:
-    """Facts about a source's video stream, as far as the container tells them.
+    """Facts about a source's video (and audio) stream, as far as the container tells them.
 
     Attributes:
         source: the source as named by the user (URLs with the password redacted).
@@ -20,7 +20,11 @@ class SourceInfo:
         fps: average frame rate, or None when unknown.
         duration_s: duration in seconds when the container knows it, else None.
         frame_count: number of frames when the container knows it, else None.
-        has_audio: True when the input also carries an audio stream (ignored here).
+        has_audio: True when the input carries an audio stream (decoded only when the source
+            was opened with ``audio=True``).
+        has_video: True when the input has a video stream (False for an audio-only source).
+        audio_codec: the first audio stream's codec name (e.g. ``"aac"``), or None.
+        audio_rate: its sample rate in Hz as the container states it, or None.
     """
 
     source: str
@@ -34,6 +38,9 @@ class SourceInfo:
     duration_s: float | None = None
     frame_count: int | None = None
     has_audio: bool = False
+    has_video: bool = True
+    audio_codec: str | None = None
+    audio_rate: int | None = None
 
     @property
     def size(self) -> str | None:

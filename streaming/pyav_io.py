@@ -1,8 +1,9 @@
 """PyAV plumbing shared by the file and URL sources.
 
 Opening an input with open/read timeouts and mapping FFmpeg's errors to our typed errors,
-picking the video stream, describing it, and a packet-by-packet decoder that skips bad
-packets (counting them) instead of giving up on the whole stream.
+picking the video (and audio) stream, describing them, and a packet-by-packet decoder that
+demuxes video and audio together and skips bad packets (counting them) instead of giving up
+on the whole stream.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import av
 import av.error
 import numpy as np
 
+from streaming.audio import AudioChunk, AudioDecoder
 from streaming.base import SourceCounters
 from streaming.errors import (
     AccessDenied,
@@ -128,40 +130,74 @@ def pick_video_stream(container: av.container.InputContainer, name: str) -> av.v
         AudioOnly: the input has audio streams but no video.
         NotAVideo: no video stream at all, or no decoder for its codec.
     """
-    videos = list(container.streams.video)
-    if not videos:
-        if container.streams.audio:
-            codecs = ", ".join(sorted({s.codec_context.name for s in container.streams.audio if s.codec_context}))
-            raise AudioOnly(f"{name}: audio only ({codecs}), no video stream", name)
-        raise NotAVideo(f"{name}: no video stream in this {container.format.name} input", name)
-    for stream in videos:
+    video, _ = pick_streams(container, name, audio=False)
+    assert video is not None
+    return video
+
+
+def _first_decodable(streams: list) -> object | None:
+    for stream in streams:
         if stream.codec_context is not None:
             return stream
-    raise NotAVideo(f"{name}: no decoder for its video codec", name)
+    return None
 
 
-def describe(container: av.container.InputContainer, stream: av.video.stream.VideoStream, *, name: str,
+def pick_streams(container: av.container.InputContainer, name: str, *, audio: bool
+                 ) -> tuple[av.video.stream.VideoStream | None, av.audio.stream.AudioStream | None]:
+    """The first decodable video stream and, with ``audio``, the first decodable audio stream.
+
+    With ``audio=True`` an input with audio and no video is valid (``(None, audio_stream)``);
+    with ``audio=False`` the audio stream is never picked (``(video, None)``).
+
+    Raises:
+        AudioOnly: ``audio=False`` and the input has audio streams but no video.
+        NotAVideo: no video stream (and, with ``audio``, no audio stream) that can be decoded.
+    """
+    videos = list(container.streams.video)
+    audios = list(container.streams.audio)
+    video = _first_decodable(videos)
+    sound = _first_decodable(audios) if audio else None
+    if video is None and sound is None:
+        if videos:
+            raise NotAVideo(f"{name}: no decoder for its video codec", name)
+        if audios and not audio:
+            codecs = ", ".join(sorted({s.codec_context.name for s in audios if s.codec_context}))
+            raise AudioOnly(f"{name}: audio only ({codecs}), no video stream (open it with audio on to hear it)",
+                            name)
+        if audios:
+            raise NotAVideo(f"{name}: no decoder for its audio codec and no video stream", name)
+        raise NotAVideo(f"{name}: neither a video nor an audio stream in this {container.format.name} input", name)
+    return video, sound  # type: ignore[return-value]
+
+
+def describe(container: av.container.InputContainer, stream: av.video.stream.VideoStream | None, *, name: str,
              kind: str, live: bool) -> SourceInfo:
-    """A :class:`SourceInfo` from what the container and stream headers say."""
-    ctx = stream.codec_context
-    rate = stream.average_rate or stream.guessed_rate
+    """A :class:`SourceInfo` from what the container and stream headers say (``stream`` None:
+    an audio-only input)."""
+    audios = list(container.streams.audio)
+    sound = audios[0] if audios else None
+    audio_codec = sound.codec_context.name if sound is not None and sound.codec_context is not None else None
+    audio_rate = (sound.codec_context.sample_rate or None) if sound is not None and sound.codec_context else None
     duration = None
-    if stream.duration and stream.time_base:
+    if stream is not None and stream.duration and stream.time_base:
         duration = float(stream.duration * stream.time_base)
     elif container.duration:
         duration = container.duration / av.time_base
+    common = dict(source=name, kind=kind, live=live, container=container.format.name,
+                  duration_s=duration if duration and duration > 0 else None, has_audio=bool(audios),
+                  audio_codec=audio_codec, audio_rate=audio_rate)
+    if stream is None:
+        return SourceInfo(**common, has_video=False)
+    ctx = stream.codec_context
+    rate = stream.average_rate or stream.guessed_rate
     return SourceInfo(
-        source=name,
-        kind=kind,
-        live=live,
-        container=container.format.name,
+        **common,
         codec=ctx.name,
         width=ctx.width or None,
         height=ctx.height or None,
         fps=float(rate) if rate else None,
-        duration_s=duration if duration and duration > 0 else None,
         frame_count=stream.frames or None,
-        has_audio=bool(container.streams.audio),
+        has_video=True,
     )
 
 
@@ -180,36 +216,51 @@ def make_frame(item: tuple[int, float, np.ndarray], wall: float) -> Frame:
 
 
 class PacketDecoder:
-    """Reads one container's video stream one packet at a time and decodes it.
+    """Reads one container's video (and audio) stream one packet at a time and decodes it.
 
-    Bad packets (demux or decode errors) are counted in ``counters.decode_errors`` and skipped;
-    transport errors raise :class:`StreamInterrupted`; more than ``max_consecutive_errors``
-    errors in a row without a frame raise :class:`CorruptStream`.
+    Video and audio are demuxed together, in the container's order, so pacing and outages
+    work the same for both. Decoded audio is gathered by the :class:`AudioDecoder` into
+    :attr:`audio_ready`, which the source drains and hands to its ``on_audio`` consumers.
+    Bad video packets (demux or decode errors) are counted in ``counters.decode_errors`` and
+    skipped; bad audio packets are counted in the audio counters and skipped, and never stop
+    the video. Transport errors raise :class:`StreamInterrupted`; more than
+    ``max_consecutive_errors`` errors in a row without a frame (video frames, or audio for an
+    audio-only input) raise :class:`CorruptStream`.
 
     Args:
         container: an open input container.
-        stream: its video stream (thread type already set).
+        stream: its video stream (thread type already set), or None for an audio-only input.
         counters: where to count packets, frames and errors.
         name: the source's name for messages.
         max_consecutive_errors: errors in a row tolerated before giving up.
+        audio: the decoder of the audio stream to demux beside the video, or None.
     """
 
-    def __init__(self, container: av.container.InputContainer, stream: av.video.stream.VideoStream,
-                 counters: SourceCounters, name: str, max_consecutive_errors: int) -> None:
+    def __init__(self, container: av.container.InputContainer, stream: av.video.stream.VideoStream | None,
+                 counters: SourceCounters, name: str, max_consecutive_errors: int,
+                 audio: AudioDecoder | None = None, audio_stream: av.audio.stream.AudioStream | None = None) -> None:
+        if stream is None and audio is None:
+            raise ValueError("PacketDecoder needs a video stream, an audio decoder, or both")
         self._container = container
         self._stream = stream
+        self._audio = audio if audio_stream is not None else None
+        self._audio_stream = audio_stream if audio is not None else None
         self._counters = counters
         self._name = name
         self._max_errors = max_consecutive_errors
         self._consecutive = 0
-        self._demux = container.demux(stream)
-        self.time_base: Fraction = stream.time_base or Fraction(1, 90000)
+        self._streams = [s for s in (stream, self._audio_stream) if s is not None]
+        self._demux = container.demux(*self._streams)
+        self.time_base: Fraction = (stream.time_base if stream is not None else None) or Fraction(1, 90000)
+        #: Audio chunks decoded and not yet handed out, oldest first.
+        self.audio_ready: list[AudioChunk] = []
 
     def step(self) -> list[av.VideoFrame] | None:
         """Read and decode one packet.
 
         Returns:
-            the frames it produced (often one, sometimes none), or None at end of stream.
+            the video frames it produced (often one, sometimes none; none for an audio packet,
+            whose chunks go to :attr:`audio_ready`), or None at end of stream.
 
         Raises:
             StreamInterrupted: the transport failed (connection lost, read timeout).
@@ -218,13 +269,17 @@ class PacketDecoder:
         try:
             packet = next(self._demux)
         except StopIteration:
+            if self._audio is not None:
+                self.audio_ready.extend(self._audio.flush())
             return None
         except NETWORK_ERRORS as exc:
             raise StreamInterrupted(reason_of(exc), timed_out=isinstance(exc, (av.error.ExitError, TimeoutError))) from exc
         except av.error.FFmpegError as exc:
             self._error("demux", exc)
-            self._demux = self._container.demux(self._stream)
+            self._demux = self._container.demux(*self._streams)
             return []
+        if self._audio is not None and packet.stream_index == self._audio_stream.index:  # type: ignore[union-attr]
+            return self._audio_step(packet)
         if packet.size:
             self._counters.received += 1
         flagged = bool(packet.is_corrupt)  # e.g. a packet cut short by a truncated file
@@ -243,6 +298,20 @@ class PacketDecoder:
             if frame.is_corrupt:
                 self._counters.corrupt_frames += 1
         return frames
+
+    def flush_audio(self) -> None:
+        """The session ends early (an outage): move what the audio decoder holds to :attr:`audio_ready`."""
+        if self._audio is not None:
+            self.audio_ready.extend(self._audio.flush())
+
+    def _audio_step(self, packet: av.Packet) -> list[av.VideoFrame]:
+        audio = self._audio
+        assert audio is not None
+        self.audio_ready.extend(audio.decode(packet))
+        if self._stream is None and audio.consecutive_errors > self._max_errors:
+            raise CorruptStream(f"{self._name}: {audio.consecutive_errors} audio decode errors in a row, giving up",
+                                self._name)
+        return []
 
     def _error(self, stage: str, exc: BaseException | None) -> None:
         self._counters.decode_errors += 1

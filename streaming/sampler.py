@@ -252,6 +252,7 @@ class Sampler:
             fps = len(self._deliveries) / span if span > 0 else 0.0
             delivered, lag, last_pts = self._delivered, self._lag, self._last_pts
         queue = self._queue
+        audio = self.source.audio_stats()
         return IngestStats(
             received=counters.received,
             decoded=counters.decoded,
@@ -272,6 +273,9 @@ class Sampler:
             last_pts=last_pts,
             live=self.live,
             finished=self._finished,
+            audio_s=float(audio["seconds"]),
+            audio_chunks=int(audio["chunks"]),
+            audio_decode_errors=int(audio["decode_errors"]),
         )
 
     def close(self, join_timeout_s: float = 1.0) -> None:

@@ -38,6 +38,9 @@ class IngestStats:
         last_pts: pts of the newest delivered frame, or None.
         live: True when the sampler runs the source in a background thread (newest wins).
         finished: the stream ended (or was closed) and everything was handed out.
+        audio_s: seconds of audio handed to the source's ``on_audio`` consumers (0 without audio).
+        audio_chunks: audio chunks handed out.
+        audio_decode_errors: bad audio packets (or pushes) skipped.
     """
 
     received: int = 0
@@ -59,3 +62,6 @@ class IngestStats:
     last_pts: float | None = None
     live: bool = False
     finished: bool = False
+    audio_s: float = 0.0
+    audio_chunks: int = 0
+    audio_decode_errors: int = 0

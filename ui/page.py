@@ -1,4 +1,9 @@
-"""The LiveSight Gradio page: live video in, a chat that cites the moments it used, live stats.
+"""The LiveSight Gradio page: live video (and its sound) in, a chat that cites the moments it used,
+a live transcript, live stats.
+
+With speech on (the manager's ``asr``), the browser microphone streams beside the webcam (on the
+same clock), an uploaded video or a camera URL is heard as well as seen (the server reads its
+sound track), and what is heard shows in the transcript box and in the evidence cards.
 
 ``build_page(manager)`` returns the ``gr.Blocks``; ``launch(manager, host, port)`` serves it and
 ``mount(app, manager, path)`` puts it on an existing FastAPI app. One manager session per browser
@@ -14,7 +19,8 @@ Public API endpoints (``gradio_client``), each acting on the caller's own sessio
 * ``/set_source`` (url) -> dict, ``/stop_source`` () -> dict: a camera URL the server pulls.
 * ``/watch`` (rule) -> dict, ``/unwatch`` (rule_id) -> dict: watch rules.
 * ``/settings`` (overrides) -> dict, ``/new_session`` (overrides) -> dict.
-* ``/stats`` () -> dict: ``manager.stats`` plus the kept-ratio history, source progress, alerts.
+* ``/stats`` () -> dict: ``manager.stats`` plus the kept-ratio history, source progress, alerts
+  and the ``transcript`` (``[{t_start, t_end, text}]``, the newest speech heard).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import gradio as gr
 from app.engine.types import SessionError
 from compression.droppers import DROP_MODES
 from compression.kvcodec import KV_BITS
+from streaming.errors import SourceError
 
 from . import render
 from .actions import PageActions, PageError
@@ -74,6 +81,7 @@ def build_page(manager, config: PageConfig | None = None):
     model_name = getattr(spec, "name", None)
     notice = model_notice(manager)
     defaults = manager.config.default_session
+    speech = bool(getattr(manager, "speech", False))
 
     with gr.Blocks(title=config.title, analytics_enabled=False) as demo:
         sid_state = gr.State(None, delete_callback=tabs.release_state)
@@ -88,6 +96,10 @@ def build_page(manager, config: PageConfig | None = None):
                         cam = gr.Image(label="Webcam (streams to the server while recording)", sources=["webcam"],
                                        streaming=True, webcam_options=gr.WebcamOptions(mirror=False), height=300,
                                        elem_id="ls-webcam")
+                        mic = None
+                        if speech:
+                            mic = gr.Audio(label="Microphone (streams with the webcam; what it hears is transcribed)",
+                                           sources=["microphone"], streaming=True, type="numpy", elem_id="ls-mic")
                     with gr.Tab("Video file", id="file"):
                         upload = gr.File(label="Video file, played as a live stream", file_types=["video"],
                                          type="filepath", height=120, elem_id="ls-upload")
@@ -98,6 +110,7 @@ def build_page(manager, config: PageConfig | None = None):
                 with gr.Row():
                     source_box = gr.HTML(render.progress_html(None), elem_id="ls-source")
                     stop_src_btn = gr.Button("Stop source", size="sm", scale=0, min_width=110)
+                transcript_box = gr.HTML(render.transcript_html([], speech=speech), elem_id="ls-transcript")
                 stats_box = gr.HTML(render.stats_html(None), elem_id="ls-stats")
                 kept_plot = gr.LinePlot(render.kept_frame([]), x=render.KEPT_X, y=render.KEPT_Y, y_lim=[0, 1],
                                         title="Kept visual tokens per frame", height=220, x_axis_format=".1f",
@@ -178,6 +191,37 @@ def build_page(manager, config: PageConfig | None = None):
                 if tab.source_error and tab.source_error.startswith("webcam frame refused"):
                     tab.source_error = None
             return sid
+
+        def on_mic(piece, sid, request: gr.Request):
+            if piece is None:
+                return gr.skip()
+            try:
+                sid = actions.session(sid, _session_hash(request))
+            except PageError as exc:
+                logger.warning("microphone audio without a session: %s", exc)
+                return sid
+            tab = tabs.tab(sid)
+            try:
+                rate, samples = piece
+                tabs.mic_audio(tab, int(rate), samples)
+            except (TypeError, ValueError, SessionError, SourceError) as exc:  # a bad piece fails alone
+                message = f"microphone audio refused: {exc}"
+                if tab.source_error != message:
+                    logger.warning("session %s: %s", sid, message)
+                tab.source_error = message
+            else:
+                if tab.source_error and tab.source_error.startswith("microphone audio refused"):
+                    tab.source_error = None
+            return sid
+
+        def transcript_view(sid: str | None) -> str:
+            if sid is None:
+                return render.transcript_html([], speech=speech)
+            try:
+                segments = manager.transcript(sid, render.TRANSCRIPT_LINES)
+            except SessionError:
+                segments = []
+            return render.transcript_html(segments, speech=speech)
 
         def source_view(sid: str | None) -> str:
             tab = tabs.tab(sid)
@@ -295,12 +339,12 @@ def build_page(manager, config: PageConfig | None = None):
             sid = actions.existing(sid, _session_hash(request))
             tab = tabs.tab(sid)
             if sid is None or tab is None:
-                return render.stats_html(None), gr.skip(), source_view(None), gr.skip()
+                return render.stats_html(None), gr.skip(), source_view(None), gr.skip(), gr.skip()
             try:
                 stats = actions.stats(sid)
                 history = manager.kept_history(sid)
             except SessionError:  # the session closed between calls (UnknownSession)
-                return render.stats_html(None), gr.skip(), source_view(None), gr.skip()
+                return render.stats_html(None), gr.skip(), source_view(None), gr.skip(), gr.skip()
             key = (len(history), history[-1][0] if history else None)
             plot = gr.skip() if key == tab.plotted else render.kept_frame(history)
             tab.plotted = key
@@ -308,7 +352,7 @@ def build_page(manager, config: PageConfig | None = None):
                 gr.Info(f"Alert at {render.format_span(alert.pts, alert.pts)}: {alert.rule}", duration=6)
             webcam_fps = stats.get("page", {}).get("webcam_fps")
             return (render.stats_html(stats, webcam_fps=webcam_fps), plot, source_view(sid),
-                    render.alerts_html(tabs.alerts(tab)))
+                    render.alerts_html(tabs.alerts(tab)), transcript_view(sid))
 
         # ------------------------------------------------------------------------ wiring
         private = dict(api_visibility="private")
@@ -316,6 +360,9 @@ def build_page(manager, config: PageConfig | None = None):
         demo.unload(on_unload)
         cam.stream(on_frame, [cam, sid_state], [sid_state], stream_every=config.stream_every_s, time_limit=None,
                    concurrency_limit=None, show_progress="hidden", **private)
+        if mic is not None:
+            mic.stream(on_mic, [mic, sid_state], [sid_state], stream_every=config.stream_every_s, time_limit=None,
+                       concurrency_limit=None, show_progress="hidden", **private)
         upload.upload(on_upload, [upload, sid_state], [sid_state, source_box], api_name="play_video",
                       concurrency_limit=None)
         upload.clear(on_stop_source, [sid_state], [sid_state, source_box], **private)
@@ -334,8 +381,8 @@ def build_page(manager, config: PageConfig | None = None):
         restart_btn.click(on_restart, [drop_dd, bits_dd, topk_sl, window_nb, sid_state],
                           [sid_state, header, settings_note, chatbot, details, rules_box, remove_dd, remove_row, alerts_box],
                           concurrency_limit=None, **private)
-        timer.tick(on_tick, [sid_state], [stats_box, kept_plot, source_box, alerts_box], concurrency_limit=None,
-                   show_progress="hidden", **private)
+        timer.tick(on_tick, [sid_state], [stats_box, kept_plot, source_box, alerts_box, transcript_box],
+                   concurrency_limit=None, show_progress="hidden", **private)
 
         _api_endpoints(actions, tabs, manager)
 
@@ -377,6 +424,8 @@ def _api_endpoints(actions: PageActions, tabs: TabRegistry, manager) -> None:
         tab = tabs.tab(sid)
         out["alerts"] = [a.to_dict() for a in tabs.alerts(tab)] if tab else []
         out["rules"] = [{"rule_id": r.rule_id, "text": r.text} for r in actions.rules(sid)]
+        out["transcript"] = [{"t_start": seg.t_start, "t_end": seg.t_end, "text": seg.text}
+                             for seg in manager.transcript(sid)]
         return out
 
     def watch(rule: str, request: gr.Request = None) -> dict:

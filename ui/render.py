@@ -1,4 +1,5 @@
-"""HTML and plot data for the page: answers with evidence, live stats, alerts, the model notice.
+"""HTML and plot data for the page: answers with evidence, live stats, the transcript, alerts, the
+model notice.
 
 Pure functions of plain data (session results and stats dicts); nothing here touches the
 manager or Gradio, so every piece of the page's text can be tested on its own. All text that
@@ -18,6 +19,9 @@ from app.engine.types import Alert, Answer, Evidence, WatchRule
 
 #: Evidence cards shown under an answer (the rest are counted, not drawn).
 MAX_EVIDENCE_CARDS = 8
+
+#: Transcript lines shown beside the video (the newest).
+TRANSCRIPT_LINES = 12
 
 #: Column names of the kept-ratio plot's DataFrame.
 KEPT_X = "stream time (s)"
@@ -68,7 +72,8 @@ def pick_evidence(evidence: Sequence[Evidence], max_cards: int = MAX_EVIDENCE_CA
 
 
 def evidence_html(evidence: Sequence[Evidence], max_cards: int = MAX_EVIDENCE_CARDS) -> str:
-    """The moments an answer relied on: one card per evidence item (thumbnail + time range).
+    """The moments an answer relied on: one card per evidence item (thumbnail + time range; words
+    heard in the audio, with "heard at", for speech).
 
     Memory chunks come first in time order with their retrieval score; the recent window is
     the last card. Returns ``""`` for no evidence.
@@ -82,15 +87,19 @@ def evidence_html(evidence: Sequence[Evidence], max_cards: int = MAX_EVIDENCE_CA
             where = "memory" + (f" · score {ev.score:.2f}" if ev.score is not None else "")
         else:
             where = "recent window"
-        if ev.thumbnail:
-            pic = f'<img class="ls-thumb" src="{jpeg_data_uri(ev.thumbnail)}" alt="frame at {esc(span)}">'
-        elif ev.kind == "text" and ev.text:
+        lead = ""
+        if ev.kind == "speech" and ev.text:
+            pic = f'<div class="ls-thumb ls-note ls-speech">🎙 “{esc(_clip(ev.text, 80))}”</div>'
+            span, lead = format_timestamp(ev.t_start), "heard at "
+        elif ev.kind == "text" and ev.text:  # a note's words say more than the frame that was on screen
             pic = f'<div class="ls-thumb ls-note">“{esc(_clip(ev.text, 80))}”</div>'
+        elif ev.thumbnail:
+            pic = f'<img class="ls-thumb" src="{jpeg_data_uri(ev.thumbnail)}" alt="frame at {esc(span)}">'
         else:
             pic = f'<div class="ls-thumb ls-note">{esc(ev.kind)}</div>'
         cards.append(
             f'<figure class="ls-ev ls-ev-{esc(ev.source)}">{pic}'
-            f'<figcaption><b class="ls-ts">{esc(span)}</b><br><small>{esc(where)}</small></figcaption></figure>'
+            f'<figcaption>{esc(lead)}<b class="ls-ts">{esc(span)}</b><br><small>{esc(where)}</small></figcaption></figure>'
         )
     more = len(evidence) - max_cards
     extra = f'<span class="ls-more">+{more} more</span>' if more > 0 else ""
@@ -154,6 +163,28 @@ def stats_cards(stats: Mapping[str, Any], *, webcam_fps: float | None = None) ->
     mem = stats.get("memory_bytes") if isinstance(stats.get("memory_bytes"), Mapping) else {}
     chunks = _num(stats, "bank_chunks", default=0.0)
     encode_ms = _num(stats, "encode_ms_per_step", "encode_ms_per_frame")
+    return [*_base_cards(fps, lag, dropped, frames, kept, encode_ms, mem, chunks), *audio_cards(stats)]
+
+
+def audio_cards(stats: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """``[(label, value, hint)]`` of the speech statistics (none with speech off)."""
+    audio = stats.get("audio")
+    if not isinstance(audio, Mapping) or not audio.get("speech"):
+        return []
+    heard = _num(audio, "audio_s", default=0.0) or 0.0
+    speech = _num(audio, "speech_s", default=0.0) or 0.0
+    rtf = _num(audio, "rtf")
+    lag = _num(audio, "lag_s")
+    behind = " (behind)" if audio.get("behind") else ""
+    return [
+        ("heard", f"{heard:.0f} s", f"seconds of audio heard; {speech:.0f} s of it speech"),
+        ("transcripts", f"{int(_num(audio, 'committed', default=0.0) or 0)}", "speech segments remembered"),
+        ("speech lag", "-" if lag is None else f"{lag:.1f} s{behind}",
+         "how far transcription is behind the audio" + ("" if rtf is None else f" (real-time factor {rtf:.2f})")),
+    ]
+
+
+def _base_cards(fps, lag, dropped, frames, kept, encode_ms, mem, chunks) -> list[tuple[str, str, str]]:
     return [
         ("ingest", "-" if fps is None else f"{fps:.1f} fps", "frames per second reaching the model"),
         ("lag", "-" if lag is None else f"{lag:.2f} s", "how far behind real time the model is"),
@@ -177,6 +208,23 @@ def stats_html(stats: Mapping[str, Any] | None, *, webcam_fps: float | None = No
         for label, value, hint in stats_cards(stats, webcam_fps=webcam_fps)
     )
     return f'<div class="ls-stats">{cells}</div>'
+
+
+def transcript_html(segments: Sequence[Any], *, speech: bool = True, lines: int = TRANSCRIPT_LINES) -> str:
+    """The live transcript: the newest ``lines`` speech segments (``t_start``, ``t_end``, ``text``
+    objects or dicts), oldest first, each with its stream time."""
+    if not speech:
+        return ('<div class="ls-transcript ls-muted">Speech recognition is off on this server '
+                "(livesight serve --asr MODEL turns it on).</div>")
+    if not segments:
+        return ('<div class="ls-transcript ls-muted">Transcript: nothing heard yet. Speech in an uploaded video, '
+                "a camera URL or the microphone shows up here.</div>")
+    items = []
+    for seg in list(segments)[-lines:]:
+        get = seg.get if isinstance(seg, Mapping) else (lambda k, _s=seg: getattr(_s, k, None))
+        t0 = float(get("t_start") or 0.0)
+        items.append(f'<li><b class="ls-ts">{esc(format_timestamp(t0))}</b> {esc(get("text") or "")}</li>')
+    return f'<div class="ls-transcript"><div class="ls-ev-title">Transcript</div><ul>{"".join(items)}</ul></div>'
 
 
 def kept_frame(history: Iterable[tuple[float, float]], max_points: int = 600):

@@ -30,6 +30,9 @@ figure.ls-ev {margin:0; width:104px; text-align:center; font-size:.78rem; line-h
 .ls-ev-window img.ls-thumb {border-color:var(--color-accent)}
 div.ls-thumb.ls-note {width:96px; height:72px; margin:0 auto .2rem; font-size:.7rem; overflow:hidden; border-radius:6px;
                       background:var(--background-fill-secondary); padding:.2rem}
+div.ls-thumb.ls-speech {border:2px solid #5c7cfa; font-style:italic}
+.ls-transcript ul {margin:.2rem 0; padding-left:1.1rem; max-height:12rem; overflow-y:auto; font-size:.9rem}
+.ls-transcript li {margin:.12rem 0}
 .ls-ts {font-variant-numeric:tabular-nums}
 .ls-more {align-self:center; color:var(--body-text-color-subdued)}
 .ls-stop {color:var(--body-text-color-subdued)}

@@ -3,8 +3,8 @@
 Gradio identifies each connected page or API client by its ``session_hash``. The page keeps
 the session id in a ``gr.State`` too, but handlers that cannot see the State (``demo.unload``,
 ``gr.api`` endpoints) find the session through the hash here. Per-tab extras live here as
-well: the webcam clock (stream time of browser frames), the alert buffer fed by
-``manager.subscribe`` and a short record of the server-pulled source.
+well: the webcam clock (stream time of browser frames and microphone audio, one clock for both),
+the alert buffer fed by ``manager.subscribe`` and a short record of the server-pulled source.
 """
 
 from __future__ import annotations
@@ -29,6 +29,10 @@ ALERT_BUFFER = 200
 #: A webcam gap longer than this starts a new run (its frames restart the fps count).
 WEBCAM_IDLE_S = 2.0
 
+#: A microphone piece whose arrival is further than this from where the last one ended (on the tab's
+#: clock) starts afresh at its arrival time (the microphone was stopped, or the browser fell behind).
+MIC_RESYNC_S = 1.0
+
 
 @dataclass
 class Tab:
@@ -48,6 +52,10 @@ class Tab:
     source_error: str | None = None  # why the last source request failed (shown until the next one)
     unsubscribe: Any = None
     plotted: tuple[int, float | None] = (0, None)  # (points, newest pts) last drawn
+    mic_end: float | None = None  # stream time where the last microphone piece ended
+    mic_pieces: int = 0
+    mic_seconds: float = 0.0
+    mic_refused: int = 0
 
     def webcam_pts(self, now: float) -> float:
         """Stream time of a browser frame arriving at ``now`` (monotonic): seconds since the
@@ -213,6 +221,55 @@ class TabRegistry:
             return list(tab.alerts)
 
     # ---- webcam frames ----------------------------------------------------------------------------
+    def mic_audio(self, tab: Tab, rate: int, samples: np.ndarray) -> float:
+        """Hand a streamed microphone piece to the manager on the tab's clock (the webcam's clock).
+
+        A piece is placed where the previous one ended, unless its arrival says otherwise by more
+        than :data:`MIC_RESYNC_S` (then it ends at its arrival). Blocking while the speech model loads
+        on the first piece (Gradio runs handlers in worker threads).
+
+        Args:
+            rate: samples per second as the browser recorded.
+            samples: ``(N,)`` or ``(N, channels)`` int16 (or float in [-1, 1]) as ``gr.Audio`` gives it;
+                channels are averaged to mono.
+
+        Returns:
+            The piece's stream time (pts of its first sample).
+
+        Raises:
+            ValueError: not audio samples. streaming.errors.InvalidAudio, app.serving.errors.SpeechOff,
+            app.serving.errors.UnknownSession: from the manager.
+        """
+        arr = np.asarray(samples)
+        if arr.ndim == 2:
+            arr = arr.mean(axis=1) if arr.shape[1] > 1 else arr[:, 0]
+        if arr.ndim != 1 or arr.size == 0 or not np.issubdtype(arr.dtype, np.number):
+            raise ValueError(f"a microphone piece must be (N,) or (N, channels) samples; got shape {arr.shape} "
+                             f"dtype {arr.dtype}")
+        if np.issubdtype(arr.dtype, np.integer):
+            mono = np.clip(np.rint(arr), -32768, 32767).astype(np.int16)
+        else:
+            mono = np.clip(arr, -1.0, 1.0).astype(np.float32)
+        rate = int(rate)
+        duration = mono.size / rate if rate > 0 else 0.0
+        now = time.monotonic()
+        with self._lock:
+            arrived = tab.webcam_pts(now)
+            start = max(0.0, arrived - duration)
+            if tab.mic_end is not None and abs(tab.mic_end - start) <= MIC_RESYNC_S:
+                start = tab.mic_end
+        try:
+            self.manager.push_audio(tab.sid, mono, rate=rate, pts=start)
+        except Exception:
+            with self._lock:
+                tab.mic_refused += 1
+            raise
+        with self._lock:
+            tab.mic_end = start + duration
+            tab.mic_pieces += 1
+            tab.mic_seconds += duration
+        return start
+
     def webcam_frame(self, tab: Tab, image: np.ndarray) -> bool:
         """Turn a browser webcam image into a :class:`Frame` on the tab's clock and hand it to the
         manager (non-blocking, newest wins). Returns whether the manager queued it.

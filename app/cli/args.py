@@ -53,6 +53,34 @@ def add_session_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ram-budget-mb", type=float, default=None, help="RAM for memory chunks before they spill to disk")
     g.add_argument("--retention", type=float, default=None, metavar="SECONDS", help="forget memory older than this")
     g.add_argument("--index", default=None, choices=INDEX_CHOICES, metavar="KIND", help="summary index: %(choices)s")
+    g.add_argument("--vision", default=None, choices=["on", "off"],
+                   help="frames add visual tokens (default on; off: frames are stamped and cited but the model only "
+                        "hears and reads; models whose vision tower is random run with it off)")
+
+
+def add_asr_argument(p: argparse.ArgumentParser, default: str = "off", default_help: str = "") -> None:
+    """``--asr MODEL|off``: speech recognition of the source's audio (parsed by :func:`asr_config`)."""
+    from app.engine.speech.names import OFFLINE_MODEL
+
+    p.add_argument("--asr", default=default, metavar="MODEL|off",
+                   help=f"speech recognition of the audio: {OFFLINE_MODEL} (Whisper tiny.en, offline, from the "
+                        "offline extra), any faster-whisper model name (small, distil-large-v3: needs the hub or "
+                        "its cache), a local CTranslate2 model directory, or off" + (f". {default_help}" if default_help else ""))
+    p.add_argument("--asr-vad", default="on", choices=["on", "off"],
+                   help="voice activity detection before transcription (default on)")
+    p.add_argument("--asr-threads", type=int, default=1, metavar="N", help="CPU threads of the speech model (default 1)")
+
+
+def asr_config(args: argparse.Namespace, value: str | None = None):
+    """The :class:`~app.engine.speech.ASRConfig` of ``--asr`` (or ``value``), ``None`` for off.
+
+    Raises:
+        app.engine.config.ConfigError: an invalid setting.
+    """
+    from app.engine.speech.config import parse_asr
+
+    return parse_asr(args.asr if value is None else value, vad=getattr(args, "asr_vad", "on") == "on",
+                     threads=getattr(args, "asr_threads", 1))
 
 
 _FIELDS = {
@@ -69,6 +97,8 @@ def session_overrides(args: argparse.Namespace) -> dict:
     out = {field: getattr(args, opt) for opt, field in _FIELDS.items() if getattr(args, opt, None) is not None}
     if getattr(args, "rerank", None) is not None:
         out["rerank"] = args.rerank == "on"
+    if getattr(args, "vision", None) is not None:
+        out["vision"] = args.vision == "on"
     return out
 
 

@@ -23,6 +23,7 @@ BENCHES: dict[str, str] = {
     "realtime": "app.bench.realtime",
     "fidelity": "app.bench.fidelity",
     "recall": "app.bench.recall",
+    "asr": "app.bench.asr",
 }
 
 

@@ -1,8 +1,10 @@
 """``livesight client SOURCE``: stream a file or camera to a running server and ask from the terminal.
 
-Frames are sampled locally (``--fps``), JPEG-encoded and sent as binary messages; each line read
-from stdin is a question whose answer streams back with its evidence; alerts and statistics are
-printed as they come. Works with piped stdin: it exits after the last answer once stdin ends.
+Frames are sampled locally (``--fps``), JPEG-encoded and sent as binary messages; when the server
+has speech on, the source's sound goes too (16 kHz PCM16 binary audio messages, on the frames' clock;
+``--no-audio`` keeps it back) and what the server hears is printed. Each line read from stdin is a
+question whose answer streams back with its evidence; alerts and statistics are printed as they
+come. Works with piped stdin: it exits after the last answer once stdin ends.
 
 Examples::
 
@@ -41,6 +43,8 @@ def add_parser(sub) -> None:
     p.add_argument("--stats-every", type=float, default=5.0, metavar="SECONDS",
                    help="print a statistics line at most this often (0: never; default 5)")
     p.add_argument("--thumbnails", action="store_true", help="ask for evidence thumbnails (counted, not shown)")
+    p.add_argument("--no-audio", action="store_true",
+                   help="do not send the source's sound (by default it is sent when the server has speech on)")
     p.set_defaults(func=run)
 
 
@@ -68,10 +72,12 @@ def format_evidence(evidence: list) -> str:
     for e in evidence:
         t0, t1 = e.get("t_start", 0.0), e.get("t_end", 0.0)
         span = format_timestamp(t0) if t0 == t1 else f"{format_timestamp(t0)}-{format_timestamp(t1)}"
+        what = f' "{e["text"]}"' if e.get("kind") in ("text", "speech") and e.get("text") else ""
         if e.get("source") == "memory":
-            what = f' "{e["text"]}"' if e.get("kind") == "text" and e.get("text") else ""
             score = e.get("score")
             parts.append(f"{span} ({e.get('kind')}{what}, memory" + (f", score {score:.2f})" if score is not None else ")"))
+        elif e.get("kind") == "speech":
+            parts.append(f"{span} (speech{what}, recent window)")
         else:
             parts.append(f"{span} (recent window)")
     return "; ".join(parts) if parts else "(none)"
@@ -82,10 +88,13 @@ def format_stats(stats: dict) -> str:
     ing = stats.get("ingest", {})
     dropped = ing.get("dropped", {})
     mem = stats.get("memory_bytes", {})
+    audio = stats.get("audio") or {}
+    heard = (f", heard {audio.get('audio_s', 0.0):.0f} s ({audio.get('committed', 0)} segments, "
+             f"speech lag {audio.get('lag_s', 0.0):.1f} s)") if audio.get("speech") and audio.get("started") else ""
     return (f"[stats] frames {ing.get('frames_processed', 0)}/{ing.get('frames_submitted', 0)} processed, "
             f"{ing.get('fps', 0.0):.1f} fps, lag {ing.get('lag_s', 0.0):.2f} s, dropped {ing.get('dropped_total', 0)} "
             f"(backlog {dropped.get('backlog', 0)}, rate {dropped.get('rate_limit', 0)}), "
-            f"kept {stats.get('kept_ratio', 1.0):.0%}, memory {sum(mem.values()) / 2**20:.1f} MiB")
+            f"kept {stats.get('kept_ratio', 1.0):.0%}, memory {sum(mem.values()) / 2**20:.1f} MiB{heard}")
 
 
 async def client_main(args: argparse.Namespace, stdin, out, err) -> int:
@@ -106,7 +115,7 @@ async def client_main(args: argparse.Namespace, stdin, out, err) -> int:
         stream.flush()
 
     try:
-        source = open_source(args.source, allow_files=True, realtime=not args.fast)
+        source = open_source(args.source, allow_files=True, realtime=not args.fast, audio=not args.no_audio)
     except (SourceError, ValueError) as exc:
         say(f"error: {exc}", err)
         return 2
@@ -125,12 +134,15 @@ async def client_main(args: argparse.Namespace, stdin, out, err) -> int:
         return 1
     model = created.get("model", {})
     say(f"connected: session {client.session_id}, model {model.get('name')}")
+    send_audio = not args.no_audio and bool(client.limits.get("speech")) and bool(getattr(source.info, "has_audio", False))
+    if not args.no_audio and getattr(source.info, "has_audio", False) and not client.limits.get("speech"):
+        say("note: the server's speech recognition is off: the source's sound is not sent")
     if model.get("notice"):
         say(f"note: {model['notice']}")
     elif model.get("random_weights"):
         say(f"note: {model.get('name')} has random weights: its answers are not meaningful")
     loop = asyncio.get_running_loop()
-    state = {"sent": 0, "pts": None, "answering": False, "last_stats": 0.0}
+    state = {"sent": 0, "pts": None, "answering": False, "last_stats": 0.0, "audio_s": 0.0}
     first_frame = asyncio.Event()
     source_done = asyncio.Event()
     stop = threading.Event()
@@ -152,6 +164,16 @@ async def client_main(args: argparse.Namespace, stdin, out, err) -> int:
         source.close()
         await client.close()
         return 2
+
+    def forward_audio(chunk) -> None:
+        """The source's audio callback (its demuxing thread): queue the chunk's send, never wait."""
+        if stop.is_set():
+            return
+        asyncio.run_coroutine_threadsafe(client.send_audio(chunk.samples, chunk.rate, pts=chunk.pts), loop)
+        state["audio_s"] += chunk.duration
+
+    if send_audio:
+        source.on_audio(forward_audio)
 
     def pump() -> None:
         """Read the source in this thread; send each frame through the event loop."""
@@ -224,11 +246,19 @@ async def client_main(args: argparse.Namespace, stdin, out, err) -> int:
                 show(f"[{kind}] {event.get('reason') or event.get('error', {}).get('message', '')}")
             elif kind == "session.closed":
                 show(f"[session closed: {event.get('reason')}]")
+            elif kind == "input_audio.transcript":
+                show(f"[heard {format_timestamp(event.get('t_start', 0.0))}] {event.get('text')}")
 
     async def ask(question: str) -> None:
         await first_frame.wait()
         while args.ask_after > 0 and not source_done.is_set() and (state["pts"] or 0.0) < args.ask_after:
             await asyncio.sleep(0.1)
+        if send_audio and source_done.is_set() and not state.get("committed"):
+            try:  # the whole sound is sent: wait until the server has heard all of it
+                await client.commit_audio()
+                state["committed"] = True
+            except (LiveSightError, asyncio.TimeoutError) as exc:
+                say(f"[audio not committed: {exc}]", err)
         stamp = format_timestamp(state["pts"] or 0.0)
         out.write(f"[{stamp}] Q: {question}\nA: ")
         out.flush()
@@ -294,5 +324,6 @@ async def client_main(args: argparse.Namespace, stdin, out, err) -> int:
             say(format_stats(final_stats))
         await client.close()
         printer.cancel()
-    say(f"sent {state['sent']} frames; bye")
+    say(f"sent {state['sent']} frames" + (f" and {state['audio_s']:.1f} s of sound" if state["audio_s"] else "")
+        + "; bye")
     return status

@@ -42,6 +42,15 @@ def _fmt(value: float | None, unit: str, digits: int = 2) -> str:
     return "unknown" if value is None else f"{value:.{digits}f} {unit}"
 
 
+def _audio(info: Any) -> str:
+    """``yes (aac, 44100 Hz)`` or ``no``: probe reports the track; it does not decode it."""
+    if not info.has_audio:
+        return "no"
+    details = ", ".join(x for x in (getattr(info, "audio_codec", None),
+                                     f"{info.audio_rate} Hz" if getattr(info, "audio_rate", None) else None) if x)
+    return f"yes ({details})" if details else "yes"
+
+
 def facts_lines(info: Any, config: Any) -> list[str]:
     """The stream's facts as aligned ``key value`` lines."""
     sampling = "all frames" if config.keep_all else f"{config.fps:g} fps by timestamp"
@@ -55,7 +64,7 @@ def facts_lines(info: Any, config: Any) -> list[str]:
         ("rate", _fmt(info.fps, "fps")),
         ("duration", _fmt(info.duration_s, "s")),
         ("frames", "unknown" if info.frame_count is None else str(info.frame_count)),
-        ("audio", "yes (ignored)" if info.has_audio else "no"),
+        ("audio", _audio(info)),
         ("sampling", sampling),
     ]
     return [f"{key:<10}{value}" for key, value in rows]

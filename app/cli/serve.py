@@ -5,6 +5,8 @@ Examples::
     livesight serve                                  # page on :7860, websocket API on :8765, default model
     livesight serve --model tiny-smolvlm --no-ui     # websocket API only, tiny random model
     livesight serve --host 0.0.0.0 --token "$TOKEN"  # beyond loopback a bearer token is required
+    livesight serve --asr small                      # a bigger speech model (the hub or its cache)
+    livesight serve --asr off                        # no speech recognition: audio is refused
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from app.cli.args import add_model_arguments, add_session_arguments
+from app.cli.args import add_asr_argument, add_model_arguments, add_session_arguments
+from app.engine.speech.names import OFFLINE_MODEL
 
 
 def add_parser(sub) -> None:
@@ -20,8 +23,10 @@ def add_parser(sub) -> None:
         "serve",
         help="serve the page and the websocket API",
         description="Load the model once and serve live video sessions: the Gradio page and the websocket API. "
-        "When the model cannot be loaded (not cached, no network) the tiny random model is used instead, "
-        "and the log and the page say so.",
+        "Speech in the stream (pushed audio, the microphone, the sound of pulled sources) is transcribed and "
+        "remembered (--asr). When the model cannot be loaded (not cached, no network) the real SmolLM2 text "
+        "weights are used instead with vision off (it hears and reads notes, it does not see), and the log and "
+        "the page say so.",
     )
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1; others need --token)")
     p.add_argument("--port", type=int, default=7860, help="the page's port (default 7860)")
@@ -31,7 +36,8 @@ def add_parser(sub) -> None:
     p.add_argument("--no-ui", action="store_true", help="serve the websocket API only")
     p.add_argument("--offline", action="store_true", help="do not try the network for model weights")
     p.add_argument("--no-fallback", action="store_true",
-                   help="fail when the model cannot be loaded instead of using tiny-smolvlm")
+                   help="fail when the model cannot be loaded instead of using smolvlm2-256m-smollm2 (vision off)")
+    add_asr_argument(p, default=OFFLINE_MODEL, default_help=f"Default {OFFLINE_MODEL}; off refuses audio")
     g = p.add_argument_group("limits")
     g.add_argument("--max-sessions", type=int, default=16, help="open sessions at most (default 16)")
     g.add_argument("--session-ttl", type=float, default=600.0, metavar="SECONDS",
@@ -53,14 +59,16 @@ def run(args: argparse.Namespace) -> int:
 
     if args.offline:  # before anything imports huggingface_hub, which reads it once
         os.environ["HF_HUB_OFFLINE"] = "1"
-    from app.cli.args import session_overrides, weight_quantization
+    from app.cli.args import asr_config, session_overrides, weight_quantization
     from app.engine.backends.types import BackendError
     from app.engine.config import ConfigError, SessionConfig
+    from app.engine.speech import ASRError
     from app.serving.limits import ManagerConfig
-    from app.serving.process import ServeOptions, run_server
+    from app.serving.process import FALLBACK_MODEL, ServeOptions, run_server
 
     try:
         manager = ManagerConfig(
+            asr=asr_config(args),
             max_sessions=args.max_sessions,
             session_ttl_s=args.session_ttl,
             max_fps=args.max_fps,
@@ -71,14 +79,14 @@ def run(args: argparse.Namespace) -> int:
             allow_file_sources=args.allow_file_sources,
         )
         opts = ServeOptions(model=args.model, device=args.device, dtype=args.dtype,
-                            quantization=weight_quantization(args), fallback_model=None if args.no_fallback else "tiny-smolvlm",
+                            quantization=weight_quantization(args), fallback_model=None if args.no_fallback else FALLBACK_MODEL,
                             offline=args.offline, host=args.host, port=args.port, ws_port=args.ws_port,
                             token=args.token or None, ui=not args.no_ui, manager=manager)
         return run_server(opts, page_launcher=launch_page)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except BackendError as exc:
+    except (BackendError, ASRError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

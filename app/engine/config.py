@@ -56,6 +56,9 @@ class SessionConfig:
         index: summary index: flat (exact), hnsw or ivf (approximate).
         watch_min_interval_s: at most one alert per rule per this many seconds of stream time. [0, 86400]
         watch_on_every_frame: evaluate watch rules on every frame, not only on scene changes.
+        vision: frames add visual tokens (the vision tower runs). Off, frames are still received, stamped and
+            cited (the frame on screen is the thumbnail of what was heard or noted then) but the model only
+            hears and reads: for audio-only sources and models whose vision tower is not trained.
     """
 
     window_tokens: int = 1024
@@ -81,6 +84,7 @@ class SessionConfig:
     index: str = "flat"
     watch_min_interval_s: float = 10.0
     watch_on_every_frame: bool = False
+    vision: bool = True
 
     def __post_init__(self) -> None:
         err = {"error": ConfigError}
@@ -112,6 +116,7 @@ class SessionConfig:
         check_number("watch_min_interval_s", self.watch_min_interval_s, low=0.0, high=86400.0, low_inclusive=True,
                      **err)
         check_bool("watch_on_every_frame", self.watch_on_every_frame, **err)
+        check_bool("vision", self.vision, **err)
 
     @property
     def ram_budget_bytes(self) -> int | None:

@@ -5,8 +5,10 @@ Layout of what the model attends to (positions are explicit and never change)::
     sink | memory chunks (retrieved, time order) | local window | dialog | question -> answer
 
 * The **sink** (system prompt, start of the user turn) is prefilled once.
-* Each frame's kept visual tokens (or a timed text event) are prefilled **once**, attending to
-  the sink and the local window only, so a frame costs the same however long the stream runs.
+* Each frame's kept visual tokens (or a timed text event: a note, or words heard in the audio) are
+  prefilled **once**, attending to the sink and the local window only, so a frame costs the same
+  however long the stream runs. With ``vision`` off, frames add no tokens: they advance the stream
+  clock and are cited as the picture on screen when something was heard or noted.
 * KV that leaves the window becomes a chunk of the :class:`memory.MemoryBank` (quantized there).
 * A question's per-layer mean query scores the chunk summaries; the top-k chunks are put back,
   in time order at their original positions, and the answer is generated over the whole layout.
@@ -53,10 +55,13 @@ from streaming.frame import Frame
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MAX_QUESTION_CHARS", "MAX_TEXT_CHARS", "Session"]
+__all__ = ["HEARD_PREFIX", "MAX_QUESTION_CHARS", "MAX_TEXT_CHARS", "NOTE_PREFIX", "Session"]
 
 MAX_TEXT_CHARS = 4000
 MAX_QUESTION_CHARS = 4000
+#: What the model reads before a note and before words heard in the audio (``{t}``: MM:SS of the event).
+NOTE_PREFIX = "Note at {t}: "
+HEARD_PREFIX = "Heard at {t}: "
 
 
 class Session:
@@ -88,14 +93,17 @@ class Session:
         self._watches = WatchRules()
         self._kept_history: deque[tuple[float, float]] = deque(maxlen=10_000)
         self._pending_frames: list[Frame] = []
-        self._counters = dict(frames=0, encoder_calls=0, frames_encoded=0, frames_skipped=0, frames_empty=0, text_events=0,
-                              tokens_seen=0, tokens_kept=0, chunks=0, questions=0)
+        self._counters = dict(frames=0, encoder_calls=0, frames_encoded=0, frames_skipped=0, frames_empty=0,
+                              frames_unseen=0, text_events=0, speech_events=0, tokens_seen=0, tokens_kept=0, chunks=0,
+                              questions=0)
         self._timing = dict(encode_s=0.0, prefill_s=0.0)
         self._last_attention = 0
         self._max_attention = 0
         self._last_pts = 0.0
         self._time_anchor = None  # the stream clock on the temporal position axis (backends that have one)
         self._position_warned = False
+        self._on_screen: Frame | None = None  # vision off: the latest frame, cited by what is heard or noted
+        self._on_screen_thumb: bytes | None = None
         self.created = time.time()
         self.last_active = self.created
 
@@ -155,6 +163,9 @@ class Session:
 
         With ``evaluate_watches``, watch rules are evaluated here when the scene changed (a session
         manager passes ``False`` and schedules :meth:`check_watches` itself, at lower priority).
+
+        With ``vision`` off the frame only advances the stream clock and becomes the picture on screen
+        (cited by the next speech or note); the vision tower does not run and no tokens are added.
         """
         if not isinstance(frame, Frame):
             raise SessionError(f"ingest takes a streaming.Frame, got {type(frame).__name__}")
@@ -163,6 +174,10 @@ class Session:
             self.last_active = time.time()
             self._counters["frames"] += 1
             self._last_pts = max(self._last_pts, frame.pts)
+            if not self.config.vision:
+                self._counters["frames_unseen"] += 1
+                self._on_screen, self._on_screen_thumb = frame, None
+                return FrameResult(frame.index, frame.pts, False, 0, 0, False, 0)
             self._pending_frames.append(frame)
             if len(self._pending_frames) < self.spec.frames_per_step:
                 return FrameResult(frame.index, frame.pts, False, 0, 0, False, 0, pending=True)
@@ -216,30 +231,51 @@ class Session:
         return FrameResult(last.index, first.pts, True, n, kept, scene_change, attn)
 
     def ingest_text(self, pts: float, text: str) -> int:
-        """A timed text event (subtitle, transcript line, note) enters the stream like a frame.
+        """A timed text event (subtitle, transcript line, note) enters the stream like a frame, read as
+        ``"Note at MM:SS: <text>"``.
 
         Returns the number of tokens prefilled.
         """
-        if not isinstance(text, str) or not text.strip():
-            raise SessionError("a text event needs non-empty text")
-        if len(text) > MAX_TEXT_CHARS:
-            raise SessionError(f"a text event is limited to {MAX_TEXT_CHARS} characters, got {len(text)}")
-        try:
-            pts = float(pts)
-        except (TypeError, ValueError):
-            raise SessionError(f"a text event needs a numeric stream time, got {pts!r}") from None
-        if not np.isfinite(pts) or pts < 0:
-            raise SessionError(f"a text event needs a finite stream time >= 0, got {pts!r}")
+        text = _event_text(text, "a text event")
+        pts = _event_time(pts, "a text event")
+        return self._ingest_event("text", pts, pts, text, NOTE_PREFIX)
+
+    def ingest_speech(self, t_start: float, t_end: float, text: str) -> int:
+        """Words heard in the stream's audio from ``t_start`` to ``t_end`` (stream seconds) enter the stream
+        like a note, read as ``"Heard at MM:SS: <text>"`` (MM:SS of ``t_start``), kind ``"speech"``: prefilled
+        once, then a memory chunk of its own, retrieved like frames and notes, cited with its words.
+
+        Returns the number of tokens prefilled.
+        """
+        text = _event_text(text, "a speech segment")
+        t_start = _event_time(t_start, "a speech segment")
+        t_end = _event_time(t_end, "a speech segment")
+        if t_end < t_start:
+            raise SessionError(f"a speech segment must end at or after its start; got {t_start} to {t_end}")
+        return self._ingest_event("speech", t_start, t_end, text, HEARD_PREFIX)
+
+    def _ingest_event(self, kind: str, pts: float, pts_end: float, text: str, prefix: str) -> int:
         with self._lock:
             self._check_open()
             self.last_active = time.time()
             self.flush()  # keep time order: frames waiting for their step go first
-            seg = self.backend.text_segment(text.strip(), self._next_pos, prefix=f"Note at {format_timestamp(pts)}: ",
+            seg = self.backend.text_segment(text, self._next_pos, prefix=prefix.format(t=format_timestamp(pts)),
                                             suffix="\n")
-            self._counters["text_events"] += 1
-            self._last_pts = max(self._last_pts, pts)
-            self._prefill_into_window(seg, "text", pts, text=text.strip())
+            self._counters["speech_events" if kind == "speech" else "text_events"] += 1
+            self._last_pts = max(self._last_pts, pts_end)
+            screen = self._screen() if not self.config.vision else {}
+            self._prefill_into_window(seg, kind, pts, text=text, pts_end=pts_end if pts_end != pts else None,
+                                      **screen)
             return seg.length
+
+    def _screen(self) -> dict:
+        """The frame on screen (vision off) as window-item fields: its index and thumbnail."""
+        frame = self._on_screen
+        if frame is None:
+            return {}
+        if self._on_screen_thumb is None:
+            self._on_screen_thumb = thumbnail(frame.rgb)
+        return {"frame_index": frame.index, "thumbnail": self._on_screen_thumb}
 
     # ---- questions -------------------------------------------------------------------------------
     def ask(self, question: str, *, max_new_tokens: int | None = None,
@@ -382,9 +418,22 @@ class Session:
             for r in retrieved
         ]
         window = self._window.evidence()
+        if not self.config.vision and self._on_screen is not None:
+            window = self._with_screen(window)
         if window is not None:
             out.append(window)
         return tuple(out)
+
+    def _with_screen(self, window: Evidence | None) -> Evidence:
+        """Vision off: the recent window's evidence reaches the latest frame and shows it."""
+        frame = self._on_screen
+        screen = self._screen()
+        if window is None:
+            return Evidence(t_start=frame.pts, t_end=frame.pts, source="window", kind="frame",
+                            frame_indices=(frame.index,), thumbnail=screen["thumbnail"])
+        indices = window.frame_indices if frame.index in window.frame_indices else (*window.frame_indices, frame.index)
+        return replace(window, t_end=max(window.t_end, frame.pts), frame_indices=indices,
+                       thumbnail=screen["thumbnail"])
 
     # ---- watch rules ------------------------------------------------------------------------------
     def watch(self, rule: str) -> WatchRule:
@@ -435,6 +484,7 @@ class Session:
                 "session_id": self.session_id,
                 "model": self.spec.name,
                 "random_weights": self.spec.random_weights,
+                "vision": self.config.vision,
                 **c,
                 "kept_ratio": (c["tokens_kept"] / c["tokens_seen"]) if c["tokens_seen"] else 1.0,
                 "stream_time_s": self._last_pts,
@@ -452,7 +502,7 @@ class Session:
                 "max_attention_length": self._max_attention,
                 "encode_ms_per_step": 1000 * self._timing["encode_s"] / encoded,
                 "prefill_ms_per_item": 1000 * self._timing["prefill_s"]
-                / max(1, c["encoder_calls"] - c["frames_empty"] + c["text_events"]),
+                / max(1, c["encoder_calls"] - c["frames_empty"] + c["text_events"] + c["speech_events"]),
                 "watch_rules": len(self._watches),
                 "alerts": len(self._watches.alerts()),
             }
@@ -522,3 +572,23 @@ class Session:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _event_text(text: object, what: str) -> str:
+    """A text or speech event's text, stripped; :class:`SessionError` when empty or too long."""
+    if not isinstance(text, str) or not text.strip():
+        raise SessionError(f"{what} needs non-empty text")
+    if len(text) > MAX_TEXT_CHARS:
+        raise SessionError(f"{what} is limited to {MAX_TEXT_CHARS} characters, got {len(text)}")
+    return text.strip()
+
+
+def _event_time(pts: object, what: str) -> float:
+    """A stream time in seconds (finite, >= 0); :class:`SessionError` otherwise."""
+    try:
+        value = float(pts)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise SessionError(f"{what} needs a numeric stream time, got {pts!r}") from None
+    if not np.isfinite(value) or value < 0:
+        raise SessionError(f"{what} needs a finite stream time >= 0, got {pts!r}")
+    return value

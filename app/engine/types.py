@@ -52,7 +52,10 @@ class Evidence:
     """A moment an answer relied on.
 
     ``source`` is ``"memory"`` for a chunk retrieved from the bank (with its score) or
-    ``"window"`` for the recent stream still in the attention window.
+    ``"window"`` for the recent stream still in the attention window. ``kind`` is ``"frame"``,
+    ``"text"`` (a note), ``"speech"`` (words heard in the audio: ``text`` holds them, ``t_start`` and
+    ``t_end`` the segment's time range) or, for a window holding several kinds, ``"mixed"``. With the
+    session's vision off, a note's or speech's ``thumbnail`` is the frame on screen when it came.
     """
 
     t_start: float

@@ -34,17 +34,18 @@ class WindowItem:
 
     Attributes:
         kv: its KV, keys and values ``(L, H, T, D)``.
-        kind: ``"frame"`` or ``"text"``.
-        pts: stream time (seconds) of the step's first frame, or of the text event.
+        kind: ``"frame"``, ``"text"`` (a note) or ``"speech"`` (a transcribed speech segment).
+        pts: stream time (seconds) of the step's first frame, or of the text event (a speech segment's start).
         key_sum: ``(L * H * D,)`` sum of the content tokens' pre-RoPE keys (mean * ``key_weight``), so
             a chunk's summary is the mean over all its items' content tokens.
         key_weight: how many tokens ``key_sum`` adds up.
         content: ``(T,)`` bool, the content tokens (``None``: no content mask).
-        frame_index: index of the step's first frame (frames only).
-        text: the event's text (text only).
-        thumbnail: JPEG bytes of the step's last frame (frames only).
+        frame_index: index of the step's first frame (frames; or the frame on screen when a text event
+            came, with vision off).
+        text: the event's text (text and speech).
+        thumbnail: JPEG bytes of the step's last frame (frames; or of the frame on screen, with vision off).
         banked: already copied into the memory bank by a save.
-        pts_end: stream time of the step's last frame (steps of several frames).
+        pts_end: stream time of the step's last frame (steps of several frames), or a speech segment's end.
     """
 
     kv: KVSegment
@@ -78,7 +79,7 @@ def thumbnail(rgb: np.ndarray) -> bytes:
 def group_length(items: Sequence[WindowItem], i: int, chunk_frames: int) -> int:
     """How many items from ``items[i]`` make one memory chunk.
 
-    A text event is a chunk of its own; frames group up to ``chunk_frames``. A group never mixes
+    A text or speech event is a chunk of its own; frames group up to ``chunk_frames``. A group never mixes
     items already banked by a save with items that are not.
     """
     head = items[i]
@@ -199,10 +200,12 @@ class Window:
         frames = tuple(it.frame_index for it in self._items if it.frame_index is not None)
         thumb = next((it.thumbnail for it in reversed(self._items) if it.thumbnail), None)
         kinds = {it.kind for it in self._items}
+        # the words heard and read in the window, as a memory chunk of notes or speech carries them
+        words = "\n".join(it.text for it in self._items if it.text and it.kind in ("text", "speech")) or None
         return Evidence(
             t_start=self._items[0].pts, t_end=self._items[-1].end, source="window",
-            kind="frame" if kinds == {"frame"} else "text" if kinds == {"text"} else "mixed",
-            frame_indices=frames, thumbnail=thumb,
+            kind=next(iter(kinds)) if len(kinds) == 1 else "mixed",
+            frame_indices=frames, thumbnail=thumb, text=words,
         )
 
     def clear(self) -> None:

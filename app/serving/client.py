@@ -6,6 +6,8 @@ Example::
         await client.update(max_new_tokens=64, evidence_thumbnails=True)
         await client.send_frame(rgb, pts=0.0)            # (H, W, 3) uint8 RGB, or JPEG/PNG bytes
         await client.send_text("The van is red", pts=0.5)
+        await client.send_audio(pcm16, rate=16000, pts=0.0)  # int16/float (N,) array or PCM16 LE bytes
+        await client.commit_audio()                       # transcribe what was sent, before asking
         async for piece in client.ask("What colour is the van?"):
             if isinstance(piece, str):
                 print(piece, end="")                      # streamed answer text
@@ -30,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from app.serving.protocol import pack_frame
+from app.serving.protocol import pack_audio, pack_frame, pcm16_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -268,6 +270,29 @@ class LiveSightClient:
             event["pts"] = pts
         return await self.send_event(event)
 
+    async def send_audio(self, pcm: np.ndarray | bytes, rate: int, pts: float | None = None) -> None:
+        """Send sound as a binary audio message (``LSA1``): PCM16 LE mono bytes, or an int16 / float
+        (in [-1, 1]) ``(N,)`` array, at ``rate`` samples per second ([8000, 48000]); ``pts`` is the
+        stream time of its first sample (None: the server continues the session's audio clock).
+        Fire and forget: a refusal comes back as an ``error`` event in :meth:`events`."""
+        if self._ws is None:
+            raise ConnectionLost("not connected")
+        await self._ws.send(pack_audio(pcm, rate, pts))
+
+    async def send_audio_base64(self, pcm: np.ndarray | bytes, rate: int, pts: float | None = None) -> str:
+        """Send sound as ``input_audio.append`` (base64 PCM16); returns the event_id."""
+        event: dict[str, Any] = {"type": "input_audio.append", "rate": rate,
+                                 "audio": base64.b64encode(pcm16_bytes(pcm)).decode("ascii")}
+        if pts is not None:
+            event["pts"] = pts
+        return await self.send_event(event)
+
+    async def commit_audio(self, timeout: float | None = None) -> dict[str, Any]:
+        """``input_audio.commit``: wait until the sound sent so far is transcribed and its speech queued
+        (a question asked afterwards hears it); returns the session's audio stats."""
+        reply = await self.request({"type": "input_audio.commit"}, timeout=timeout)
+        return reply["audio"]
+
     async def send_text(self, text: str, pts: float | None = None) -> dict[str, Any]:
         """``input_text.append``; returns the ``input_text.committed`` event (tokens prefilled)."""
         event: dict[str, Any] = {"type": "input_text.append", "text": text}
@@ -420,6 +445,15 @@ class SyncLiveSightClient:
 
     def send_text(self, text: str, pts: float | None = None) -> dict[str, Any]:
         return self._call(self.client.send_text(text, pts))
+
+    def send_audio(self, pcm: np.ndarray | bytes, rate: int, pts: float | None = None) -> None:
+        self._call(self.client.send_audio(pcm, rate, pts))
+
+    def send_audio_base64(self, pcm: np.ndarray | bytes, rate: int, pts: float | None = None) -> str:
+        return self._call(self.client.send_audio_base64(pcm, rate, pts))
+
+    def commit_audio(self, timeout: float | None = None) -> dict[str, Any]:
+        return self._call(self.client.commit_audio(timeout))
 
     def ask(self, question: str, **kwargs: Any) -> Iterator[str | dict[str, Any]]:
         agen = self.client.ask(question, **kwargs)

@@ -16,6 +16,7 @@ __all__ = [
     "ManagerError",
     "ResponseInProgress",
     "SessionLimit",
+    "SpeechOff",
     "UnknownSession",
 ]
 
@@ -60,3 +61,13 @@ class LiveUpdateRefused(ConfigError):
     """A setting that is fixed once a session's input has started was asked to change."""
 
     code = "invalid_config"
+
+
+class SpeechOff(ManagerError):
+    """Audio was sent, but the server's speech recognition is off (``livesight serve --asr off``)."""
+
+    code = "speech_off"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or "speech recognition is off on this server (livesight serve --asr off): audio is "
+                                    "not accepted; start it with --asr MODEL to hear the stream")

@@ -40,6 +40,12 @@ class ManagerConfig:
         allow_file_sources: ``SessionManager.set_source`` admits local paths / ``file:`` URLs / webcams
             when its caller does not say (the page passes ``allow_files=True`` for its own uploads).
         source_open_timeout_s: how long opening a server-pulled source may take. (0, 600]
+        asr: speech recognition of every session (an ``app.engine.speech.ASRConfig``): each session
+            that gets audio (pushed, or from a server-pulled source's sound track) has its own
+            transcriber whose segments enter it as timed speech events. None: speech off (audio is
+            refused with ``speech_off``; pulled sources are read without their sound).
+        max_audio_message_s: seconds of audio one push (one websocket message, one page piece) may
+            carry. (0, 10]
     """
 
     max_sessions: int = 16
@@ -53,6 +59,8 @@ class ManagerConfig:
     snapshot_interval_s: float = 0.25
     allow_file_sources: bool = False
     source_open_timeout_s: float = 10.0
+    asr: Any = None
+    max_audio_message_s: float = 10.0
 
     def __post_init__(self) -> None:
         check_int("max_sessions", self.max_sessions, low=1, high=10000, error=ConfigError)
@@ -69,6 +77,17 @@ class ManagerConfig:
                      error=ConfigError)
         check_bool("allow_file_sources", self.allow_file_sources, error=ConfigError)
         check_number("source_open_timeout_s", self.source_open_timeout_s, low=0, high=600, error=ConfigError)
+        if self.asr is not None:
+            from app.engine.speech import ASRConfig
+
+            if not isinstance(self.asr, ASRConfig):
+                raise ConfigError(f"asr must be an ASRConfig or None (speech off); got {type(self.asr).__name__}")
+        check_number("max_audio_message_s", self.max_audio_message_s, low=0, high=10, error=ConfigError)
+
+    @property
+    def speech(self) -> bool:
+        """Whether speech recognition is on."""
+        return self.asr is not None
 
     def updated(self, **changes: Any) -> "ManagerConfig":
         """A validated copy with ``changes``; unknown names raise :class:`ConfigError`."""

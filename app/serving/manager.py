@@ -15,6 +15,11 @@
   alert goes to subscribers as an ``alert.triggered`` event.
 * A session can pull its own source (:meth:`SessionManager.set_source`): a file, RTSP or HTTP
   stream is read by a per-session thread and its frames enter like pushed ones.
+* Speech (``ManagerConfig.asr``): each session that gets audio (pushed with :meth:`SessionManager.push_audio`,
+  or the sound track of a pulled source) has its own transcriber, on its own thread; each segment it
+  hears enters the session as a timed speech event (:meth:`SessionManager.submit_speech`), at answer
+  priority and in order with text events and questions. Audio never runs on the event loop or the
+  model worker.
 * A housekeeping thread sends ``input_video.stats`` events every ``stats_interval_s`` while frames
   flow and closes sessions idle for ``session_ttl_s`` (subscribers get ``session.closed``).
 * Every failure of a task belongs to its session: it becomes an exception of that call's future
@@ -22,7 +27,8 @@
 
 Events given to :meth:`SessionManager.subscribe` callbacks are plain dicts with a ``type``:
 ``input_video.stats`` ``{stats}``, ``alert.triggered`` ``{rule_id, rule, pts, answer, wall}``,
-``input_source.ended`` ``{source, reason, frames, pts}``, ``input_source.error``
+``input_audio.transcript`` ``{t_start, t_end, text, tokens}`` (a speech segment the session has
+prefilled), ``input_source.ended`` ``{source, reason, frames, pts}``, ``input_source.error``
 ``{source, error: {code, source_error, message}}``, ``input_source.gap`` ``{source, gap}``,
 ``error`` ``{error: {code, message}}`` (a frame or text event that failed), ``session.closed``
 ``{reason}``. Callbacks run on manager threads and must return quickly.
@@ -50,10 +56,12 @@ from app.serving.errors import (
     ManagerError,
     ResponseInProgress,
     SessionLimit,
+    SpeechOff,
     UnknownSession,
 )
 from app.serving.limits import LIVE_FIELDS, FrameVerdict, ManagerConfig, RateLimiter
 from app.serving.scheduler import ALERT, ANSWER, CONTROL, Scheduler, SchedulerClosed
+from app.serving.session_audio import SessionAudio
 from app.serving.session_stats import SessionCounters, SnapshotCache, compose_stats
 from app.serving.source_runner import SourceRunner
 from streaming.frame import Frame
@@ -85,6 +93,7 @@ class _Entry:
     subscribers: list = field(default_factory=list)
     answer: _AnswerJob | None = None
     source: SourceRunner | None = None
+    audio: SessionAudio | None = None  # with speech on: the session's transcriber and transcript
     counters: SessionCounters = field(default_factory=SessionCounters)
     stats_dirty: bool = False  # something changed since the last input_video.stats event
     stats_sent_at: float = 0.0
@@ -146,8 +155,11 @@ class SessionManager:
             if len(self._entries) >= self.config.max_sessions:
                 raise SessionLimit(f"the server holds {self.config.max_sessions} sessions already (max_sessions); "
                                    "close one or try later")
-            self._entries[sid] = _Entry(sid, cfg, RateLimiter(self.config.max_fps),
-                                        SnapshotCache(self.config.snapshot_interval_s))
+            entry = _Entry(sid, cfg, RateLimiter(self.config.max_fps), SnapshotCache(self.config.snapshot_interval_s))
+            if self.config.asr is not None:
+                entry.audio = SessionAudio(sid, self.config.asr, max_message_s=self.config.max_audio_message_s,
+                                           on_segment=lambda segment, e=entry: self._speech_heard(e, segment))
+            self._entries[sid] = entry
             self._counters["sessions_created"] += 1
         logger.info("session %s created (owner %s)", sid, owner)
         return sid
@@ -275,6 +287,8 @@ class SessionManager:
             job.cancel.set()
         if runner is not None:
             runner.stop(join_s=1.0)
+        if entry.audio is not None:
+            entry.audio.close()
         self.scheduler.cancel_key(sid)
         if session is not None:
             try:
@@ -424,6 +438,127 @@ class SessionManager:
 
         return self._submit(entry, ANSWER, work)  # in order with the session's questions (a text is short)
 
+    # ---- audio and speech ------------------------------------------------------------------------
+    @property
+    def speech(self) -> bool:
+        """Whether speech recognition is on (``ManagerConfig.asr``)."""
+        return self.config.asr is not None
+
+    def _audio(self, entry: _Entry) -> SessionAudio:
+        if entry.audio is None:
+            raise SpeechOff()
+        return entry.audio
+
+    def push_audio(self, sid: str, pcm, *, rate: int, pts: float | None = None):
+        """Feed pushed sound to the session's transcriber (created on the first audio). Blocking only
+        while the speech model loads on the first push; never call it on an event loop.
+
+        Args:
+            pcm: PCM16 LE mono bytes, or an int16/float32 ``(N,)`` array.
+            rate: samples per second, [8000, 48000] (resampled to 16 kHz).
+            pts: stream time of the first sample (None: continues the session's audio clock).
+
+        Returns:
+            The 16 kHz :class:`~streaming.audio.AudioChunk` fed.
+
+        Raises:
+            SpeechOff: speech is off. streaming.errors.InvalidAudio: a bad rate, an odd byte count,
+            no samples, or more than ``max_audio_message_s`` s. UnknownSession.
+        """
+        entry = self._entry(sid)
+        audio = self._audio(entry)
+        if pts is not None and (isinstance(pts, bool) or not isinstance(pts, (int, float)) or not math.isfinite(pts)
+                                or pts < 0):
+            raise InvalidRequest(f"pts must be a finite number of seconds >= 0; got {pts!r}")
+        chunk = audio.push(pcm, rate=rate, pts=pts)
+        with entry.lock:
+            entry.inputs += 1
+            entry.stats_dirty = True
+            entry.touch()
+        return chunk
+
+    def audio_clock(self, sid: str) -> float | None:
+        """Stream time where the session's last pushed audio ended (None before any; or speech off)."""
+        audio = self._entry(sid).audio
+        return None if audio is None else audio.clock
+
+    def flush_audio(self, sid: str, timeout_s: float = 60.0) -> None:
+        """Transcribe the session's buffered audio now and wait (up to ``timeout_s``) for it; its
+        segments are queued as speech events. Blocking: call it off the event loop.
+
+        Raises:
+            SpeechOff: speech is off.
+        """
+        entry = self._entry(sid)
+        self._audio(entry).flush(timeout_s=timeout_s)
+
+    def transcript(self, sid: str, last: int | None = None) -> list:
+        """The speech segments the session has heard and prefilled, oldest first (``last``: the newest
+        only); empty with speech off. Never waits for the model."""
+        audio = self._entry(sid).audio
+        return [] if audio is None else audio.transcript(last)
+
+    def _speech_heard(self, entry: _Entry, segment) -> None:
+        """The transcriber's callback (its thread): queue the segment as the session's model work."""
+        if entry.closed:
+            return
+        future = self.submit_speech(entry.sid, segment)
+
+        def done(f: concurrent.futures.Future) -> None:
+            if f.cancelled():
+                return
+            exc = f.exception()
+            if exc is not None and not isinstance(exc, SessionClosed):
+                logger.warning("session %s: speech at %.2f s failed: %s", entry.sid, segment.t_start, exc)
+                self._emit(entry, {"type": "error", "error": {
+                    "code": "internal_error", "message": f"speech at {segment.t_start:.2f} s failed: {exc}"}})
+
+        future.add_done_callback(done)
+
+    def submit_speech(self, sid: str, segment) -> concurrent.futures.Future:
+        """Queue a heard :class:`~app.engine.speech.SpeechSegment` as a timed speech event (never
+        dropped), at answer priority and in order with the session's text events and questions. The
+        future gives the number of tokens prefilled; subscribers get ``input_audio.transcript``.
+
+        Raises:
+            InvalidRequest: empty text or a bad time range (at once; other failures go to the future).
+        """
+        entry = self._entry(sid)
+        text = getattr(segment, "text", None)
+        t0, t1 = getattr(segment, "t_start", None), getattr(segment, "t_end", None)
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidRequest("a speech segment needs non-empty text")
+        for name, value in (("t_start", t0), ("t_end", t1)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise InvalidRequest(f"a speech segment's {name} must be a finite number of seconds >= 0; got {value!r}")
+        if t1 < t0:
+            raise InvalidRequest(f"a speech segment ends ({t1}) before it starts ({t0})")
+        with entry.lock:
+            entry.inputs += 1
+            entry.touch()
+
+        def work() -> int:
+            try:
+                session = self._ensure(entry)
+                n = session.ingest_speech(float(t0), float(t1), text)
+            except Exception:
+                with entry.lock:
+                    entry.counters.counts["speech_errors"] += 1
+                if entry.audio is not None:
+                    entry.audio.record_error()
+                raise
+            with entry.lock:
+                entry.counters.counts["speech_segments"] += 1
+                entry.stats_dirty = True
+            if entry.audio is not None:
+                entry.audio.record(segment)
+            entry.snapshot.refresh(session, force=True)
+            self._emit(entry, {"type": "input_audio.transcript", "t_start": float(t0), "t_end": float(t1),
+                               "text": text, "tokens": n})
+            return n
+
+        return self._submit(entry, ANSWER, work)
+
     def _submit(self, entry: _Entry, priority: int, fn: Callable[[], Any]) -> concurrent.futures.Future:
         try:
             return self.scheduler.submit(priority, fn, key=entry.sid)
@@ -545,6 +680,9 @@ class SessionManager:
                 the model (nothing dropped).
             allow_files: admit local paths, ``file:`` URLs and webcams (None: ``allow_file_sources``).
 
+        With speech on, the source is opened with its sound track (``audio=True``): its audio goes to
+        the session's transcriber, and a source with sound but no video (an audio-only file) is valid.
+
         Raises:
             streaming.errors.SourceError: at once: ``SchemeNotAllowed``, ``SourceUnreachable`` (within
                 ``source_open_timeout_s``), ``SourceNotFound``, ``NotAVideo``, ...
@@ -564,15 +702,23 @@ class SessionManager:
         timeout = self.config.source_open_timeout_s
         try:
             source = open_source(spec.strip(), allow_files=allow, realtime=bool(realtime),
-                                 open_timeout_s=timeout, read_timeout_s=timeout)
+                                 open_timeout_s=timeout, read_timeout_s=timeout, audio=entry.audio is not None)
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from exc
+        audio = entry.audio if entry.audio is not None and getattr(source.info, "has_audio", False) else None
+        if audio is not None:
+            try:
+                audio.transcriber()  # loads the speech model here, not on the source's demuxing thread
+            except Exception:
+                source.close()
+                raise
         paced = bool(realtime) and not source.live
         sampler = Sampler(source, SamplerConfig(fps=float(fps), max_side=self.config.max_frame_side),
                           live=source.live)
         runner = SourceRunner(sampler, sid, emit=lambda event: self._emit(entry, event),
                               enqueue=lambda frame: self._enqueue_frame(entry, frame),
-                              session_closed=lambda: entry.closed, paced=paced, blocking=not realtime)
+                              session_closed=lambda: entry.closed, paced=paced, blocking=not realtime,
+                              audio=audio)
         with entry.lock:
             if entry.closed:
                 sampler.close()
@@ -653,8 +799,12 @@ class SessionManager:
         (processing start minus frame arrival, last frame), ``last_pts``, ``dropped`` {``rate_limit``,
         ``backlog``, ``source`` (dropped inside a pulled source's sampler)}, ``dropped_total``},
         ``watch`` {``rules``, ``checks``, ``alerts``}, ``answers``, ``answering``, ``source``
-        (:meth:`source_progress` plus the pulled source's ingest stats) and ``scheduler``
-        (the session's pending work; the worker's busy fraction).
+        (:meth:`source_progress` plus the pulled source's ingest stats), ``scheduler``
+        (the session's pending work; the worker's busy fraction) and ``audio`` {``speech`` (on/off),
+        ``model``, ``started``, the transcriber's ``audio_s`` (heard), ``speech_s``, ``rtf``, ``lag_s``,
+        ``dropped_s``, ``queue_s``, ``segments``, ``errors``, ``behind``; ``committed`` (segments
+        prefilled), ``commit_errors``, ``pushed`` {``chunks``, ``seconds``, ``errors``}, ``source`` (the
+        pulled source's audio stats: ``chunks``, ``seconds``, ``decode_errors``, ... or None)}.
         """
         entry = self._entry(sid)
         with entry.lock:
@@ -662,7 +812,8 @@ class SessionManager:
             runner = entry.source
             job = entry.answer
         return compose_stats(sid, counters, entry.snapshot.current, runner,
-                             answering=job is not None and not job.future.done(), scheduler=self.scheduler)
+                             answering=job is not None and not job.future.done(), scheduler=self.scheduler,
+                             audio=None if entry.audio is None else entry.audio.stats())
 
     def manager_stats(self) -> dict:
         """Process-wide counters: sessions, scheduler."""

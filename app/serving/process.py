@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, TextIO
+from typing import Any, Callable, NamedTuple, Protocol, TextIO
 
 from app.engine.config import ConfigError
 from app.serving.manager import ManagerConfig, SessionManager
@@ -22,7 +22,13 @@ from app.serving.ws_server import ServerConfig, WebSocketServer, is_loopback
 
 logger = logging.getLogger(__name__)
 
-FALLBACK_MODEL = "tiny-smolvlm"
+#: Loaded when the asked-for model cannot be had: the real SmolLM2 text weights (the offline extra) in
+#: the SmolVLM2-256M shape, whose vision tower is random, so sessions run with vision off.
+FALLBACK_MODEL = "smolvlm2-256m-smollm2"
+#: Loaded when the fallback cannot be had either (the offline extra is not installed): random weights.
+LAST_RESORT_MODEL = "tiny-smolvlm"
+#: How to get a model that sees, for the notices.
+GET_THE_MODEL = "to get the real model, run once with a network or pass --model DIR"
 
 
 class Page(Protocol):
@@ -47,7 +53,9 @@ class ServeOptions:
         port: the page's port; ws_port: the websocket API's port (0 = any free port). [0, 65535]
         token: the websocket API's bearer token (None: none; loopback only).
         ui: serve the Gradio page too.
-        manager: the session manager's limits and session defaults.
+        manager: the session manager's limits and session defaults, and speech (``manager.asr``; the
+            speech model is loaded at start-up). With a model that cannot see (``spec.random_vision``, as the
+            fallback's) the default session's ``vision`` is turned off.
     """
 
     model: str
@@ -89,22 +97,53 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _is_hub_id(model: str) -> bool:
+def is_hub_id(model: str) -> bool:
+    """Whether ``model`` names a hub id (not a builtin, not a local directory): loading it may need the network."""
     from app.engine.backends.registry import builtin_models
 
     return model not in builtin_models() and not os.path.isdir(model) and "/" in model
 
 
+class LoadedModel(NamedTuple):
+    """What :func:`load_backend_with_fallback` loaded.
+
+    Attributes:
+        backend: the loaded :class:`~app.engine.backends.base.VideoLLM`.
+        notice: one sentence for users when the model is not the one asked for or cannot see or answer
+            meaningfully (shown by the page, the serve output and the clients), else None.
+        vision: False when the model's vision tower is random (``spec.random_vision``): sessions should
+            run with ``SessionConfig(vision=False)`` (frames are stamped and cited, not encoded).
+    """
+
+    backend: Any
+    notice: str | None
+    vision: bool
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of ``exc``'s message without its final full stop (it goes inside a sentence)."""
+    return (str(exc).splitlines()[0].rstrip(" .") if str(exc).strip() else "") or type(exc).__name__
+
+
+def _blind_notice(prefix: str, speech: bool) -> str:
+    hears = "it hears the stream's speech and reads notes" if speech else "it reads notes (speech is off)"
+    return f"{prefix}: {hears}, but it does not see the video (vision is off); {GET_THE_MODEL}."
+
+
 def load_backend_with_fallback(model: str, *, device: str = "cpu", dtype: str = "float32", quantization=None,
-                               fallback: str | None = FALLBACK_MODEL):
-    """Load ``model``; when it cannot be had (not cached and no network) load ``fallback`` instead.
+                               fallback: str | None = FALLBACK_MODEL, speech: bool = True) -> LoadedModel:
+    """Load ``model``; when it cannot be had (not cached and no network) load ``fallback`` instead,
+    and when that cannot be had either (the offline extra is missing), :data:`LAST_RESORT_MODEL`.
+
+    Args:
+        fallback: the model to load instead (None: fail).
+        speech: whether speech recognition is on (only the notice's wording depends on it).
 
     Returns:
-        ``(backend, notice)``: ``notice`` is a sentence for users when the answers will not be
-        meaningful (the fallback, or any model with random weights), else None.
+        A :class:`LoadedModel` ``(backend, notice, vision)``.
 
     Raises:
-        BackendError: ``model`` failed for another reason, or the fallback failed too.
+        BackendError: ``model`` failed for another reason, or every fallback failed too.
     """
     from app.engine.backends.registry import load_backend
     from app.engine.backends.types import ModelNotAvailable
@@ -114,17 +153,47 @@ def load_backend_with_fallback(model: str, *, device: str = "cpu", dtype: str = 
     except (ModelNotAvailable, OSError) as exc:
         if fallback is None or fallback == model:
             raise
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        notice = (f"The model {model} could not be loaded ({reason}). LiveSight fell back to {fallback}, a tiny model "
-                  "with random weights: its answers are not meaningful.")
+        reason = _reason(exc)
+        try:
+            backend = load_backend(fallback, device=device, dtype="float32")
+        except (ModelNotAvailable, OSError) as fallback_exc:
+            if fallback == LAST_RESORT_MODEL:
+                raise
+            notice = (f"The model {model} could not be loaded ({reason}), nor could the offline fallback {fallback} "
+                      f"({_reason(fallback_exc)}), so LiveSight runs {LAST_RESORT_MODEL}, a tiny model with random "
+                      f"weights whose answers are not meaningful; {GET_THE_MODEL}.")
+            logger.warning("%s", notice)
+            return LoadedModel(load_backend(LAST_RESORT_MODEL, device=device, dtype="float32"), notice, True)
+        blind = backend.spec.random_vision
+        if blind:
+            notice = _blind_notice(f"The model {model} could not be loaded ({reason}), so LiveSight runs {fallback}, "
+                                   "the real SmolLM2 text weights", speech)
+        else:
+            notice = (f"The model {model} could not be loaded ({reason}), so LiveSight runs {fallback}"
+                      + (", a model with random weights whose answers are not meaningful." if backend.spec.random_weights
+                         else " instead."))
         logger.warning("%s", notice)
-        backend = load_backend(fallback, device=device, dtype="float32")
-        return backend, notice
+        return LoadedModel(backend, notice, not blind)
+    if backend.spec.random_vision:
+        notice = _blind_notice(f"{backend.spec.name} has the real SmolLM2 text weights and a random vision tower", speech)
+        logger.warning("%s", notice)
+        return LoadedModel(backend, notice, False)
     if backend.spec.random_weights:
         notice = f"{backend.spec.name} has random weights: its answers are not meaningful."
         logger.warning("%s", notice)
-        return backend, notice
-    return backend, None
+        return LoadedModel(backend, notice, True)
+    return LoadedModel(backend, None, True)
+
+
+def load_speech_model(asr) -> None:
+    """Load the speech model of ``asr`` once (it is shared by every session's transcriber).
+
+    Raises:
+        app.engine.speech.ASRError: the model cannot be had; the message names it and what to do.
+    """
+    from app.engine.speech.models import load_model
+
+    load_model(asr)
 
 
 def _interrupt(stop: threading.Event):
@@ -152,7 +221,7 @@ def run_server(opts: ServeOptions, *, page_launcher: PageLauncher | None = None,
     """
     if opts.offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
-    elif _is_hub_id(opts.model) and not os.environ.get("HF_HUB_OFFLINE") and not hub_reachable():
+    elif is_hub_id(opts.model) and not os.environ.get("HF_HUB_OFFLINE") and not hub_reachable():
         # Without a network the hub client keeps retrying for a long while before giving up; cached weights
         # still load offline.
         logger.warning("the model hub cannot be reached: loading %s from the local cache only", opts.model)
@@ -161,16 +230,24 @@ def run_server(opts: ServeOptions, *, page_launcher: PageLauncher | None = None,
         raise ConfigError("ui is on but no page launcher was given")
     # Check the server settings before the (slow) model load.
     server_config = ServerConfig(host=opts.host, port=opts.ws_port, token=opts.token)
-    backend, notice = load_backend_with_fallback(opts.model, device=opts.device, dtype=opts.dtype,
-                                                 quantization=opts.quantization, fallback=opts.fallback_model)
+    manager_config = opts.manager
+    if manager_config.asr is not None:
+        load_speech_model(manager_config.asr)  # fail now, not on the first audio
+    backend, notice, vision = load_backend_with_fallback(opts.model, device=opts.device, dtype=opts.dtype,
+                                                         quantization=opts.quantization, fallback=opts.fallback_model,
+                                                         speech=manager_config.asr is not None)
+    if not vision and manager_config.default_session.vision:
+        manager_config = manager_config.updated(default_session=manager_config.default_session.updated(vision=False))
     stop = stop or threading.Event()
-    manager = SessionManager(backend, opts.manager, model_notice=notice)
+    manager = SessionManager(backend, manager_config, model_notice=notice)
     server = WebSocketServer(manager, server_config)
     previous = None
     page = None
     try:
         server.start()
         out.write(f"model: {backend.spec.name}" + (f"  ({notice})" if notice else "") + "\n")
+        asr = manager_config.asr
+        out.write(f"speech: {asr.model}\n" if asr is not None else "speech: off\n")
         out.write(f"websocket API: {server.url}" + ("  (bearer token required)" if opts.token else "") + "\n")
         out.flush()
         if threading.current_thread() is threading.main_thread():

@@ -1,4 +1,5 @@
-"""The websocket API's wire format: event schema, validation, error codes and the binary frame header.
+"""The websocket API's wire format: event schema, validation, error codes and the binary frame and
+audio headers.
 
 Every JSON message is one event object ``{"type": ..., "event_id": ...}``. Each client event type
 has a validator here (``validate_*``, a :data:`Validator`) that turns a message into the fields of
@@ -14,6 +15,16 @@ Binary frame messages (a video frame without base64)::
     4       4     flags, uint32 little-endian (bit 0: the pts field is set; other bits must be 0)
     8       8     pts, float64 little-endian, seconds of stream time (ignored without flag bit 0)
     16      ...   the image: JPEG or PNG bytes (WebP and BMP also decode)
+
+Binary audio messages (a piece of sound without base64; the same audio as ``input_audio.append``)::
+
+    offset  size  field
+    0       4     magic b"LSA1"
+    4       4     flags, uint32 little-endian (bit 0: the pts field is set; other bits must be 0)
+    8       8     pts, float64 little-endian, stream time of the first sample (ignored without flag bit 0)
+    16      4     rate, uint32 little-endian, samples per second, in [8000, 48000]
+    20      4     reserved, uint32, must be 0
+    24      ...   the samples: PCM16 little-endian mono (an even number of bytes)
 """
 
 from __future__ import annotations
@@ -36,6 +47,13 @@ FRAME_HEADER = struct.Struct("<4sId")
 FLAG_PTS = 0x1
 KNOWN_FLAGS = FLAG_PTS
 
+#: Magic bytes that open a binary audio message.
+AUDIO_MAGIC = b"LSA1"
+#: magic, flags (uint32), pts (float64), rate (uint32), reserved (uint32), little-endian: 24 bytes.
+AUDIO_HEADER = struct.Struct("<4sIdII")
+#: Sample rates pushed audio may have (samples per second, inclusive).
+AUDIO_RATES = (8000, 48000)
+
 #: Every error code an ``error`` event may carry.
 ERROR_CODES = (
     "invalid_json",          # a text message that is not a JSON object
@@ -44,6 +62,8 @@ ERROR_CODES = (
     "message_too_large",     # a text message over the message limit (the connection stays open)
     "frame_too_large",       # an image over max_frame_bytes, or wider/taller than max_frame_side
     "bad_image",             # image bytes (or base64) that do not decode
+    "invalid_audio",         # pushed audio with a bad rate, an odd byte count, bad base64, no samples, or too long
+    "speech_off",            # audio sent to a server whose speech recognition is off (livesight serve --asr off)
     "rate_limited",          # frames over the per-session fps limit were dropped
     "invalid_config",        # a session setting that is unknown, out of range, or fixed once input started
     "source_error",          # a server-pulled source failed (error.source_error names its class)
@@ -248,6 +268,22 @@ def validate_video_append(obj: dict, eid: str | None) -> dict:
     return {"image": _str(obj, "image", eid), "pts": _num(obj, "pts", eid, lo=0, hi=1e12)}
 
 
+def validate_audio_append(obj: dict, eid: str | None) -> dict:
+    """``input_audio.append``: ``{"audio" (base64 PCM16 LE mono), "rate" (samples/s), "pts" (None: continue)}``.
+
+    Raises:
+        ProtocolError: ``invalid_event`` for a missing or non-string ``audio``; ``invalid_audio`` for
+            a missing rate or one outside :data:`AUDIO_RATES`.
+    """
+    audio = _str(obj, "audio", eid)
+    rate = obj.get("rate")
+    lo, hi = AUDIO_RATES
+    if isinstance(rate, bool) or not isinstance(rate, int) or not lo <= rate <= hi:
+        raise ProtocolError("invalid_audio", f"field 'rate' must be an integer number of samples per second in "
+                                             f"[{lo}, {hi}]; got {rate!r}", eid, param="rate")
+    return {"audio": audio, "rate": rate, "pts": _num(obj, "pts", eid, lo=0, hi=1e12)}
+
+
 def validate_text_append(obj: dict, eid: str | None) -> dict:
     """``input_text.append``: ``{"text", "pts" (None: the last frame's)}``."""
     return {"text": _str(obj, "text", eid, max_len=4000), "pts": _num(obj, "pts", eid, lo=0, hi=1e12)}
@@ -316,7 +352,8 @@ def unpack_frame(data: bytes) -> tuple[float | None, bytes]:
                                              f"and image bytes; got {len(data)} bytes")
     magic, flags, pts = FRAME_HEADER.unpack_from(data)
     if magic != FRAME_MAGIC:
-        raise ProtocolError("invalid_event", f"a binary message must start with {FRAME_MAGIC!r}; got {bytes(magic)!r}")
+        raise ProtocolError("invalid_event", f"a binary message must start with {FRAME_MAGIC!r} (a frame) or "
+                                             f"{AUDIO_MAGIC!r} (audio); got {bytes(magic)!r}")
     if flags & ~KNOWN_FLAGS:
         raise ProtocolError("invalid_event", f"unknown frame flags 0x{flags:x} (known: 0x{KNOWN_FLAGS:x})")
     if flags & FLAG_PTS:
@@ -347,6 +384,119 @@ def decode_base64_image(text: str, max_bytes: int, event_id: str | None = None) 
         raise ProtocolError("frame_too_large", f"the image is {len(data)} bytes; the limit is {max_bytes} bytes "
                                                "(max_frame_bytes)", event_id)
     return data
+
+
+# --------------------------------------------------------------------------- audio
+
+def _check_pcm(pcm: bytes, rate: int, max_seconds: float | None, event_id: str | None) -> None:
+    """Raise ``invalid_audio`` for an empty or odd-sized PCM16 payload, a bad rate, or too many seconds."""
+    lo, hi = AUDIO_RATES
+    if isinstance(rate, bool) or not isinstance(rate, int) or not lo <= rate <= hi:
+        raise ProtocolError("invalid_audio", f"the audio rate must be an integer in [{lo}, {hi}] samples per second; "
+                                             f"got {rate!r}", event_id, param="rate")
+    if not pcm:
+        raise ProtocolError("invalid_audio", "the audio has no samples", event_id)
+    if len(pcm) % 2:
+        raise ProtocolError("invalid_audio", f"PCM16 audio needs an even number of bytes (2 per sample); got {len(pcm)}",
+                            event_id)
+    seconds = len(pcm) / 2 / rate
+    if max_seconds is not None and seconds > max_seconds:
+        raise ProtocolError("invalid_audio", f"{seconds:.2f} s of audio in one message; the limit is {max_seconds:g} s "
+                                             "(send shorter pieces)", event_id)
+
+
+def pcm16_bytes(pcm: Any) -> bytes:
+    """Little-endian PCM16 bytes of ``pcm``: bytes as they are, an int16 array, or a float array in
+    [-1, 1] (clipped, scaled by 32767). Arrays must be mono ``(N,)``.
+
+    Raises:
+        TypeError / ValueError: anything else (a stereo or empty array, another dtype).
+    """
+    import numpy as np
+
+    if isinstance(pcm, (bytes, bytearray, memoryview)):
+        return bytes(pcm)
+    if not isinstance(pcm, np.ndarray):
+        raise TypeError(f"audio must be PCM16 bytes or a mono numpy array; got {type(pcm).__name__}")
+    if pcm.ndim != 1:
+        raise ValueError(f"audio must be mono, shape (N,); got shape {pcm.shape}")
+    if pcm.dtype == np.int16:
+        return pcm.astype("<i2", copy=False).tobytes()
+    if np.issubdtype(pcm.dtype, np.floating):
+        return (np.clip(pcm, -1.0, 1.0) * 32767.0).round().astype("<i2").tobytes()
+    raise ValueError(f"audio arrays must be int16 or float; got {pcm.dtype}")
+
+
+def pack_audio(pcm: Any, rate: int, pts: float | None = None) -> bytes:
+    """A binary audio message: the 24-byte header, then PCM16 LE mono samples.
+
+    Args:
+        pcm: PCM16 LE bytes, an int16 ``(N,)`` array, or a float ``(N,)`` array in [-1, 1].
+        rate: samples per second, in :data:`AUDIO_RATES`.
+        pts: stream time of the first sample (None: the server continues the session's audio clock).
+    """
+    data = pcm16_bytes(pcm)
+    lo, hi = AUDIO_RATES
+    if isinstance(rate, bool) or not isinstance(rate, int) or not lo <= rate <= hi:
+        raise ValueError(f"rate must be an integer in [{lo}, {hi}]; got {rate!r}")
+    if pts is not None and (not math.isfinite(pts) or pts < 0):
+        raise ValueError(f"pts must be a finite number of seconds >= 0; got {pts!r}")
+    flags = FLAG_PTS if pts is not None else 0
+    return AUDIO_HEADER.pack(AUDIO_MAGIC, flags, float(pts or 0.0), rate, 0) + data
+
+
+def is_audio_message(data: bytes) -> bool:
+    """True when a binary message opens with :data:`AUDIO_MAGIC`."""
+    return bytes(data[:4]) == AUDIO_MAGIC
+
+
+def unpack_audio(data: bytes, max_seconds: float | None = None) -> tuple[float | None, int, bytes]:
+    """``(pts or None, rate, PCM16 bytes)`` of a binary audio message.
+
+    Raises:
+        ProtocolError: ``invalid_audio`` for a short message, a wrong magic, unknown flags, a nonzero
+            reserved field, a bad pts or rate, an odd or empty payload, or more than ``max_seconds``.
+    """
+    if len(data) < AUDIO_HEADER.size:
+        raise ProtocolError("invalid_audio", f"a binary audio message needs the {AUDIO_HEADER.size}-byte header "
+                                             f"and samples; got {len(data)} bytes")
+    magic, flags, pts, rate, reserved = AUDIO_HEADER.unpack_from(data)
+    if magic != AUDIO_MAGIC:
+        raise ProtocolError("invalid_audio", f"a binary audio message must start with {AUDIO_MAGIC!r}; got {bytes(magic)!r}")
+    if flags & ~KNOWN_FLAGS:
+        raise ProtocolError("invalid_audio", f"unknown audio flags 0x{flags:x} (known: 0x{KNOWN_FLAGS:x})")
+    if reserved != 0:
+        raise ProtocolError("invalid_audio", f"the audio header's reserved field must be 0; got {reserved}")
+    pcm = bytes(data[AUDIO_HEADER.size:])
+    _check_pcm(pcm, rate, max_seconds, None)
+    if flags & FLAG_PTS:
+        if not math.isfinite(pts) or pts < 0 or pts > 1e12:
+            raise ProtocolError("invalid_audio", f"audio pts must be a finite number of seconds in [0, 1e12]; got {pts!r}")
+        return float(pts), rate, pcm
+    return None, rate, pcm
+
+
+def decode_base64_audio(text: str, rate: int, *, max_bytes: int, max_seconds: float | None = None,
+                        event_id: str | None = None) -> bytes:
+    """The PCM16 bytes of ``input_audio.append``'s base64 ``audio`` field, checked.
+
+    Raises:
+        ProtocolError: ``message_too_large`` beyond ``max_bytes`` decoded bytes; ``invalid_audio`` for
+            bad base64, an odd or empty payload, or more than ``max_seconds`` of audio.
+    """
+    if len(text) // 4 * 3 > max_bytes + 3:
+        raise ProtocolError("message_too_large", f"the audio is about {len(text) // 4 * 3} bytes; the limit is "
+                                                 f"{max_bytes} bytes per message", event_id)
+    try:
+        pcm = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ProtocolError("invalid_audio", f"field 'audio' is not valid base64: {exc}", event_id,
+                            param="audio") from None
+    if len(pcm) > max_bytes:
+        raise ProtocolError("message_too_large", f"the audio is {len(pcm)} bytes; the limit is {max_bytes} bytes "
+                                                 "per message", event_id)
+    _check_pcm(pcm, rate, max_seconds, event_id)
+    return pcm
 
 
 # --------------------------------------------------------------------------- answers

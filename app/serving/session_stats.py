@@ -30,7 +30,7 @@ KEPT_HISTORY_POINTS = 2000
 ALERTS_KEPT = 200
 
 _COUNTS = ("frames_submitted", "frames_accepted", "frames_processed", "frame_errors", "texts", "text_errors",
-           "answers", "answer_errors", "watch_checks", "alerts")
+           "answers", "answer_errors", "watch_checks", "alerts", "speech_segments", "speech_errors")
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,8 @@ class SessionCounters:
 
     Attributes:
         counts: ``frames_submitted``, ``frames_accepted``, ``frames_processed``, ``frame_errors``,
-            ``texts``, ``text_errors``, ``answers``, ``answer_errors``, ``watch_checks``, ``alerts``.
+            ``texts``, ``text_errors``, ``answers``, ``answer_errors``, ``watch_checks``, ``alerts``,
+            ``speech_segments`` (heard segments prefilled), ``speech_errors``.
         dropped: frames dropped before the model, by reason: ``rate_limit`` (over ``max_fps``) and
             ``backlog`` (replaced by a newer frame while waiting).
         lag_s: processing start minus arrival of the last processed frame.
@@ -161,12 +162,14 @@ class SnapshotCache:
 
 
 def compose_stats(sid: str, counters: CountersView, snapshot: SessionSnapshot | None, source, *,
-                  answering: bool, scheduler) -> dict[str, Any]:
+                  answering: bool, scheduler, audio: dict[str, Any] | None = None) -> dict[str, Any]:
     """The stats dict of one session (see :meth:`~app.serving.manager.SessionManager.stats`).
 
     Args:
         source: the session's :class:`~app.serving.source_runner.SourceRunner`, or None.
         scheduler: the manager's :class:`~app.serving.scheduler.Scheduler`.
+        audio: the session's audio stats (:meth:`~app.serving.session_audio.SessionAudio.stats`), or
+            None with speech off.
     """
     dropped = dict(counters.dropped)
     progress = None
@@ -193,6 +196,8 @@ def compose_stats(sid: str, counters: CountersView, snapshot: SessionSnapshot | 
             "dropped_total": sum(dropped.values()),
         },
         "texts": c["texts"],
+        "audio": {"speech": audio is not None, **(audio or {}),
+                  "source": source.audio_stats() if source is not None else None},
         "answers": c["answers"],
         "answering": answering,
         "watch": {"rules": len(snapshot.rules) if snapshot is not None else 0, "checks": c["watch_checks"],

@@ -1,4 +1,5 @@
-"""A server-pulled source (file, RTSP, HTTP...) read by its own thread into one session."""
+"""A server-pulled source (file, RTSP, HTTP...) read by its own thread into one session, its sound
+track (when the session hears) handed to the session's transcriber."""
 
 from __future__ import annotations
 
@@ -30,10 +31,17 @@ class SourceRunner:
         paced: frames of a non-live source are released at their stream times (a file or HTTP
             download played as a live camera).
         blocking: each frame waits for the model (nothing is dropped; ``realtime=False``).
+        audio: the session's :class:`~app.serving.session_audio.SessionAudio` when the source was opened
+            with its sound and the session hears: every ``AudioChunk`` goes to it (registered with
+            ``source.on_audio`` here, before the source is read), and at the end of the stream what it
+            buffered is transcribed before ``input_source.ended`` is sent.
     """
 
+    #: Seconds the end of a stream waits for the last speech to be transcribed.
+    FLUSH_TIMEOUT_S = 60.0
+
     def __init__(self, sampler, sid: str, *, emit: Callable[[dict], None], enqueue: Callable[[Any], Any],
-                 session_closed: Callable[[], bool], paced: bool, blocking: bool) -> None:
+                 session_closed: Callable[[], bool], paced: bool, blocking: bool, audio=None) -> None:
         self.sampler = sampler
         self.sid = sid
         self.name = sampler.source.name
@@ -51,6 +59,21 @@ class SourceRunner:
         self._gaps_seen = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"source-{sid}", daemon=True)
+        self.audio = audio
+        self.audio_pts: float | None = None  # where the last chunk of sound ended (stream time)
+        self.audio_errors = 0  # chunks the transcriber refused (logged once)
+        if audio is not None:
+            sampler.source.on_audio(self._on_audio)
+
+    def _on_audio(self, chunk) -> None:
+        """The source's audio callback (its demuxing thread): quick, never raises."""
+        self.audio_pts = chunk.end
+        try:
+            self.audio.feed(chunk)
+        except Exception:  # noqa: BLE001 - the video goes on whatever happens to the sound
+            self.audio_errors += 1
+            if self.audio_errors == 1:
+                logger.warning("source %s of session %s: audio not transcribed", self.name, self.sid, exc_info=True)
 
     def start(self) -> None:
         # Start the sampler here, not lazily in the reader thread: Sampler.close() from another thread
@@ -69,12 +92,25 @@ class SourceRunner:
         if threading.current_thread() is not self._thread:
             self._thread.join(join_s)
 
+    def audio_stats(self) -> dict[str, Any] | None:
+        """The source's audio counters (``chunks``, ``seconds``, ``decode_errors``, ...) plus ``pts`` (where
+        the sound heard so far ends) and ``refused``; None when its sound is not heard."""
+        if self.audio is None:
+            return None
+        try:
+            stats = dict(self.sampler.source.audio_stats())
+        except Exception:  # noqa: BLE001 - stats never fail the caller
+            stats = {}
+        return {**stats, "pts": self.audio_pts, "refused": self.audio_errors}
+
     def progress(self) -> dict[str, Any]:
         """``{"source", "pts", "duration_s", "fraction", "finished", "error", "frames", "live"}``
-        (``fraction`` None when the duration is unknown)."""
+        (``fraction`` None when the duration is unknown; ``pts`` follows the sound of a source without
+        video)."""
         duration = self.info.duration_s
-        pts = self.pts
-        rel = None if pts is None else pts - (self.first_pts or 0.0)
+        pts = self.pts if self.pts is not None else self.audio_pts
+        first = self.first_pts if self.first_pts is not None else 0.0
+        rel = None if pts is None else pts - first
         fraction = None
         if duration and rel is not None:
             fraction = 1.0 if self.finished and not self.error else max(0.0, min(1.0, rel / duration))
@@ -134,8 +170,14 @@ class SourceRunner:
             self._emit({"type": "input_source.error", "source": self.name, "error": {
                 "code": "internal_error", "source_error": type(exc).__name__, "message": str(exc)}})
         finally:
-            self.finished = True
             self.sampler.close(join_timeout_s=0.5)
+        if self.audio is not None and reason == "end of stream" and not self._stop.is_set() and not self._session_closed():
+            try:  # the last words before the end are heard before the end is announced
+                self.audio.flush(timeout_s=self.FLUSH_TIMEOUT_S)
+            except Exception:  # noqa: BLE001 - the sound fails alone
+                logger.warning("source %s of session %s: the last audio was not transcribed", self.name, self.sid,
+                               exc_info=True)
+        self.finished = True
         if self.error is None and not self._session_closed():
             if self._stop.is_set():
                 reason = "stopped"

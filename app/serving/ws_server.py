@@ -1,10 +1,10 @@
-"""The websocket API: one connection = one session, JSON events plus binary frames.
+"""The websocket API: one connection = one session, JSON events plus binary frames and audio.
 
 Built on the ``websockets`` asyncio server (v17 API). All model work goes through the
 :class:`~app.serving.manager.SessionManager` (its scheduler thread); this module only speaks the protocol
 (:mod:`app.serving.protocol`), enforces message limits, authenticates the handshake and paces outgoing
-events. Blocking manager calls (opening a source, building a session) run in worker threads so the
-event loop keeps serving every connection.
+events. Blocking manager calls (opening a source, building a session, resampling and feeding pushed
+audio) run in worker threads so the event loop keeps serving every connection.
 
 Outgoing events per connection go through a bounded outbox: ``input_video.stats`` events are
 merged (only the newest waits), everything else (answer deltas, errors, alerts) is kept in order;
@@ -36,22 +36,27 @@ from urllib.parse import parse_qs, urlsplit
 
 from app.engine.config import ConfigError
 from app.serving import protocol
-from app.serving.errors import InvalidRequest, ManagerError, SessionLimit, UnknownSession
+from app.serving.errors import InvalidRequest, ManagerError, SessionLimit, SpeechOff, UnknownSession
 from app.serving.limits import LIVE_FIELDS
 from app.serving.manager import SessionManager
 from app.serving.protocol import (
+    AUDIO_HEADER,
+    AUDIO_RATES,
     ERROR_CODES,
     FRAME_HEADER,
     ClientEvent,
     ProtocolError,
     Validator,
+    decode_base64_audio,
     decode_base64_image,
     dumps,
     error_event,
+    is_audio_message,
     new_id,
     parse_message,
     response_object,
     server_event,
+    unpack_audio,
     unpack_frame,
 )
 from streaming.checks import check_int, check_number
@@ -128,22 +133,34 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class Limits:
-    """The byte limits in force (derived from :class:`ServerConfig` and the manager's ``max_frame_bytes``)."""
+    """The byte limits in force (derived from :class:`ServerConfig` and the manager's ``max_frame_bytes``
+    and ``max_audio_message_s``).
+
+    Attributes:
+        max_audio_bytes: PCM16 bytes one audio message may carry: ``max_audio_message_s`` at the highest
+            rate (48 kHz); fewer seconds at lower rates are refused by seconds (``invalid_audio``).
+        max_audio_binary_bytes: the largest binary audio message (header + ``max_audio_bytes``).
+    """
 
     max_message_bytes: int
     max_frame_bytes: int
     max_binary_bytes: int
     hard_max_bytes: int
+    max_audio_seconds: float = 10.0
+    max_audio_bytes: int = 2 * 48000 * 10
+    max_audio_binary_bytes: int = 2 * 48000 * 10 + AUDIO_HEADER.size
 
     @classmethod
-    def derive(cls, server: ServerConfig, max_frame_bytes: int) -> "Limits":
+    def derive(cls, server: ServerConfig, max_frame_bytes: int, max_audio_seconds: float = 10.0) -> "Limits":
         message = server.max_message_bytes or (math.ceil(max_frame_bytes / 3) * 4 + 64 * 1024)
         binary = max_frame_bytes + FRAME_HEADER.size
-        hard = server.hard_max_bytes or 2 * max(message, binary)
-        if hard < max(message, binary):
-            raise ServerConfigError(f"hard_max_bytes ({hard}) must be at least the message limit ({message}) and the "
-                                    f"binary frame limit ({binary})")
-        return cls(message, max_frame_bytes, binary, hard)
+        audio = 2 * math.ceil(max_audio_seconds * AUDIO_RATES[1])
+        audio_binary = audio + AUDIO_HEADER.size
+        hard = server.hard_max_bytes or 2 * max(message, binary, audio_binary)
+        if hard < max(message, binary, audio_binary):
+            raise ServerConfigError(f"hard_max_bytes ({hard}) must be at least the message limit ({message}), the "
+                                    f"binary frame limit ({binary}) and the binary audio limit ({audio_binary})")
+        return cls(message, max_frame_bytes, binary, hard, float(max_audio_seconds), audio, audio_binary)
 
 
 #: Fields an error object carries besides ``code`` and ``message``, by code (what the exceptions
@@ -301,7 +318,7 @@ class WebSocketServer:
                  events: Mapping[str, "ClientEventSpec"] | None = None) -> None:
         self.manager = manager
         self.config = config if config is not None else ServerConfig()
-        self.limits = Limits.derive(self.config, manager.config.max_frame_bytes)
+        self.limits = Limits.derive(self.config, manager.config.max_frame_bytes, manager.config.max_audio_message_s)
         self.events = dict(CLIENT_EVENTS if events is None else events)
         check_event_table(self.events)
         self._validators = {type_: spec.validate for type_, spec in self.events.items()}
@@ -479,11 +496,17 @@ class WebSocketServer:
         mc = self.manager.config
         return {"max_message_bytes": self.limits.max_message_bytes, "max_frame_bytes": self.limits.max_frame_bytes,
                 "hard_max_bytes": self.limits.hard_max_bytes, "max_frame_side": mc.max_frame_side,
-                "max_fps": mc.max_fps, "live_fields": sorted(LIVE_FIELDS), "allow_file_sources": mc.allow_file_sources}
+                "max_fps": mc.max_fps, "live_fields": sorted(LIVE_FIELDS), "allow_file_sources": mc.allow_file_sources,
+                "speech": mc.asr is not None, "asr_model": mc.asr.model if mc.asr is not None else None,
+                "audio_rates": list(AUDIO_RATES), "max_audio_seconds": self.limits.max_audio_seconds,
+                "max_audio_bytes": self.limits.max_audio_bytes}
 
     # ---- dispatch -----------------------------------------------------------------------------
     async def _dispatch(self, conn: _Connection, message: str | bytes) -> None:
         if isinstance(message, (bytes, bytearray, memoryview)):
+            if is_audio_message(message):
+                await self._binary_audio(conn, bytes(message))
+                return
             if len(message) > self.limits.max_binary_bytes:
                 raise ProtocolError("frame_too_large", f"binary frame message of {len(message)} bytes; the limit is "
                                                        f"{self.limits.max_binary_bytes} bytes (header + max_frame_bytes)")
@@ -527,6 +550,39 @@ class WebSocketServer:
                 conn.push(error_event("rate_limited", f"frames over {self.manager.config.max_fps:g} per second are "
                                       f"dropped ({stats['rate_limit']} so far)", event_id,
                                       max_fps=self.manager.config.max_fps, dropped=stats["rate_limit"]))
+
+    async def _binary_audio(self, conn: _Connection, message: bytes) -> None:
+        if not self.manager.speech:
+            raise SpeechOff()
+        if len(message) > self.limits.max_audio_binary_bytes:
+            raise ProtocolError("message_too_large", f"binary audio message of {len(message)} bytes; the limit is "
+                                                     f"{self.limits.max_audio_binary_bytes} bytes (header + "
+                                                     f"{self.limits.max_audio_seconds:g} s at {AUDIO_RATES[1]} Hz)")
+        pts, rate, pcm = unpack_audio(message, max_seconds=self.limits.max_audio_seconds)
+        await self._audio(conn, pcm, rate, pts)
+
+    async def _audio(self, conn: _Connection, pcm: bytes, rate: int, pts: float | None) -> None:
+        """Feed pushed PCM16 to the session's transcriber (in a worker thread: resampling, and the speech
+        model's load on the first push, never run on the event loop). Without a pts the first piece
+        ends now on the connection's clock (the clock of frames without a pts) and later ones
+        continue the session's audio clock."""
+        if pts is None and self.manager.audio_clock(conn.sid) is None:
+            pts = max(0.0, time.time() - conn.t0 - len(pcm) / 2 / rate)
+        await asyncio.to_thread(self.manager.push_audio, conn.sid, pcm, rate=rate, pts=pts)
+
+    async def _on_input_audio_append(self, conn: _Connection, ev: ClientEvent) -> None:
+        if not self.manager.speech:
+            raise SpeechOff()
+        pcm = decode_base64_audio(ev.data["audio"], ev.data["rate"], max_bytes=self.limits.max_audio_bytes,
+                                  max_seconds=self.limits.max_audio_seconds, event_id=ev.event_id)
+        await self._audio(conn, pcm, ev.data["rate"], ev.data["pts"])
+
+    async def _on_input_audio_commit(self, conn: _Connection, ev: ClientEvent) -> None:
+        if not self.manager.speech:
+            raise SpeechOff()
+        await asyncio.to_thread(self.manager.flush_audio, conn.sid)
+        conn.push(server_event("input_audio.committed", reply_to=ev.event_id,
+                               audio=self.manager.stats(conn.sid)["audio"]))
 
     async def _on_input_video_append(self, conn: _Connection, ev: ClientEvent) -> None:
         image = decode_base64_image(ev.data["image"], self.limits.max_frame_bytes, ev.event_id)
@@ -667,6 +723,8 @@ CLIENT_EVENTS: dict[str, ClientEventSpec] = {
     "input_source.stop": ClientEventSpec(protocol.validate_empty, WebSocketServer._on_input_source_stop),
     "input_video.append": ClientEventSpec(protocol.validate_video_append, WebSocketServer._on_input_video_append),
     "input_text.append": ClientEventSpec(protocol.validate_text_append, WebSocketServer._on_input_text_append),
+    "input_audio.append": ClientEventSpec(protocol.validate_audio_append, WebSocketServer._on_input_audio_append),
+    "input_audio.commit": ClientEventSpec(protocol.validate_empty, WebSocketServer._on_input_audio_commit),
     "conversation.item.create": ClientEventSpec(protocol.validate_item_create,
                                                 WebSocketServer._on_conversation_item_create),
     "response.create": ClientEventSpec(protocol.validate_response_create, WebSocketServer._on_response_create),

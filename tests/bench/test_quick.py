@@ -145,3 +145,25 @@ def test_recall_quick(tmp_path):
     for rec in result["records"]:
         assert set(rec["results"]) == {"2", "4", "8"}
     assert "| 2 (summaries only, no rerank) |" in result["markdown"]
+
+
+def test_asr_quick(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = _run("asr", tmp_path)
+    rows = result["metrics"]["rows"]
+    assert {(r["vad"], r["threads"]) for r in rows} == {(True, 1), (True, 2), (False, 1), (False, 2)}
+    for r in rows:
+        assert r["audio_s"] == pytest.approx(result["metrics"]["audio_s"], abs=0.01)
+        assert 0 < r["speech_s"] <= r["audio_s"] and r["rtf"] > 0 and 0 <= r["wer"] < 0.5 and r["segments"] >= 1
+    off, on = result["metrics"]["pipeline"]
+    assert not off["speech"] and on["speech"] and off["frames"] == on["frames"] > 0
+    assert off["speech_events"] == 0 and on["speech_events"] >= 1
+    assert "| VAD | threads |" in result["markdown"] and "| speech | frames |" in result["markdown"]
+
+
+def test_asr_word_error_rate():
+    from app.bench.asr import wer, word_errors
+
+    assert word_errors(["a", "b", "c"], ["a", "x", "c", "d"]) == 2
+    assert wer("Turn the lights on.", "turn the light on") == 0.25
+    assert wer("hello", "") == 1.0

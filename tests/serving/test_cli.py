@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from app.serving.client import SyncLiveSightClient
+from tests import media
 
 pytestmark = pytest.mark.network
 
@@ -66,7 +67,9 @@ def test_serve_refuses_a_public_host_without_a_token():
     assert "needs a token" in proc.stderr
 
 
-def test_serve_falls_back_to_the_tiny_model_says_so_and_stops_cleanly(tmp_path):
+@pytest.mark.slow
+@pytest.mark.real_weights
+def test_serve_falls_back_to_real_smollm2_with_vision_off_says_so_and_stops_cleanly(tmp_path):
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "LIVESIGHT_TOKEN": ""}
     proc = subprocess.Popen([sys.executable, "-m", "app.cli.main", "serve", "--no-ui", "--offline", "--ws-port", "0",
                              "--model", "HuggingFaceTB/SmolVLM2-256M-Video-Instruct", "--max-new-tokens", "2"],
@@ -78,14 +81,24 @@ def test_serve_falls_back_to_the_tiny_model_says_so_and_stops_cleanly(tmp_path):
     try:
         while not any(line.startswith("ready") for line in out):
             try:
-                out.append(lines.get(timeout=120))
+                out.append(lines.get(timeout=300))
             except queue.Empty:
                 pytest.fail(f"livesight serve did not get ready: {out} (exit status {proc.poll()})")
-        url = re.search(r"websocket API: (ws://\S+)", "".join(out)).group(1)
-        assert "fell back to tiny-smolvlm" in "".join(out)
+        text = "".join(out)
+        url = re.search(r"websocket API: (ws://\S+)", text).group(1)
+        model_line = next(line for line in out if line.startswith("model: "))
+        assert model_line.startswith("model: smolvlm2-256m-smollm2  (")
+        assert "speech: tiny.en-offline" in text  # speech is on by default
         with SyncLiveSightClient(url) as client:
             notice = client.client.model["notice"]
-            assert "could not be loaded" in notice and "not meaningful" in notice
+            # one sentence: what it can do, what it cannot, and how to get the real model
+            assert notice in model_line and notice.count(". ") == 0 and notice.endswith(".")
+            assert "could not be loaded" in notice and "real SmolLM2 text weights" in notice
+            assert "hears" in notice and "reads notes" in notice and "does not see" in notice
+            assert "run once with a network or pass --model DIR" in notice
+            assert client.client.model["random_weights"] is False
+            assert client.session["vision"] is False  # the manager's default session for this backend
+            assert client.client.limits["speech"] is True
             assert client.answer("Anything?")["usage"]["completion_tokens"] == 2
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
@@ -100,6 +113,21 @@ def test_serve_falls_back_to_the_tiny_model_says_so_and_stops_cleanly(tmp_path):
     assert out[-1].startswith("stopped")
     assert re.search(r"WARNING app.serving.process: The model HuggingFaceTB/SmolVLM2-256M-Video-Instruct "
                      r"could not be loaded", err)
+
+
+def test_serve_without_fallback_fails_with_a_clear_error(tmp_path):
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "LIVESIGHT_TOKEN": ""}
+    proc = livesight("serve", "--no-ui", "--offline", "--no-fallback", "--ws-port", "0", "--asr", "off",
+                     "--model", "HuggingFaceTB/SmolVLM2-256M-Video-Instruct", env=env)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ")
+    assert "fell back" not in proc.stdout
+
+
+def test_serve_with_an_unknown_speech_model_fails_before_loading_the_model(tmp_path):
+    proc = livesight("serve", "--no-ui", "--offline", "--ws-port", "0", "--model", "tiny-smolvlm",
+                     "--asr", str(tmp_path / "no-such-model"))
+    assert proc.returncode == 2
+    assert "error: speech model" in proc.stderr and "CTranslate2" in proc.stderr
 
 
 def test_client_exits_when_the_server_closes_its_session(make_server, bikes_path):
@@ -118,3 +146,21 @@ def test_client_exits_when_the_server_closes_its_session(make_server, bikes_path
     assert proc.returncode == 1
     assert "[session closed: expired]" in out and "connection closed" in err
     assert re.search(r"sent 20 frames; bye", out)
+
+
+def test_client_sends_the_sound_of_a_clip_and_the_answer_cites_it(make_server, speech_media):
+    from app.engine.config import SessionConfig
+    from app.engine.speech import ASRConfig
+
+    srv = make_server(max_fps=50.0, asr=ASRConfig(), default_session=SessionConfig(window_tokens=32, top_k=64,
+                                                                                   max_new_tokens=3))
+    proc = livesight("client", str(speech_media.clip), "--url", srv.url, "--fast", "--fps", "1", "--ask-after", "30",
+                     "--stats-every", "0", input="What was the licence plate?\n")
+    out = proc.stdout
+    assert proc.returncode == 0, proc.stderr
+    heard = re.findall(r"\[heard (\d\d):(\d\d(?:\.\d)?)\] (.+)", out)
+    plate = [(int(m) * 60 + float(s), text) for m, s, text in heard if media.mentions(text, "KL47XQ")]
+    assert plate and abs(plate[0][0] - 2.0) <= 1.0, out
+    evidence = re.search(r"   evidence: (.+)", out).group(1)
+    assert re.search(r'\(speech "[^"]*KL4 ?7XQ[^"]*", (memory|recent window)', evidence), evidence
+    assert re.search(r"sent \d+ frames and 1\d\.\d s of sound; bye", out)

@@ -1,4 +1,4 @@
-"""The wire format alone: event validation, error codes, the binary frame header."""
+"""The wire format alone: event validation, error codes, the binary frame and audio headers."""
 
 from __future__ import annotations
 
@@ -6,17 +6,23 @@ import base64
 import json
 import struct
 
+import numpy as np
 import pytest
 
 from app.serving.protocol import (
+    AUDIO_HEADER,
     ERROR_CODES,
     FRAME_HEADER,
     ProtocolError,
+    decode_base64_audio,
     decode_base64_image,
     dumps,
     error_event,
+    is_audio_message,
+    pack_audio,
     pack_frame,
     parse_message,
+    unpack_audio,
     unpack_frame,
 )
 from app.serving.ws_server import CLIENT_EVENTS
@@ -69,6 +75,12 @@ def test_bad_binary_frames_are_invalid_events(data, needle):
     ('{"type": "watch.create"}', "invalid_event", "'rule'"),
     ('{"type": "watch.delete", "rule_id": 7}', "invalid_event", "'rule_id'"),
     ('{"type": "session.stats", "event_id": 5}', "invalid_event", "event_id"),
+    ('{"type": "input_audio.append", "rate": 16000}', "invalid_event", "'audio'"),
+    ('{"type": "input_audio.append", "audio": "AAAA"}', "invalid_audio", "'rate'"),
+    ('{"type": "input_audio.append", "audio": "AAAA", "rate": 7999}', "invalid_audio", "[8000, 48000]"),
+    ('{"type": "input_audio.append", "audio": "AAAA", "rate": 96000}', "invalid_audio", "96000"),
+    ('{"type": "input_audio.append", "audio": "AAAA", "rate": 16000.5}', "invalid_audio", "'rate'"),
+    ('{"type": "input_audio.append", "audio": "AAAA", "rate": 16000, "pts": -2}', "invalid_event", "'pts'"),
 ])
 def test_invalid_messages_get_typed_codes_naming_the_problem(text, code, needle):
     with pytest.raises(ProtocolError) as info:
@@ -107,6 +119,56 @@ def test_error_events_and_serialisation():
     assert ev["event_id"].startswith("evt_")
     with pytest.raises(ValueError):
         error_event("no_such_code", "x")
-    assert len(set(ERROR_CODES)) == len(ERROR_CODES) == 14
+    assert len(set(ERROR_CODES)) == len(ERROR_CODES) == 16
+    assert {"invalid_audio", "speech_off"} <= set(ERROR_CODES)
     assert json.loads(dumps({"type": "x", "v": float("nan"), "w": [float("inf"), 1.5]})) == {"type": "x", "v": None,
                                                                                          "w": [None, 1.5]}
+
+
+def test_binary_audio_header_round_trip_and_layout():
+    pcm = np.array([0, 1000, -1000, 32767, -32768], dtype=np.int16)
+    data = pack_audio(pcm, 22050, pts=3.25)
+    assert AUDIO_HEADER.size == 24 and data[:4] == b"LSA1" and is_audio_message(data)
+    assert struct.unpack("<IdII", data[4:24]) == (1, 3.25, 22050, 0)  # flags (bit 0: pts), pts, rate, reserved
+    assert data[24:] == pcm.astype("<i2").tobytes()
+    assert unpack_audio(data) == (3.25, 22050, pcm.tobytes())
+    assert unpack_audio(pack_audio(pcm.tobytes(), 8000)) == (None, 8000, pcm.tobytes())
+    # float samples in [-1, 1] become PCM16; a frame message is not audio
+    floats = unpack_audio(pack_audio(np.array([0.0, 0.5, -1.0, 2.0], dtype=np.float32), 16000))[2]
+    assert np.frombuffer(floats, "<i2").tolist() == [0, 16384, -32767, 32767]
+    assert not is_audio_message(pack_frame(b"jpeg"))
+    with pytest.raises(ValueError, match="mono"):
+        pack_audio(np.zeros((10, 2), np.int16), 16000)
+    with pytest.raises(ValueError, match="rate"):
+        pack_audio(pcm, 100)
+
+
+@pytest.mark.parametrize("data, needle", [
+    (b"LSA1" + bytes(10), "24-byte header"),
+    (struct.pack("<4sIdII", b"LSA1", 0x4, 0.0, 16000, 0) + bytes(4), "unknown audio flags"),
+    (struct.pack("<4sIdII", b"LSA1", 0, 0.0, 16000, 7) + bytes(4), "reserved"),
+    (struct.pack("<4sIdII", b"LSA1", 0, 0.0, 4000, 0) + bytes(4), "[8000, 48000]"),
+    (struct.pack("<4sIdII", b"LSA1", 0, 0.0, 16000, 0) + bytes(5), "even number of bytes"),
+    (struct.pack("<4sIdII", b"LSA1", 0, 0.0, 16000, 0), "no samples"),
+    (struct.pack("<4sIdII", b"LSA1", 1, float("inf"), 16000, 0) + bytes(4), "pts"),
+    (struct.pack("<4sIdII", b"LSA1", 0, 0.0, 8000, 0) + bytes(2 * 8000 * 3), "3.00 s of audio"),
+])
+def test_bad_binary_audio_is_invalid_audio(data, needle):
+    with pytest.raises(ProtocolError) as info:
+        unpack_audio(data, max_seconds=2.0)
+    assert info.value.code == "invalid_audio" and needle in info.value.message
+
+
+def test_base64_audio_limits_and_errors():
+    pcm = np.arange(-800, 800, dtype=np.int16).tobytes()
+    text = base64.b64encode(pcm).decode()
+    assert decode_base64_audio(text, 16000, max_bytes=4096) == pcm
+    for text_, kw, code, needle in [
+        (text, {"max_bytes": 1000}, "message_too_large", "1000 bytes"),
+        ("@@not base64@@", {"max_bytes": 4096}, "invalid_audio", "not valid base64"),
+        (base64.b64encode(b"abc").decode(), {"max_bytes": 4096}, "invalid_audio", "even number of bytes"),
+        (text, {"max_bytes": 4096, "max_seconds": 0.05}, "invalid_audio", "0.10 s of audio"),
+    ]:
+        with pytest.raises(ProtocolError) as info:
+            decode_base64_audio(text_, 16000, event_id="a1", **kw)
+        assert info.value.code == code and needle in info.value.message and info.value.event_id == "a1"

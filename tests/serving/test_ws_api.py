@@ -49,6 +49,13 @@ def test_session_frames_question_streamed_answer_evidence_and_stats(ws_server, b
         assert committed["reply_to"] == eid and committed["tokens"] > 5
         stats = await ws.expect("input_video.stats", timeout=10)  # periodic, while frames flow
         assert stats["stats"]["session_id"] == session["id"]
+        sid = session["id"]
+
+        def settled() -> bool:  # every frame processed or replaced by a newer one (questions go before frames)
+            ingest = ws_server.manager.stats(sid)["ingest"]
+            return ingest["frames_processed"] + ingest["dropped"]["backlog"] == 6
+
+        await asyncio.to_thread(wait_for, settled)
         await ws.send({"type": "conversation.item.create",
                        "item": {"type": "message", "role": "user",
                                 "content": [{"type": "input_text", "text": "What is parked?"}]}})
@@ -234,6 +241,9 @@ def test_two_sessions_stay_isolated(make_server, bikes_frames):
             await b.send({"type": "input_text.append", "text": f"Note {i}: the password is {word}.", "pts": float(i)})
             await b.expect("input_text.committed")
         await b.send(pack_frame(encode_jpeg(bikes_frames[100].rgb), 0.5))
+        for ws in (a, b):  # the frames push the last notes out of the window (questions go before frames)
+            sid = ws.created["session"]["id"]
+            await asyncio.to_thread(wait_for, lambda sid=sid: srv.manager.stats(sid)["ingest"]["frames_processed"] == 1)
         await a.send("{broken")  # an error in A ...
         assert (await a.error())["code"] == "invalid_json"
         _, resp_b = await b.ask("What is the password?", max_output_tokens=3)  # ... leaves B alone

@@ -67,8 +67,9 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.2):
 
 
 @contextlib.contextmanager
-def launch_page(backend) -> Iterator[PageServer]:
-    """The page over ``backend`` on ``http://127.0.0.1:<free port>/`` with a fresh manager."""
+def launch_page(backend, *, asr=None) -> Iterator[PageServer]:
+    """The page over ``backend`` on ``http://127.0.0.1:<free port>/`` with a fresh manager (speech
+    recognition with ``asr``, an ``ASRConfig``; None: off)."""
     from app.engine.config import SessionConfig
     from app.serving.limits import ManagerConfig
     from app.serving.manager import SessionManager
@@ -77,7 +78,8 @@ def launch_page(backend) -> Iterator[PageServer]:
 
     manager = SessionManager(
         backend,
-        ManagerConfig(max_sessions=8, max_fps=10.0, default_session=SessionConfig(window_tokens=32, max_new_tokens=48)),
+        ManagerConfig(max_sessions=8, max_fps=10.0, default_session=SessionConfig(window_tokens=32, max_new_tokens=48),
+                      asr=asr),
     )
     port = free_port()
     demo = launch(manager, "127.0.0.1", port, config=PageConfig(stats_every_s=0.5, source_fps=4.0), prevent_thread_lock=True)
@@ -92,4 +94,13 @@ def launch_page(backend) -> Iterator[PageServer]:
 def page(ui_backend, page_env) -> Iterator[PageServer]:
     """The page over the tiny SmolVLM with a fresh manager (one per test module)."""
     with launch_page(ui_backend) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def speech_page(ui_backend, page_env) -> Iterator[PageServer]:
+    """The page with speech on (the offline Whisper tiny.en): microphone, transcript, speech evidence."""
+    from app.engine.speech import ASRConfig
+
+    with launch_page(ui_backend, asr=ASRConfig()) as server:
         yield server

@@ -1,6 +1,7 @@
 """End to end in a real browser: headless Chromium (Debian's) driven by Playwright streams its
-fake camera (a Y4M clip) into the page, asks a question in the chat and sees the answer stream
-in, then its evidence: timestamps and thumbnails of the frames the answer used.
+fake camera (a Y4M clip) and its fake microphone (a WAV of real espeak speech) into the page, sees
+the speech in the live transcript, asks a question in the chat and sees the answer stream in, then
+its evidence: timestamps and thumbnails of the frames the answer used.
 
 Under ``make test`` a missing Chromium fails the test; elsewhere it is installed with apt-get
 when possible and the test skips (saying why) only when that fails.
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import media
 from tests.ui.browser import CHROMIUM, CHROMIUM_ARGS, chromium_problem, under_make, write_y4m_clip
 
 from .conftest import wait_until
@@ -55,14 +57,18 @@ def _save_screenshot(page, tmp_path: Path) -> Path:
     return shot
 
 
-def test_webcam_stream_chat_answer_with_evidence(page, chromium_path, tmp_path):
+def test_webcam_and_microphone_stream_transcript_chat_answer_with_evidence(speech_page, chromium_path, tmp_path):
     from playwright.sync_api import sync_playwright
 
+    page = speech_page
     clip = write_y4m_clip(tmp_path / "camera.y4m")
+    # the fake microphone plays this WAV (in a loop): the licence plate from 2 s, the code from 7 s
+    voice = media.speech_only(tmp_path / "voice.wav", [(s.t, s.text) for s in media.SPEECH_SCRIPT])
     manager = page.manager
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium_path, headless=True,
-                                     args=[*CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={clip}"])
+                                     args=[*CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={clip}",
+                                           f"--use-file-for-fake-audio-capture={voice}"])
         try:
             tab = browser.new_page(viewport={"width": 1440, "height": 1000})
             tab.goto(page.url, wait_until="domcontentloaded")
@@ -85,6 +91,8 @@ def test_webcam_stream_chat_answer_with_evidence(page, chromium_path, tmp_path):
                 timeout=30_000)
             record = tab.get_by_role("button", name="capture photo")
             record.click()
+            # and the microphone, on the same tab clock
+            tab.locator("#ls-mic").get_by_role("button", name="Record").click()
             wait_until(lambda: manager.stats(sid)["ingest"]["frames_processed"] >= 4, 60, "4 webcam frames processed")
             # the session's own counters reach readers through the manager's cached snapshot, which catches
             # up within its refresh interval (frames closer together than that are refreshed afterwards)
@@ -96,6 +104,21 @@ def test_webcam_stream_chat_answer_with_evidence(page, chromium_path, tmp_path):
                 "() => { const s = document.querySelector('#ls-stats'); if (!s) return false;"
                 " const v = [...s.querySelectorAll('.ls-stat')].find(e => e.innerText.toLowerCase().includes('frames'));"
                 " return v && parseInt(v.querySelector('.ls-stat-v').innerText) >= 4; }", timeout=30_000)
+            # the transcript beside the video shows what the microphone heard, at its stream time
+            tab.wait_for_function(
+                "() => { const t = document.querySelector('#ls-transcript');"
+                " return t && t.innerText.replace(/[^A-Za-z0-9]/g, '').toUpperCase().includes('KL47XQ'); }",
+                timeout=90_000)
+            lines = tab.locator("#ls-transcript li").all_inner_texts()
+            plate = next(line for line in lines if media.mentions(line, "KL47XQ"))
+            stamp = re.match(r"(\d\d):(\d\d(?:\.\d)?)", plate)
+            assert stamp, lines
+            heard_at = int(stamp.group(1)) * 60 + float(stamp.group(2))
+            # spoken 2 s into the WAV, which starts playing when recording starts (within a second or two of
+            # the webcam's first frame, which starts the tab's clock)
+            assert 0.5 <= heard_at <= 6.0, lines
+            audio = manager.stats(sid)["audio"]
+            assert audio["pushed"]["chunks"] >= 4 and audio["pushed"]["errors"] == 0 and audio["committed"] >= 1
             kept = manager.kept_history(sid)
             assert len(kept) >= 4 and kept[0][1] == pytest.approx(1.0)  # the first frame is kept whole
             assert all(b[0] > a[0] for a, b in zip(kept, kept[1:]))      # stream time from the tab's clock grows
@@ -129,12 +152,15 @@ def test_webcam_stream_chat_answer_with_evidence(page, chromium_path, tmp_path):
             shot = _save_screenshot(tab, tmp_path)
             assert shot.stat().st_size > 10_000
 
-            # stop the webcam: no more frames arrive
+            # stop the webcam and the microphone: no more frames or sound arrive
             record.click()
+            tab.locator("#ls-mic").get_by_role("button", name="Stop").click()
             time.sleep(1.5)
             before = manager.stats(sid)["ingest"]["frames_submitted"]
+            heard = manager.stats(sid)["audio"]["pushed"]["chunks"]
             time.sleep(1.5)
             assert manager.stats(sid)["ingest"]["frames_submitted"] == before
+            assert manager.stats(sid)["audio"]["pushed"]["chunks"] == heard
 
             # closing the tab closes its session
             tab.close()

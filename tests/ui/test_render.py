@@ -134,3 +134,33 @@ def test_source_panel_keeps_the_error_above_the_running_source():
     cam = render.source_html(None, webcam="streaming · 12 frames sent")
     assert "<b>webcam</b>" in cam and "12 frames sent" in cam
     assert "No server-side source" in render.source_html(None)
+
+
+def test_speech_evidence_shows_its_words_heard_at_their_time():
+    heard = Evidence(t_start=62.5, t_end=65.0, source="memory", kind="speech", score=0.5,
+                     text="The licence plate is <KL4 7XQ>", thumbnail=_jpeg((0, 200, 0)))
+    html = render.evidence_html([heard, Evidence(t_start=70, t_end=71, source="window", kind="mixed")])
+    assert 'class="ls-thumb ls-note ls-speech">🎙 “The licence plate is &lt;KL4 7XQ&gt;”' in html
+    assert 'heard at <b class="ls-ts">01:02.5</b>' in html  # the time stays alone in its stamp
+    assert "<img" not in html.split("ls-ev-window")[0]  # the words, not the frame on screen, stand for speech
+
+
+def test_transcript_shows_the_newest_lines_with_their_times_escaped():
+    from app.engine.speech import SpeechSegment
+
+    segments = [SpeechSegment(float(i), float(i) + 0.5, f"line {i}") for i in range(20)]
+    html = render.transcript_html([*segments, {"t_start": 75.0, "t_end": 76.0, "text": "<b>hi</b>"}], lines=3)
+    assert re.findall(r'<b class="ls-ts">([^<]+)</b> ([^<]*)', html)[:2] == [("00:18", "line 18"), ("00:19", "line 19")]
+    assert "01:15" in html and "&lt;b&gt;hi&lt;/b&gt;" in html and "line 17" not in html
+    assert "nothing heard yet" in render.transcript_html([])
+    assert "--asr" in render.transcript_html(segments, speech=False)
+
+
+def test_speech_stats_cards_only_with_speech_on():
+    labels = [c[0] for c in render.stats_cards({"frames": 3})]
+    assert "heard" not in labels
+    cards = {c[0]: c for c in render.stats_cards({"audio": {"speech": True, "audio_s": 12.4, "speech_s": 5.0, "rtf": 0.2,
+                                                            "lag_s": 1.5, "behind": True, "committed": 3}})}
+    assert cards["heard"][1] == "12 s" and "5 s of it speech" in cards["heard"][2]
+    assert cards["transcripts"][1] == "3"
+    assert cards["speech lag"][1] == "1.5 s (behind)" and "real-time factor 0.20" in cards["speech lag"][2]

@@ -144,3 +144,40 @@ def test_stream_answer_yields_growing_text_then_the_answer(manager):
     with pytest.raises(ResponseInProgress):
         next(stream_answer(manager, sid, "Second?"))
     first.close()
+
+
+def test_microphone_pieces_continue_the_tab_clock_as_mono(ui_backend):
+    from app.engine.speech import ASRConfig
+    from app.serving.errors import SpeechOff
+    from app.serving.limits import ManagerConfig
+    from app.serving.manager import SessionManager
+    from streaming.errors import InvalidAudio
+
+    mgr = SessionManager(ui_backend, ManagerConfig(asr=ASRConfig()))
+    try:
+        tabs = TabRegistry(mgr)
+        tab = tabs.tab(tabs.resolve(None, "mic"))
+        stereo = np.zeros((24000, 2), np.int16)  # 0.5 s at 48 kHz, as the browser records
+        first = tabs.mic_audio(tab, 48000, stereo)
+        second = tabs.mic_audio(tab, 48000, stereo)
+        assert first == 0.0 and second == pytest.approx(0.5)  # back to back on the tab's clock
+        audio = mgr.stats(tab.sid)["audio"]
+        assert audio["pushed"]["chunks"] == 2 and audio["audio_s"] == pytest.approx(1.0, abs=0.01)
+        # a piece that arrives long after the last one ended starts at its arrival
+        tab.clock_start -= 5.0
+        assert tabs.mic_audio(tab, 16000, np.zeros(8000, np.float32)) == pytest.approx(5.0, abs=0.5)
+        with pytest.raises(ValueError, match="microphone piece"):
+            tabs.mic_audio(tab, 16000, np.zeros((2, 3, 4), np.int16))
+        with pytest.raises(InvalidAudio, match="rate"):
+            tabs.mic_audio(tab, 4000, np.zeros(800, np.int16))
+        assert tab.mic_pieces == 3 and tab.mic_refused == 1
+    finally:
+        mgr.shutdown()
+    off = SessionManager(ui_backend, ManagerConfig())
+    try:
+        tabs = TabRegistry(off)
+        tab = tabs.tab(tabs.resolve(None, "no-mic"))
+        with pytest.raises(SpeechOff):
+            tabs.mic_audio(tab, 16000, np.zeros(800, np.int16))
+    finally:
+        off.shutdown()

@@ -66,7 +66,8 @@ SMOLVLM_CHAT_TEMPLATE = (
 class SmolVLMBackend(VideoLLM):
     """A loaded SmolVLM2 model ready to stream."""
 
-    def __init__(self, model, tokenizer, image_processor, *, name: str, device, dtype, random_weights: bool):
+    def __init__(self, model, tokenizer, image_processor, *, name: str, device, dtype, random_weights: bool,
+                 random_vision: bool = False):
         self._attach(model, tokenizer, image_processor, device, dtype)
         cfg = model.config
         tcfg = cfg.text_config
@@ -82,6 +83,7 @@ class SmolVLMBackend(VideoLLM):
             token_grid=(side, side),
             frame_size=vcfg.image_size,
             random_weights=random_weights,
+            random_vision=random_vision,
         )
         self.chat = derive_chat_format(tokenizer, stop_strings=(END_OF_UTTERANCE, "<|im_end|>", "<|endoftext|>"))
         self.default_system = DEFAULT_SYSTEM
@@ -249,15 +251,17 @@ def model_class():
 
 def load(name_or_path: str, device, dtype, quantization_config=None) -> SmolVLMBackend:
     """Load a SmolVLM2 backend by builtin name, local directory or hub id."""
+    random_vision = False
     if name_or_path == "tiny-smolvlm":
         model, tok, proc = build_tiny(dtype)
         random_weights = True
     elif name_or_path == "smolvlm2-256m-smollm2":
         model, tok, proc = build_smollm2_shape(dtype)
-        random_weights = False  # the language model is real; the vision tower is random
+        random_weights, random_vision = False, True  # the language model is real; the vision tower is random
     else:
         model, tok, proc = load_pretrained(name_or_path, dtype, quantization_config)
         random_weights = False
     model = place_model(model, model_class(), builtin=name_or_path in FAMILY.builtins, device=device,
                         dtype=dtype, quantization_config=quantization_config)
-    return SmolVLMBackend(model, tok, proc, name=name_or_path, device=device, dtype=dtype, random_weights=random_weights)
+    return SmolVLMBackend(model, tok, proc, name=name_or_path, device=device, dtype=dtype, random_weights=random_weights,
+                          random_vision=random_vision)

@@ -47,6 +47,7 @@ class BackendSpec:
     position_dims: int = 1  # 1 for 1D RoPE, 3 for M-RoPE
     frames_per_step: int = 1  # frames that enter the model together (2 for Qwen2.5-VL's temporal patch)
     random_weights: bool = False
+    random_vision: bool = False  # a real language model behind a random vision tower: frames carry nothing
 
     @property
     def summary_dim(self) -> int:
