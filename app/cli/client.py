@@ -97,6 +97,16 @@ def format_stats(stats: dict) -> str:
             f"kept {stats.get('kept_ratio', 1.0):.0%}, memory {sum(mem.values()) / 2**20:.1f} MiB{heard}")
 
 
+def closed_line(client) -> str:
+    """What to tell the user when the server closed the connection: ``server closed the connection``
+    plus ``(code reason)`` when the server sent a close frame."""
+    code = getattr(client, "close_code", None)
+    if code is None:
+        return "server closed the connection"
+    reason = client.closed_reason if client.closed_reason not in (None, "connection closed") else ""
+    return f"server closed the connection ({code}{' ' + reason if reason else ''})"
+
+
 async def client_main(args: argparse.Namespace, stdin, out, err) -> int:
     """The whole ``livesight client`` run; returns the exit status."""
     import asyncio
@@ -193,6 +203,8 @@ async def client_main(args: argparse.Namespace, stdin, out, err) -> int:
                     loop.call_soon_threadsafe(first_frame.set)
         except SourceError as exc:
             loop.call_soon_threadsafe(say, f"source error: {exc}", err)
+        except LiveSightError:  # the connection closed: the main loop says so
+            pass
         except Exception as exc:  # noqa: BLE001 - e.g. the connection closed
             if not stop.is_set():
                 loop.call_soon_threadsafe(say, f"source stopped: {type(exc).__name__}: {exc}", err)
@@ -299,7 +311,7 @@ async def client_main(args: argparse.Namespace, stdin, out, err) -> int:
             closing.cancel()
             if not next_line.done():
                 next_line.cancel()
-                say(f"error: connection closed: {client.closed_reason}", err)
+                say(f"error: {closed_line(client)}", err)
                 status = 1
                 break
             line = next_line.result()
@@ -309,7 +321,7 @@ async def client_main(args: argparse.Namespace, stdin, out, err) -> int:
             if question:
                 await ask(question)
             if client.closed_reason is not None:
-                say(f"error: connection closed: {client.closed_reason}", err)
+                say(f"error: {closed_line(client)}", err)
                 status = 1
                 break
     finally:

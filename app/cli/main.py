@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "app.cli.client",
     "app.cli.bench",
     "app.cli.samples",
+    "app.cli.eval",
 )
 
 

@@ -47,6 +47,14 @@ def add_parser(sub) -> None:
     g.add_argument("--max-frame-mb", type=float, default=8.0, help="largest encoded frame in MiB (default 8)")
     g.add_argument("--session-ram-mb", type=float, default=256.0,
                    help="memory-bank RAM per session when the session sets none (default 256)")
+    g.add_argument("--max-source-opens", type=int, default=4, metavar="N",
+                   help="server-pulled sources (input_source.set) opened at once, in their own threads; more get "
+                        "source_busy (default 4)")
+    g.add_argument("--auth-max-failures", type=int, default=5, metavar="N",
+                   help="wrong tokens one client address may send within --auth-block-s before its handshakes get "
+                        "HTTP 429 for --auth-block-s (default 5)")
+    g.add_argument("--auth-block-s", type=float, default=60.0, metavar="SECONDS",
+                   help="the wrong-token window and block length (default 60)")
     g.add_argument("--allow-file-sources", action="store_true",
                    help="let websocket clients make the server read local files and cameras (input_source.set)")
     add_model_arguments(p)
@@ -65,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from app.engine.speech import ASRError
     from app.serving.limits import ManagerConfig
     from app.serving.process import FALLBACK_MODEL, ServeOptions, run_server
+    from app.serving.ws_server import ListenError
 
     try:
         manager = ManagerConfig(
@@ -81,7 +90,9 @@ def run(args: argparse.Namespace) -> int:
         opts = ServeOptions(model=args.model, device=args.device, dtype=args.dtype,
                             quantization=weight_quantization(args), fallback_model=None if args.no_fallback else FALLBACK_MODEL,
                             offline=args.offline, host=args.host, port=args.port, ws_port=args.ws_port,
-                            token=args.token or None, ui=not args.no_ui, manager=manager)
+                            token=args.token or None, ui=not args.no_ui, manager=manager,
+                            max_source_opens=args.max_source_opens, auth_max_failures=args.auth_max_failures,
+                            auth_block_s=args.auth_block_s)
         return run_server(opts, page_launcher=launch_page)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -89,6 +100,9 @@ def run(args: argparse.Namespace) -> int:
     except (BackendError, ASRError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except ListenError as exc:  # "cannot listen on HOST:PORT: address already in use"
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"error: cannot listen: {exc}", file=sys.stderr)
         return 1

@@ -394,6 +394,55 @@ class Session:
             res, _ = self.backend.prefill(qseg, context, logits_to_keep=qseg.length)
             return res.logits, self._evidence(retrieved)
 
+    def score_options(self, question: str, options, *, top_k: int | None = None) -> tuple[list[float], tuple[Evidence, ...]]:
+        """How likely each option text is as the answer to ``question``: one mean log-probability per option.
+
+        The question is prefilled once over the context :meth:`answer` would use (sink + retrieved
+        chunks + window + dialog + question); each option's tokens are then scored as the start of the
+        assistant's reply (after a space when the assistant prompt does not end in whitespace, as a
+        reply is written). Nothing is generated and the conversation is unchanged.
+
+        Returns:
+            ``(scores, evidence)``: ``scores[i]`` is the mean log-probability per token of option ``i``
+            (a float <= 0; the mean makes options of different lengths comparable, and the argmax is
+            the model's choice); ``evidence`` is what :meth:`answer` would cite (as :meth:`question_logits`).
+
+        Raises:
+            SessionError: an empty question, no options, or an option without text.
+        """
+        if not isinstance(question, str) or not question.strip():
+            raise SessionError("a question needs non-empty text")
+        opts = list(options)
+        if not opts or any(not isinstance(o, str) or not o.strip() for o in opts):
+            raise SessionError("score_options needs one or more options, each with text")
+        k = self.config.top_k if top_k is None else int(top_k)
+        with self._lock:
+            self._check_open()
+            self.flush()
+            qseg, context, retrieved = self._ask_context(question, k, max(len(self.backend.tokenize(" " + o)) for o in opts))
+            res, cache = self.backend.prefill(qseg, context)
+            first = torch.log_softmax(res.logits[-1].float(), dim=-1)
+            base = cache.get_seq_length()
+            fmt = self.backend.chat.first_question if not self._dialog else self.backend.chat.next_question
+            spaced = not fmt.endswith((" ", "\n", "\t"))
+            scores = []
+            for option in opts:
+                ids = self.backend.tokenize((" " if spaced else "") + option.strip())
+                total = float(first[int(ids[0])])
+                if ids.numel() > 1:
+                    feed = ids[:-1]
+                    with torch.inference_mode():
+                        logits = self.backend.language_model_forward(
+                            self.backend.embed_ids(feed).unsqueeze(0),
+                            self.backend.text_positions(qseg.next_position, int(feed.numel())).to(self.backend.device),
+                            cache, int(feed.numel()),
+                        )
+                    logp = torch.log_softmax(logits[0].float().cpu(), dim=-1)
+                    total += float(logp.gather(1, ids[1:].unsqueeze(1)).sum())
+                    cache.crop(base - cache.get_seq_length())  # negative: drop the option's tokens again
+                scores.append(total / int(ids.numel()))
+            return scores, self._evidence(retrieved)
+
     def _remember_turn(self, turn: KVSegment | None) -> None:
         if turn is None or self.config.dialog_max_tokens == 0:
             return

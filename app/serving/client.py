@@ -60,6 +60,11 @@ class ConnectionLost(LiveSightError):
         super().__init__({"code": "connection_closed", "message": reason})
 
 
+def _close_text(frame) -> str:
+    """The reason of a close frame (``websockets.frames.Close``, or None), or "connection closed"."""
+    return (getattr(frame, "reason", None) or "connection closed") if frame is not None else "connection closed"
+
+
 def encode_jpeg(rgb: np.ndarray, quality: int = 85) -> bytes:
     """JPEG bytes of an RGB ``(H, W, 3)`` uint8 image."""
     import cv2
@@ -110,7 +115,8 @@ class LiveSightClient:
         self._ask_event_id: str | None = None
         self._events: asyncio.Queue = asyncio.Queue(maxsize=10_000)
         self._created: asyncio.Future | None = None
-        self.closed_reason: str | None = None
+        self.closed_reason: str | None = None  # the server's close reason once closed ("connection closed" without one)
+        self.close_code: int | None = None  # the close code once closed (None: closed without a close frame)
 
     # ---- connection ----------------------------------------------------------------------------
     async def connect(self) -> dict[str, Any]:
@@ -167,8 +173,10 @@ class LiveSightClient:
         except ConnectionClosed:
             pass
         finally:
-            rcvd = getattr(self._ws, "close_reason", None) or "connection closed"
-            self.closed_reason = rcvd
+            code = getattr(self._ws, "close_code", None)
+            reason = getattr(self._ws, "close_reason", None)
+            self.close_code = code
+            rcvd = self.closed_reason = reason or "connection closed"
             if self._created is not None and not self._created.done():
                 self._created.set_exception(ConnectionLost(rcvd))
             for fut in self._waiters.values():
@@ -224,12 +232,22 @@ class LiveSightClient:
 
     async def send_event(self, event: dict[str, Any]) -> str:
         """Send a raw event (an ``event_id`` is added when missing); returns its event_id."""
-        if self._ws is None:
-            raise ConnectionLost("not connected")
         event = dict(event)
         event.setdefault("event_id", self._next_id())
-        await self._ws.send(json.dumps(event))
+        await self._send(json.dumps(event))
         return event["event_id"]
+
+    async def _send(self, message: str | bytes) -> None:
+        """Send one message; a closed connection raises :class:`ConnectionLost` (never the websockets
+        library's own exceptions)."""
+        from websockets.exceptions import ConnectionClosed
+
+        if self._ws is None:
+            raise ConnectionLost("not connected")
+        try:
+            await self._ws.send(message)
+        except ConnectionClosed as exc:
+            raise ConnectionLost(self.closed_reason or _close_text(exc.rcvd)) from None
 
     async def request(self, event: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
         """Send ``event`` and wait for the server's reply (the event whose ``reply_to`` is its id).
@@ -258,9 +276,7 @@ class LiveSightClient:
     async def send_frame(self, image: np.ndarray | bytes, pts: float | None = None, *, quality: int = 85) -> None:
         """Send a frame as a binary message (RGB arrays are JPEG-encoded). Fire and forget: a refused
         frame comes back as an ``error`` event in :meth:`events`."""
-        if self._ws is None:
-            raise ConnectionLost("not connected")
-        await self._ws.send(pack_frame(_image_bytes(image, quality), pts))
+        await self._send(pack_frame(_image_bytes(image, quality), pts))
 
     async def send_frame_base64(self, image: np.ndarray | bytes, pts: float | None = None, *, quality: int = 85) -> str:
         """Send a frame as ``input_video.append`` with a base64 image; returns the event_id."""
@@ -275,9 +291,7 @@ class LiveSightClient:
         (in [-1, 1]) ``(N,)`` array, at ``rate`` samples per second ([8000, 48000]); ``pts`` is the
         stream time of its first sample (None: the server continues the session's audio clock).
         Fire and forget: a refusal comes back as an ``error`` event in :meth:`events`."""
-        if self._ws is None:
-            raise ConnectionLost("not connected")
-        await self._ws.send(pack_audio(pcm, rate, pts))
+        await self._send(pack_audio(pcm, rate, pts))
 
     async def send_audio_base64(self, pcm: np.ndarray | bytes, rate: int, pts: float | None = None) -> str:
         """Send sound as ``input_audio.append`` (base64 PCM16); returns the event_id."""

@@ -71,3 +71,10 @@ class SpeechOff(ManagerError):
     def __init__(self, message: str | None = None) -> None:
         super().__init__(message or "speech recognition is off on this server (livesight serve --asr off): audio is "
                                     "not accepted; start it with --asr MODEL to hear the stream")
+
+
+class SourceBusy(ManagerError):
+    """Too many server-pulled sources are being opened at once (``max_source_opens``); the client
+    may try again once one has opened or failed."""
+
+    code = "source_busy"

@@ -186,14 +186,34 @@ class SessionManager:
         return self._entry(sid).inputs > 0
 
     def _ensure(self, entry: _Entry) -> Session:
-        """The entry's Session, built on first use (runs on the scheduler's worker)."""
+        """The entry's Session, built on first use (runs on the scheduler's worker, the only builder).
+
+        The build (the sink prefill: model work) runs without ``entry.lock``, so readers of the
+        record (stats, frame offers, from the event loop) never wait for it."""
         with entry.lock:
             if entry.closed:
                 raise SessionClosed(f"session {entry.sid} is closed")
-            if entry.session is None:
-                entry.session = Session(self.backend, entry.config, session_id=entry.sid)
-                entry.snapshot.refresh(entry.session, force=True)
+            if entry.session is not None:
+                return entry.session
+            config = entry.config
+        built = Session(self.backend, config, session_id=entry.sid)
+        with entry.lock:
+            now = entry.config
+            changed = {k for k, v in now.to_dict().items() if config.to_dict().get(k) != v}
+            keep = not entry.closed and entry.session is None and changed <= LIVE_FIELDS
+            if keep:
+                entry.session = built
+                built.config = now  # live fields changed meanwhile are read per request
+        if not keep and not entry.closed and entry.session is None:  # a setting changed during the build
+            built.close()
+            return self._ensure(entry)
+        if not keep:
+            built.close()
+            if entry.closed:
+                raise SessionClosed(f"session {entry.sid} is closed")
             return entry.session
+        entry.snapshot.refresh(built, force=True)
+        return built
 
     def _run_control(self, entry: _Entry, fn: Callable[[], Any], priority: int = CONTROL) -> Any:
         """Run ``fn`` on the worker (directly when already there) and wait for it."""
@@ -254,14 +274,18 @@ class SessionManager:
                 entry.config = new
                 return new
 
-        def rebuild() -> SessionConfig:
+        def rebuild() -> SessionConfig:  # on the worker; the build runs without entry.lock
+            if entry.closed:
+                raise SessionClosed(f"session {sid} is closed")
+            built = Session(self.backend, new, session_id=sid)
             with entry.lock:
-                if entry.closed:
-                    raise SessionClosed(f"session {sid} is closed")
-                old = entry.session
-                entry.session = Session(self.backend, new, session_id=sid)
-                entry.config = new
-                entry.snapshot.refresh(entry.session, force=True)
+                closed = entry.closed
+                if not closed:
+                    old, entry.session, entry.config = entry.session, built, new
+            if closed:
+                built.close()
+                raise SessionClosed(f"session {sid} is closed")
+            entry.snapshot.refresh(built, force=True)
             if old is not None:
                 old.close()
             return new
@@ -646,12 +670,18 @@ class SessionManager:
         entry.snapshot.refresh(session, force=True)  # readers see the rule at once
         return watch_rule
 
+    def has_rule(self, sid: str, rule_id: str) -> bool:
+        """Whether the session has the watch rule ``rule_id`` (from the cached snapshot, which a rule
+        change refreshes before it returns: never waits for the model)."""
+        return any(rule.rule_id == rule_id for rule in self.rules(sid))
+
     def unwatch(self, sid: str, rule_id: str) -> bool:
-        """Remove a watch rule; False when the session has no such rule."""
+        """Remove a watch rule; False when the session has no such rule (at once). Removing a rule
+        waits for the session (a running answer holds it): call it off the event loop."""
         entry = self._entry(sid)
         entry.touch()
         session = entry.session
-        if session is None:
+        if session is None or not self.has_rule(sid, rule_id):
             return False
         removed = session.unwatch(rule_id)
         entry.snapshot.refresh(session, force=True)

@@ -18,7 +18,7 @@ from typing import Any, Callable, NamedTuple, Protocol, TextIO
 
 from app.engine.config import ConfigError
 from app.serving.manager import ManagerConfig, SessionManager
-from app.serving.ws_server import ServerConfig, WebSocketServer, is_loopback
+from app.serving.ws_server import ServerConfig, WebSocketServer, check_listen, is_loopback
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,8 @@ class ServeOptions:
         port: the page's port; ws_port: the websocket API's port (0 = any free port). [0, 65535]
         token: the websocket API's bearer token (None: none; loopback only).
         ui: serve the Gradio page too.
+        max_source_opens, auth_max_failures, auth_block_s: the websocket API's source-opening pool and
+            wrong-token limit (see :class:`~app.serving.ws_server.ServerConfig`).
         manager: the session manager's limits and session defaults, and speech (``manager.asr``; the
             speech model is loaded at start-up). With a model that cannot see (``spec.random_vision``, as the
             fallback's) the default session's ``vision`` is turned off.
@@ -70,6 +72,9 @@ class ServeOptions:
     token: str | None = None
     ui: bool = True
     manager: ManagerConfig = field(default_factory=ManagerConfig)
+    max_source_opens: int = 4
+    auth_max_failures: int = 5
+    auth_block_s: float = 60.0
 
     def __post_init__(self) -> None:
         for name in ("port", "ws_port"):
@@ -229,7 +234,10 @@ def run_server(opts: ServeOptions, *, page_launcher: PageLauncher | None = None,
     if opts.ui and page_launcher is None:
         raise ConfigError("ui is on but no page launcher was given")
     # Check the server settings before the (slow) model load.
-    server_config = ServerConfig(host=opts.host, port=opts.ws_port, token=opts.token)
+    server_config = ServerConfig(host=opts.host, port=opts.ws_port, token=opts.token,
+                                 max_source_opens=opts.max_source_opens, auth_max_failures=opts.auth_max_failures,
+                                 auth_block_s=opts.auth_block_s)
+    check_listen(opts.host, opts.ws_port)  # a port in use fails now, not after the model load
     manager_config = opts.manager
     if manager_config.asr is not None:
         load_speech_model(manager_config.asr)  # fail now, not on the first audio

@@ -68,6 +68,7 @@ ERROR_CODES = (
     "invalid_config",        # a session setting that is unknown, out of range, or fixed once input started
     "source_error",          # a server-pulled source failed (error.source_error names its class)
     "scheme_not_allowed",    # input_source.set with a scheme (or local file) the server does not admit
+    "source_busy",           # input_source.set while max_source_opens other sources are being opened: try again
     "response_in_progress",  # response.create while an answer is still running
     "unauthorized",          # (handshake) a missing or wrong bearer token: HTTP 401
     "session_limit",         # the server holds max_sessions sessions already
@@ -160,7 +161,7 @@ def parse_message(text: str, validators: Mapping[str, Validator]) -> ClientEvent
     """
     try:
         obj = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # ValueError: bad JSON, bad UTF-8, an integer over Python's digit limit
         raise ProtocolError("invalid_json", f"the message is not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise ProtocolError("invalid_json", f"a message must be a JSON object, got {type(obj).__name__}")

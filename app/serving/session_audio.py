@@ -48,6 +48,7 @@ class SessionAudio:
         self.max_message_s = max_message_s
         self._on_segment = on_segment
         self._lock = threading.Lock()
+        self._create_lock = threading.Lock()
         self._transcriber = None
         self._closed = False
         self.clock: float | None = None  # stream time where the last pushed chunk ended
@@ -71,13 +72,20 @@ class SessionAudio:
         """
         from app.engine.types import SessionClosed
 
-        with self._lock:
+        with self._create_lock:  # one creator; readers (stats, from the event loop) take only the short _lock
             if self._closed:
                 raise SessionClosed(f"session {self.sid} is closed")
             if self._transcriber is None:
                 from app.engine.speech import Transcriber
 
-                self._transcriber = Transcriber(self.asr, on_segment=self._segment, name=f"asr-{self.sid}")
+                transcriber = Transcriber(self.asr, on_segment=self._segment, name=f"asr-{self.sid}")
+                with self._lock:
+                    closed = self._closed
+                    if not closed:
+                        self._transcriber = transcriber
+                if closed:
+                    transcriber.close()
+                    raise SessionClosed(f"session {self.sid} is closed")
                 logger.info("session %s: transcriber started (%s)", self.sid, self.asr.model)
             return self._transcriber
 

@@ -3,8 +3,20 @@
 Built on the ``websockets`` asyncio server (v17 API). All model work goes through the
 :class:`~app.serving.manager.SessionManager` (its scheduler thread); this module only speaks the protocol
 (:mod:`app.serving.protocol`), enforces message limits, authenticates the handshake and paces outgoing
-events. Blocking manager calls (opening a source, building a session, resampling and feeding pushed
-audio) run in worker threads so the event loop keeps serving every connection.
+events.
+
+What runs where: the event loop runs only what never waits for the model (parsing, the handshake,
+creating a session record, queueing frames, text and questions, stats from the cached snapshot, a
+watch id that does not exist). Calls that can wait (changing settings, adding or removing a real
+watch rule, decoding images, resampling and feeding pushed audio, stopping a source, closing a
+session) run in the loop's default thread pool. Opening server-pulled sources, which can take up to
+``source_open_timeout_s``, runs in its own pool of ``max_source_opens`` threads; an
+``input_source.set`` beyond that many opens in progress is refused at once (``source_busy``), so slow
+sources never take the threads other handlers need.
+
+Wrong bearer tokens are rate-limited per client address (:class:`~app.serving.auth.AuthThrottle`):
+after ``auth_max_failures`` within ``auth_block_s`` seconds the address's handshakes get HTTP 429
+for ``auth_block_s`` seconds.
 
 Outgoing events per connection go through a bounded outbox: ``input_video.stats`` events are
 merged (only the newest waits), everything else (answer deltas, errors, alerts) is kept in order;
@@ -20,11 +32,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import functools
 import hmac
 import inspect
 import ipaddress
 import logging
 import math
+import os
+import socket
 import threading
 import time
 from collections import deque
@@ -36,7 +51,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from app.engine.config import ConfigError
 from app.serving import protocol
-from app.serving.errors import InvalidRequest, ManagerError, SessionLimit, SpeechOff, UnknownSession
+from app.serving.auth import AuthThrottle
+from app.serving.errors import InvalidRequest, ManagerError, SessionLimit, SourceBusy, SpeechOff, UnknownSession
 from app.serving.limits import LIVE_FIELDS
 from app.serving.manager import SessionManager
 from app.serving.protocol import (
@@ -72,6 +88,39 @@ class ServerConfigError(ConfigError):
     """A server setting is invalid (e.g. listening beyond loopback without a token)."""
 
 
+class ListenError(OSError):
+    """The server cannot listen: ``cannot listen on HOST:PORT: <reason>`` (e.g. the port is in use)."""
+
+    def __init__(self, host: str, port: int, exc: OSError) -> None:
+        code = exc.errno if isinstance(exc.errno, int) and exc.errno > 0 else None
+        reason = os.strerror(code).lower() if code is not None else (exc.strerror or str(exc))
+        shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
+        super().__init__(f"cannot listen on {shown}:{port}: {reason}")
+        self.errno = code
+        self.host, self.port, self.reason = host, port, reason
+
+
+def check_listen(host: str, port: int) -> None:
+    """Refuse early (before a slow model load) when ``host:port`` cannot be bound: binds a throwaway
+    socket the way the server will (``SO_REUSEADDR``) and closes it. Port 0 is always free.
+
+    Raises:
+        ListenError: the address is in use, not local, or the host does not resolve.
+    """
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        for family, kind, proto, _, address in infos:
+            with socket.socket(family, kind, proto) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(address)
+    except OSError as exc:
+        raise ListenError(host, port, exc) from None
+
+
 def is_loopback(host: str) -> bool:
     """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
     if host == "localhost":
@@ -101,6 +150,11 @@ class ServerConfig:
         ping_interval_s: keepalive ping interval (None: off). (0, 3600]
         rate_limit_error_interval_s: at most one ``rate_limited`` error per this many seconds per
             connection (every drop is counted in the stats). [0, 3600]
+        max_source_opens: server-pulled sources being opened at once (their own threads); an
+            ``input_source.set`` beyond them gets ``source_busy`` at once. [1, 64]
+        auth_max_failures: wrong or missing tokens one client address may send within
+            ``auth_block_s``; then its handshakes get HTTP 429 for ``auth_block_s``. [1, 1000]
+        auth_block_s: the window failures are counted in and the length of a block, s. (0, 86400]
     """
 
     host: str = "127.0.0.1"
@@ -111,6 +165,9 @@ class ServerConfig:
     send_queue: int = 4096
     ping_interval_s: float | None = 20.0
     rate_limit_error_interval_s: float = 1.0
+    max_source_opens: int = 4
+    auth_max_failures: int = 5
+    auth_block_s: float = 60.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host.strip():
@@ -129,6 +186,9 @@ class ServerConfig:
         check_number("ping_interval_s", self.ping_interval_s, low=0, high=3600, allow_none=True, error=ServerConfigError)
         check_number("rate_limit_error_interval_s", self.rate_limit_error_interval_s, low=0, high=3600,
                      low_inclusive=True, error=ServerConfigError)
+        check_int("max_source_opens", self.max_source_opens, low=1, high=64, error=ServerConfigError)
+        check_int("auth_max_failures", self.auth_max_failures, low=1, high=1000, error=ServerConfigError)
+        check_number("auth_block_s", self.auth_block_s, low=0, high=86400, error=ServerConfigError)
 
 
 @dataclass(frozen=True)
@@ -326,7 +386,11 @@ class WebSocketServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._connections: set[_Connection] = set()
-        self._counters = {"connections": 0, "rejected_auth": 0, "messages": 0, "errors": 0}
+        self._counters = {"connections": 0, "rejected_auth": 0, "rate_limited_auth": 0, "messages": 0, "errors": 0,
+                          "source_busy": 0}
+        self._auth = AuthThrottle(self.config.auth_max_failures, self.config.auth_block_s)
+        self._source_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._opening = 0  # sources being opened now (event-loop thread only)
 
     # ---- lifecycle ----------------------------------------------------------------------------
     async def serve(self):
@@ -334,14 +398,19 @@ class WebSocketServer:
         from websockets.asyncio.server import serve
 
         self._loop = asyncio.get_running_loop()
-        self._server = await serve(
-            self._handler, self.config.host, self.config.port,
-            process_request=self._process_request,
-            max_size=self.limits.hard_max_bytes,
-            compression=None,  # frames are JPEG/PNG already; deflate would only cost CPU
-            ping_interval=self.config.ping_interval_s,
-            close_timeout=2.0,
-        )
+        try:
+            self._server = await serve(
+                self._handler, self.config.host, self.config.port,
+                process_request=self._process_request,
+                max_size=self.limits.hard_max_bytes,
+                compression=None,  # frames are JPEG/PNG already; deflate would only cost CPU
+                ping_interval=self.config.ping_interval_s,
+                close_timeout=2.0,
+            )
+        except OSError as exc:
+            raise ListenError(self.config.host, self.config.port, exc) from None
+        self._source_pool = concurrent.futures.ThreadPoolExecutor(self.config.max_source_opens,
+                                                                  thread_name_prefix="livesight-source-open")
         logger.info("websocket API listening on %s", self.url)
         return self._server
 
@@ -363,7 +432,7 @@ class WebSocketServer:
         """Run the server in a background thread; returns once it listens.
 
         Raises:
-            OSError: the port is taken or the host cannot be bound.
+            ListenError: the port is taken or the host cannot be bound (``cannot listen on HOST:PORT: ...``).
         """
         started = concurrent.futures.Future()
 
@@ -383,9 +452,15 @@ class WebSocketServer:
                 loop.run_until_complete(loop.shutdown_asyncgens())
                 loop.close()
 
-        self._thread = threading.Thread(target=run, name="livesight-ws", daemon=True)
-        self._thread.start()
-        started.result(timeout)
+        thread = threading.Thread(target=run, name="livesight-ws", daemon=True)
+        thread.start()
+        try:
+            started.result(timeout)
+        except BaseException:
+            thread.join(timeout)  # its loop is closed already: nothing is left to stop
+            self._loop = None
+            raise
+        self._thread = thread
         return self
 
     async def aclose(self, timeout: float = 5.0) -> None:
@@ -393,7 +468,14 @@ class WebSocketServer:
         not finish their closing handshake within ``timeout`` s are cancelled."""
         if self._server is None:
             return
+        for conn in list(self._connections):  # tell clients why, before the library closes what is left
+            conn.closing = True
+        closing = [asyncio.create_task(conn.ws.close(1001, "server shutting down")) for conn in list(self._connections)]
+        if closing:
+            await asyncio.wait(closing, timeout=min(2.0, timeout))
         self._server.close(close_connections=True)
+        if self._source_pool is not None:
+            self._source_pool.shutdown(wait=False, cancel_futures=True)
         try:
             await asyncio.wait_for(self._server.wait_closed(), timeout)
         except asyncio.TimeoutError:
@@ -409,12 +491,19 @@ class WebSocketServer:
         loop, thread = self._loop, self._thread
         if loop is None or thread is None or not thread.is_alive():
             return
-        fut = asyncio.run_coroutine_threadsafe(self.aclose(timeout=max(0.5, timeout - 3.0)), loop)
+        try:
+            fut = asyncio.run_coroutine_threadsafe(self.aclose(timeout=max(0.5, timeout - 3.0)), loop)
+        except RuntimeError:  # the loop closed meanwhile: nothing to stop
+            thread.join(timeout)
+            return
         try:
             fut.result(timeout)
         except (concurrent.futures.TimeoutError, RuntimeError):
             logger.warning("websocket server did not close within %.0f s", timeout)
-        loop.call_soon_threadsafe(loop.stop)
+        try:
+            loop.call_soon_threadsafe(loop.stop)
+        except RuntimeError:
+            pass
         thread.join(timeout)
 
     def stats(self) -> dict[str, Any]:
@@ -425,6 +514,14 @@ class WebSocketServer:
         token = self.config.token
         if token is None:
             return None
+        address = str(connection.remote_address[0]) if connection.remote_address else "?"
+        wait = self._auth.retry_after(address)
+        if wait is not None:
+            self._counters["rate_limited_auth"] += 1
+            response = connection.respond(HTTPStatus.TOO_MANY_REQUESTS,
+                                          f"too many wrong tokens from {address}: try again in {math.ceil(wait)} s\n")
+            response.headers["Retry-After"] = str(math.ceil(wait))
+            return response
         given = None
         auth = request.headers.get("Authorization")
         if auth and auth[:7].lower() == "bearer ":
@@ -434,10 +531,12 @@ class WebSocketServer:
             given = values[0] if values else None
         if given is None or not hmac.compare_digest(given.encode(), token.encode()):
             self._counters["rejected_auth"] += 1
+            self._auth.failed(address)
             logger.info("websocket handshake from %s refused: %s token", connection.remote_address,
                         "missing" if given is None else "wrong")
             return connection.respond(HTTPStatus.UNAUTHORIZED,
                                       "unauthorized: send 'Authorization: Bearer <token>' (or ?token=<token>)\n")
+        self._auth.succeeded(address)
         return None
 
     # ---- connection -----------------------------------------------------------------------------
@@ -445,7 +544,7 @@ class WebSocketServer:
         remote = ws.remote_address
         owner = f"ws:{remote[0]}:{remote[1]}" if remote else "ws"
         try:
-            sid = await asyncio.to_thread(self.manager.create_session, None, owner=owner)
+            sid = self.manager.create_session(None, owner=owner)  # cheap (no model work): never waits for a thread
         except ManagerError as exc:  # SessionLimit, or the manager is shut down
             code = "session_limit" if isinstance(exc, SessionLimit) else "internal_error"
             await ws.send(dumps(error_event(code, str(exc))))
@@ -612,8 +711,18 @@ class WebSocketServer:
 
     async def _on_input_source_set(self, conn: _Connection, ev: ClientEvent) -> None:
         realtime = True if ev.data["realtime"] is None else ev.data["realtime"]
-        info = await asyncio.to_thread(self.manager.set_source, conn.sid, ev.data["url"], fps=ev.data["fps"] or 1.0,
-                                       realtime=realtime)
+        cap = self.config.max_source_opens
+        if self._opening >= cap or self._source_pool is None:
+            self._counters["source_busy"] += 1
+            raise SourceBusy(f"the server is opening {cap} sources already (max_source_opens); try again when one "
+                             "has opened or failed")
+        self._opening += 1
+        try:
+            info = await asyncio.get_running_loop().run_in_executor(
+                self._source_pool, functools.partial(self.manager.set_source, conn.sid, ev.data["url"],
+                                                     fps=ev.data["fps"] or 1.0, realtime=realtime))
+        finally:
+            self._opening -= 1
         conn.push(server_event("input_source.started", reply_to=ev.event_id, source=dataclasses.asdict(info)))
 
     async def _on_input_source_stop(self, conn: _Connection, ev: ClientEvent) -> None:
@@ -694,7 +803,10 @@ class WebSocketServer:
         conn.push(server_event("watch.created", reply_to=ev.event_id, rule={"rule_id": rule.rule_id, "text": rule.text}))
 
     async def _on_watch_delete(self, conn: _Connection, ev: ClientEvent) -> None:
-        deleted = self.manager.unwatch(conn.sid, ev.data["rule_id"])
+        rule_id = ev.data["rule_id"]
+        # an id the session does not have answers at once; removing a real rule waits for the session
+        deleted = self.manager.has_rule(conn.sid, rule_id) and await asyncio.to_thread(self.manager.unwatch, conn.sid,
+                                                                                      rule_id)
         if not deleted:
             raise InvalidRequest(f"no watch rule {ev.data['rule_id']!r} in this session")
         conn.push(server_event("watch.deleted", reply_to=ev.event_id, rule_id=ev.data["rule_id"]))

@@ -144,7 +144,7 @@ def test_client_exits_when_the_server_closes_its_session(make_server, bikes_path
             proc.kill()
             proc.wait()
     assert proc.returncode == 1
-    assert "[session closed: expired]" in out and "connection closed" in err
+    assert "[session closed: expired]" in out and "server closed the connection (1000 session expired)" in err
     assert re.search(r"sent 20 frames; bye", out)
 
 

@@ -1,0 +1,1 @@
+"""``livesight eval``: the benchmark files, scoring, aggregation and the output files."""
