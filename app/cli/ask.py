@@ -135,7 +135,8 @@ def _load_backend(args: argparse.Namespace, speech: bool, out):
     """-> ``(backend, vision)``: the model of ``--model``; the default model falls back like ``livesight serve``
     (to the real SmolLM2 text weights, vision off) when it cannot be had; a notice is printed then."""
     from app.cli.args import weight_quantization
-    from app.serving.process import hub_reachable, is_hub_id, load_backend_with_fallback
+    from app.engine.hub import hub_reachable
+    from app.serving.process import is_hub_id, load_backend_with_fallback
 
     explicit = _explicit_model(args)
     if is_hub_id(args.model) and not os.environ.get("HF_HUB_OFFLINE") and not hub_reachable():

