@@ -3,7 +3,9 @@
 A stream is a list of timed text events (one per second of stream time); a few are *needles*
 (facts such as "Marta parked the van in bay 47."), the rest are distractors that never mention
 a needle's subject or answer. Each needle comes with a question and its short expected answer;
-an answer is correct when it contains the expected answer (case-insensitive).
+an answer is correct when it contains the expected answer (case-insensitive). Each needle also
+carries three *distractor answers of the same kind* (other bay numbers, colors, cities...) so an
+answer can be chosen among four options by their log-likelihood (:meth:`Needle.options`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class Needle:
         question: asked after the stream.
         answer: the expected short answer.
         depth: ``index / (events - 1)``: 0 = the first event, 1 = the last.
+        distractors: other answers of the same kind (none equal to ``answer``), for a choice among options.
     """
 
     index: int
@@ -47,6 +50,11 @@ class Needle:
     question: str
     answer: str
     depth: float
+    distractors: tuple[str, ...] = ()
+
+    def options(self) -> tuple[str, ...]:
+        """The expected answer first, then the distractors: ``(answer, *distractors)``."""
+        return (self.answer, *self.distractors)
 
     def correct(self, text: str) -> bool:
         """The answer ``text`` contains the expected answer (case-insensitive)."""
@@ -61,26 +69,47 @@ class NeedleStream:
     needles: tuple[Needle, ...]
 
 
+BAYS = tuple(str(n) for n in range(10, 100))
+KIND_POOLS = (BAYS, COLORS, OBJECTS, CODEWORDS, ANIMALS, CITIES)  # the answers of each template kind, in order
+
+
 def _templates(rng: random.Random, name: str, place: str):
-    """One (fact, question, answer) about ``name`` (or ``place``), drawn from a few kinds."""
+    """One (fact, question, answer, kind) about ``name`` (or ``place``), drawn from a few kinds;
+    ``kind`` indexes :data:`KIND_POOLS` (the answers of the same kind)."""
     kind = rng.randrange(6)
     if kind == 0:
         n = rng.randint(10, 99)
-        return f"{name} parked the van in bay {n}.", f"In which bay did {name} park the van?", str(n)
+        return f"{name} parked the van in bay {n}.", f"In which bay did {name} park the van?", str(n), kind
     if kind == 1:
         c = rng.choice(COLORS)
-        return f"{name} is wearing a {c} jacket today.", f"What color is {name}'s jacket?", c
+        return f"{name} is wearing a {c} jacket today.", f"What color is {name}'s jacket?", c, kind
     if kind == 2:
         o = rng.choice(OBJECTS)
-        return f"{name} walked in carrying a {o}.", f"What was {name} carrying?", o
+        return f"{name} walked in carrying a {o}.", f"What was {name} carrying?", o, kind
     if kind == 3:
         w = rng.choice(CODEWORDS)
-        return (f"The secret password for the {place} is {w}.", f"What is the secret password for the {place}?", w)
+        return (f"The secret password for the {place} is {w}.", f"What is the secret password for the {place}?", w,
+                kind)
     if kind == 4:
         a = rng.choice(ANIMALS)
-        return f"{name} brought a {a} to the office.", f"Which animal did {name} bring to the office?", a
+        return f"{name} brought a {a} to the office.", f"Which animal did {name} bring to the office?", a, kind
     city = rng.choice(CITIES)
-    return f"{name} just flew in from {city}.", f"Which city did {name} fly in from?", city
+    return f"{name} just flew in from {city}.", f"Which city did {name} fly in from?", city, kind
+
+
+def distractor_answers(seed: int, index: int, kind: int, answer: str, count: int = 3) -> tuple[str, ...]:
+    """``count`` seeded answers of template ``kind`` other than ``answer`` (their own random stream, so
+    the stream's events do not change with them).
+
+    Raises:
+        ValueError: ``kind`` not in [0, 5] or ``count`` larger than the pool of other answers.
+    """
+    if not isinstance(kind, int) or not 0 <= kind < len(KIND_POOLS):
+        raise ValueError(f"kind must be an integer in [0, {len(KIND_POOLS) - 1}], got {kind!r}")
+    pool = [a for a in KIND_POOLS[kind] if a.lower() != answer.lower()]
+    if not isinstance(count, int) or not 0 <= count <= len(pool):
+        raise ValueError(f"count must be an integer in [0, {len(pool)}], got {count!r}")
+    return tuple(random.Random(f"distractors-{seed}-{index}").sample(pool, count))
 
 
 def make_stream(seed: int, events: int = 230, needles: int = 10, *, start_pts: float = 1.0,
@@ -115,7 +144,7 @@ def make_stream(seed: int, events: int = 230, needles: int = 10, *, start_pts: f
         place_pool = [p for p in PLACES if p not in used_places] or list(PLACES)
         place = places[i] if i < len(places) and places[i] not in used_places else rng.choice(place_pool)
         while True:
-            fact, question, answer = _templates(rng, names[i], place)
+            fact, question, answer, kind = _templates(rng, names[i], place)
             if question not in used_questions:
                 break
         used_questions.add(question)
@@ -123,7 +152,8 @@ def make_stream(seed: int, events: int = 230, needles: int = 10, *, start_pts: f
             used_places.add(place)
         texts[spot] = fact
         pts = start_pts + spot * step_s
-        out.append(Needle(spot, pts, fact, question, answer, spot / (events - 1)))
+        out.append(Needle(spot, pts, fact, question, answer, spot / (events - 1),
+                          distractor_answers(seed, spot, kind, answer)))
     timed = tuple((start_pts + i * step_s, t) for i, t in enumerate(texts))
     return NeedleStream(timed, tuple(out))
 

@@ -100,20 +100,40 @@ def test_realtime_quick(tmp_path):
 
 
 def test_fidelity_quick(tmp_path):
+    import math
+
     result = _run("fidelity", tmp_path)
     m = result["metrics"]
     assert m["questions"] == 3
     settings = {s["setting"]: s for s in m["settings"]}
+    expected = {"full context", "local window only", "top_k 4", "top_k 8", "top_k 16", "top_k 8, rerank 16",
+                "top_k 8, rerank 32", "top_k 8, rerank off"}
+    expected |= {f"KV {b}-bit, group {g}, channel values (top_k 8)" for b, g in ((8, 32), (4, 32), (2, 32), (4, 64),
+                                                                                 (2, 64), (4, 128), (2, 128))}
+    expected.add("KV 4-bit, group 32, token values (top_k 8)")
+    assert set(settings) == expected
     assert settings["full context"]["hit_rate"] == 1.0
     assert settings["full context"]["from_memory"] == 0.0
-    for name in ("top_k 4 (16-bit)", "top_k 8 (16-bit)", "top_k 16 (16-bit)", "top_k 8, rerank off (16-bit)",
-                 "kv_bits 8 (top_k 8)", "kv_bits 4 (top_k 8)", "kv_bits 2 (top_k 8)", "local window only (top_k 0)"):
-        assert settings[name]["questions"] == 3
-    assert settings["kv_bits 16 (top_k 8)"]["mean_kl"] == 0.0
-    assert all(settings[f"kv_bits {b} (top_k 8)"]["mean_kl"] >= 0.0 for b in (8, 4, 2))
+    # by definition: full context retains all, the window none, in every bootstrap draw too
+    assert settings["full context"]["retained"] == settings["full context"]["retained_lo"] == 1.0
+    assert abs(settings["local window only"]["retained"]) < 1e-9
+    for row in settings.values():
+        assert row["questions"] == 3
+        assert row["nll"] > 0 and math.isfinite(row["retained"])
+        assert row["nll_lo"] <= row["nll"] <= row["nll_hi"]
+        assert row["retained_lo"] <= row["retained_hi"]
+        for key in ("choice", "accuracy"):
+            assert row[key + "_lo"] <= row[key] <= row[key + "_hi"]
+            assert row[key] in (0.0, 1 / 3, 2 / 3, 1.0)  # 3 questions
+    # true bits per element (tiny model: 16 dims per head, so group metadata dominates differently per codec)
+    bpe = m["codec_bits_per_element"]
+    assert bpe["top_k 8"] == 16.0
+    assert bpe["KV 8-bit, group 32, channel values (top_k 8)"] > bpe["KV 4-bit, group 32, channel values (top_k 8)"]
+    assert bpe["KV 4-bit, group 32, channel values (top_k 8)"] > bpe["KV 4-bit, group 128, channel values (top_k 8)"] > 4
     # a local window of 48 tokens cannot hold the early needles: some must be missing from its context
-    assert settings["local window only (top_k 0)"]["hit_rate"] < 1.0
-    assert set(m["kv_bytes_per_64_tokens"]) == {"16", "8", "4", "2"}
+    assert settings["local window only"]["hit_rate"] < 1.0
+    for rec in result["records"]:  # the expected answer first, then 3 distinct distractors of its kind
+        assert rec["options"][0] == rec["expected"] and len(set(rec["options"])) == 4
 
 
 def test_section_is_written_between_markers(tmp_path):
