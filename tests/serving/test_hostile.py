@@ -15,7 +15,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -81,38 +80,11 @@ def test_watch_delete_during_a_long_answer_blocks_no_other_session(ws_server):
 
 # --------------------------------------------------------------------------- item 5: source opening pool
 
-@pytest.fixture
-def silent_port():
-    """A TCP port on 127.0.0.1 that accepts connections and never answers (a hung camera)."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(64)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        srv.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                held.append(srv.accept()[0])
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield srv.getsockname()[1]
-    stop.set()
-    thread.join(2)
-    for s in held:
-        s.close()
-    srv.close()
-
-
-def test_slow_source_opens_neither_freeze_others_nor_exceed_their_cap(make_server, silent_port):
+def test_slow_source_opens_neither_freeze_others_nor_exceed_their_cap(make_server, silent_server):
     # more slow opens than asyncio's default thread pool has threads
     n = min(32, (os.cpu_count() or 1) + 4) + 1
     srv = make_server(max_sessions=n + 4, source_open_timeout_s=3.0, server={"max_source_opens": 2})
-    url = f"http://127.0.0.1:{silent_port}/camera.mp4"
+    url = f"http://127.0.0.1:{silent_server}/camera.mp4"
 
     async def go():
         openers = [await WS.open(srv.url) for _ in range(n)]
