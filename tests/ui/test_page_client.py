@@ -32,11 +32,13 @@ def _play(client, path) -> dict:
     assert "ls-error" not in status, status
     assert path.name in status
 
-    def finished():  # the file ended and every frame it sent was processed (or replaced by a newer one)
+    def finished():  # the file ended, every frame it sent was processed (or replaced by a newer one),
+        # and the session's cached stats (refreshed at most every snapshot interval) caught up with them
         stats = client.predict(api_name="/stats")
         progress, ingest = stats["source_progress"], stats["ingest"]
         settled = ingest["frames_processed"] + ingest["dropped"]["backlog"] + ingest["frame_errors"]
-        return stats if progress and progress["finished"] and settled == ingest["frames_accepted"] else None
+        caught_up = stats.get("frames", -1) >= ingest["frames_processed"]
+        return stats if progress and progress["finished"] and settled == ingest["frames_accepted"] and caught_up else None
 
     return wait_until(finished, 60, "the uploaded video to finish playing")
 
