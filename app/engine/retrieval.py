@@ -140,3 +140,27 @@ def retrieve(backend, bank, probe, k: int, *, candidates: int, rerank: bool, dty
         if len(kept) == k:
             break
     return sorted(kept, key=lambda r: (r.chunk.meta.t_start, r.chunk.meta.chunk_id))
+
+
+class Retriever:
+    """What a session asks memory through: it hears of every chunk that enters the bank
+    (:meth:`added`) and answers a question's retrieval (:meth:`retrieve`).
+
+    The one place retrieval strategies live, so the session stays the same when they change.
+    """
+
+    def __init__(self, backend, bank, config) -> None:
+        self.backend = backend
+        self.bank = bank
+        self.config = config
+
+    def added(self, chunk) -> None:
+        """A chunk (:class:`memory.KVChunk`) just entered the bank."""
+
+    def retrieve(self, question: str, probe, k: int) -> list:
+        """Top ``k`` chunks for ``question`` (its probe prefill ``probe``), in time order (see :func:`retrieve`)."""
+        return retrieve(self.backend, self.bank, probe, k, candidates=self.config.rerank_candidates,
+                        rerank=self.config.rerank, dtype=self.backend.dtype)
+
+    def close(self) -> None:
+        """The session closed: free what the retriever holds."""

@@ -38,6 +38,7 @@ from app.engine.backends.base import VideoLLM
 from app.engine.backends.types import KVSegment
 from app.engine.config import SessionConfig
 from app.engine.persistence import SavedSession, check_compatible, read_session_file, write_session_file
+from app.engine.retrieval import Retriever
 from app.engine.timefmt import format_timestamp
 from app.engine.types import (
     Alert,
@@ -81,6 +82,7 @@ class Session:
         self._closed = False
         self._drop = DropPolicy(self.config.drop_config(), backend.spec.token_grid)
         self._bank = _bank if _bank is not None else MemoryBank(self.config.bank_config(), backend.spec.summary_dim)
+        self._retriever = Retriever(backend, self._bank, self.config)
         system = self.config.system_prompt or getattr(backend, "default_system", "")
         sink_seg = backend.text_segment(backend.chat.sink_template.format(system=system), 0)
         res, _ = backend.prefill(sink_seg, [])
@@ -134,6 +136,7 @@ class Session:
     def _bank_chunks(self, chunks) -> None:
         for chunk in chunks:
             self._bank.append(chunk)
+            self._retriever.added(chunk)
             self._counters["chunks"] += 1
 
     def _prefill_into_window(self, seg, kind: str, pts: float, **extra) -> int:
@@ -371,11 +374,8 @@ class Session:
         local = self._local_context() + list(self._dialog)
         retrieved = []
         if k > 0 and len(self._bank):
-            from app.engine.retrieval import retrieve
-
             probe, _ = self.backend.prefill(qseg, local, want_query_tokens=self.config.rerank)
-            retrieved = retrieve(self.backend, self._bank, probe, k, candidates=self.config.rerank_candidates,
-                                 rerank=self.config.rerank, dtype=self.backend.dtype)
+            retrieved = self._retriever.retrieve(question.strip(), probe, k)
         memory = [KVSegment(r.chunk.keys, r.chunk.values, r.chunk.positions) for r in retrieved]
         context = [self._sink] + memory + self._window.segments() + list(self._dialog)
         return qseg, context, retrieved
@@ -610,6 +610,7 @@ class Session:
             self._closed = True
             self._window.clear()
             self._dialog.clear()
+            self._retriever.close()
             self._bank.close()
 
     @property
