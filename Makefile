@@ -29,7 +29,7 @@ $(PY):
 # torch is pinned first so pip takes the CPU build on disk, never a CUDA download.
 $(STAMP): pyproject.toml Makefile | $(PY)
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e '.[dev]'
+	$(PIP) install --quiet -e '.[dev,ray]'
 	$(PIP) install --quiet --no-deps $(OFFLINE_PINS)
 	touch $(STAMP)
 

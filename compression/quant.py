@@ -14,6 +14,9 @@ arithmetic slack, see :func:`group_error_bound`.
 
 Codes are packed little-end first: with 4 bits the first code sits in the low
 nibble of a byte; with 2 bits the first of four codes sits in bits 0-1.
+
+Ternary codes (three levels, "1.58 bits") are packed five to a byte in base 3
+(``3**5 = 243 <= 256``), 1.6 bits per code, the first code in the lowest digit.
 """
 
 from __future__ import annotations
@@ -25,6 +28,11 @@ PACKED_BITS = (8, 4, 2)
 
 #: Relative float32 slack allowed on top of ``scale / 2`` (see :func:`group_error_bound`).
 FP32_SLACK = 2.0**-20
+
+
+#: Levels of a ternary code and codes per packed byte (base 3: ``3**5 = 243 <= 256``).
+TERNARY_LEVELS = 3
+TRITS_PER_BYTE = 5
 
 
 def _check_bits(bits: int) -> None:
@@ -108,22 +116,26 @@ def _grouped(x: torch.Tensor, group_size: int) -> torch.Tensor:
     return x.reshape(*x.shape[:-1], (n + pad) // group_size, group_size)
 
 
-def quantize_groups(x: torch.Tensor, bits: int, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def quantize_groups(x: torch.Tensor, bits: int, group_size: int, *,
+                    levels: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Quantize along the last axis in groups of ``group_size`` elements.
 
     Args:
         x: float tensor ``(..., n)`` with finite values of magnitude at most 65504
             (float16's range); computed in float32.
-        bits: 8, 4 or 2.
+        bits: 8, 4 or 2 (ignored when ``levels`` is given).
         group_size: elements per group ``G``; ``n`` need not be a multiple of it.
+        levels: number of steps above the zero point (codes in ``[0, levels]``); default
+            ``2**bits - 1``. ``levels=2`` gives ternary codes (three levels).
 
     Returns:
         ``(codes, scale, zero)``: codes uint8 ``(..., n)``; scale and zero float16
         ``(..., ceil(n / G))``. Element ``i`` of a row belongs to group ``i // G``
         and decodes to ``codes * scale + zero`` (see :func:`dequantize_groups`).
     """
-    _check_bits(bits)
-    levels = (1 << bits) - 1
+    if levels is None:
+        _check_bits(bits)
+        levels = (1 << bits) - 1
     n = x.shape[-1]
     g = _grouped(x.float(), group_size)  # (..., nG, G) float32
     lo = g.amin(dim=-1)
@@ -171,7 +183,7 @@ def dequantize_groups(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tens
     return torch.addcmul(z, codes.float(), s)
 
 
-def group_error_bound(scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
+def group_error_bound(scale: torch.Tensor, zero: torch.Tensor, bits: int, *, levels: int | None = None) -> torch.Tensor:
     """Maximum absolute decode error of each group, in float32.
 
     Round-to-nearest onto the grid ``z + q * s`` errs by at most ``s / 2`` for
@@ -182,13 +194,15 @@ def group_error_bound(scale: torch.Tensor, zero: torch.Tensor, bits: int) -> tor
 
     Args:
         scale, zero: float16 ``(...)`` as returned by :func:`quantize_groups`.
-        bits: 8, 4 or 2.
+        bits: 8, 4 or 2 (ignored when ``levels`` is given).
+        levels: steps above the zero point, as given to :func:`quantize_groups`.
 
     Returns:
         float32 ``(...)``.
     """
-    _check_bits(bits)
-    levels = (1 << bits) - 1
+    if levels is None:
+        _check_bits(bits)
+        levels = (1 << bits) - 1
     s = scale.float()
     return s / 2 + FP32_SLACK * (zero.float().abs() + levels * s)
 
@@ -207,3 +221,69 @@ def fp16_rounding_bound(stored: torch.Tensor) -> torch.Tensor:
         float32 tensor of the same shape.
     """
     return torch.clamp(stored.float().abs() * 2.0**-11, min=2.0**-25)
+
+
+def trit_packed_numel(n: int) -> int:
+    """Bytes that ``n`` ternary codes occupy once packed (five per byte)."""
+    return -(-n // TRITS_PER_BYTE)
+
+
+def pack_trits(codes: torch.Tensor) -> torch.Tensor:
+    """Pack ternary codes (uint8 in ``{0, 1, 2}``, any shape, row-major) five to a byte in base 3.
+
+    Returns:
+        uint8 ``(ceil(codes.numel() / 5),)``, a fresh tensor.
+    """
+    if codes.dtype != torch.uint8:
+        raise ValueError(f"codes must be uint8; got {codes.dtype}")
+    flat = codes.reshape(-1)
+    pad = (-flat.numel()) % TRITS_PER_BYTE
+    if pad:
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    digits = flat.view(-1, TRITS_PER_BYTE).to(torch.int16)
+    weights = torch.tensor([1, 3, 9, 27, 81], dtype=torch.int16, device=codes.device)
+    return (digits * weights).sum(dim=-1).to(torch.uint8)
+
+
+def unpack_trits(packed: torch.Tensor, n: int) -> torch.Tensor:
+    """Inverse of :func:`pack_trits`: uint8 ``(n,)`` codes in ``{0, 1, 2}``."""
+    expected = trit_packed_numel(n)
+    if packed.dtype != torch.uint8 or packed.dim() != 1 or packed.numel() != expected:
+        raise ValueError(
+            f"packed ternary codes must be a 1-D uint8 tensor of {expected} bytes for {n} codes; "
+            f"got shape {tuple(packed.shape)} dtype {packed.dtype}"
+        )
+    weights = torch.tensor([1, 3, 9, 27, 81], dtype=torch.int16, device=packed.device)
+    digits = (packed.to(torch.int16).unsqueeze(-1) // weights) % TERNARY_LEVELS
+    return digits.to(torch.uint8).reshape(-1)[:n]
+
+
+def pack_rows(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Pack each row of ``codes (R, n)`` on its own: ``(R, packed_numel(n, bits))`` uint8.
+
+    Rows start on a byte boundary, so a range of rows (layers) can be sliced without unpacking.
+    """
+    rows = codes.shape[0]
+    n = codes.shape[1] if codes.dim() == 2 else 0
+    width = packed_numel(n, bits)
+    per_byte = 8 // bits
+    pad = width * per_byte - n
+    if pad:
+        codes = torch.cat([codes, codes.new_zeros(rows, pad)], dim=1)
+    return pack_bits(codes.contiguous(), bits).view(rows, width)
+
+
+def unpack_rows(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
+    """Inverse of :func:`pack_rows`: uint8 ``(R, n)`` from ``(R, packed_numel(n, bits))``."""
+    rows = packed.shape[0]
+    width = packed_numel(n, bits)
+    if packed.dtype != torch.uint8 or packed.dim() != 2 or packed.shape[1] != width:
+        raise ValueError(
+            f"packed rows must be a (R, {width}) uint8 tensor for {n} codes of {bits} bits; "
+            f"got shape {tuple(packed.shape)} dtype {packed.dtype}"
+        )
+    if bits == 8:
+        return packed.clone()
+    shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=packed.device)
+    mask = (1 << bits) - 1
+    return ((packed.unsqueeze(-1) >> shifts) & mask).reshape(rows, -1)[:, :n]

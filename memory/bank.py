@@ -5,9 +5,23 @@ keeps the packed chunk in RAM; its summary goes into the index. When the RAM tie
 ``ram_budget_bytes``, the oldest chunks (in append order) are written to
 ``disk_dir/chunks/<id>.kvc`` and dropped from RAM. :meth:`MemoryBank.retrieve` ranks
 summaries by inner product with a query, loads the top ``k`` chunks from whichever tier holds
-them (disk reads are not cached), dequantizes them and returns them in time order.
+them (whole-chunk disk reads are not cached), dequantizes them and returns them in time order.
 Retention by stream age deletes chunks from every tier. :meth:`MemoryBank.save` makes the
-directory a self-contained saved bank that :meth:`MemoryBank.open` reopens.
+directory a self-contained saved bank that :meth:`MemoryBank.open` reopens (and, when its
+manifest is lost or damaged, recovers from the chunk files, which carry their own metadata).
+
+Resident keys: when a chunk leaves RAM for disk, the packed keys of its upper layers (what a
+rerank scores, :class:`~compression.kvcodec.PackedKeys`) stay in RAM, so
+:meth:`MemoryBank.keys` scores candidates without touching disk; only the final ``get`` reads
+files. Their bytes count in ``bytes_ram`` and under ``ram_budget_bytes`` (the oldest copies are
+dropped first when the budget is short; those chunks' keys are then read from the file's keys
+section alone).
+
+Disk budget: before a chunk file is written, the bank makes room under ``disk_budget_bytes``.
+Past :data:`CONSOLIDATE_AT` of the budget, the oldest chunks are consolidated (requantized with
+``consolidate_codec``; a run of neighbouring frame chunks of a static scene merged into one, see
+:mod:`memory.consolidate`); when the budget itself would be exceeded, the oldest chunks are
+deleted. No file write ever takes the chunk files past the budget.
 
 Disk layout (``disk_dir``)::
 
@@ -41,9 +55,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from compression.kvcodec import KVCodec, KVCodecError
+from compression.kvcodec import KVCodec, KVCodecError, PackedKeys, split_keys
 from memory.chunk import ChunkKeys, ChunkMeta, KVChunk, validate_chunk
 from memory.config import BankConfig
+from memory.consolidate import can_merge, consolidation_level, mark_consolidated, merge_chunks
 from memory.errors import (
     BankClosed,
     BankCorrupt,
@@ -54,7 +69,17 @@ from memory.errors import (
     InvalidQuery,
 )
 from memory.index import SummaryIndex, new_index, read_index
-from memory.store import PackedChunk, atomic_file, atomic_write, read_chunk, write_chunk
+from memory.store import (
+    PackedChunk,
+    atomic_file,
+    atomic_write,
+    encode_chunk,
+    key_split_layer,
+    read_chunk,
+    read_chunk_keys,
+    recover_chunk,
+    tensor_nbytes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +90,11 @@ CHUNK_DIR = "chunks"
 MANIFEST_FORMAT = 1
 #: Rows per block when streaming summaries to or from disk.
 _ROWS = 2048
+#: Fraction of ``disk_budget_bytes`` past which the oldest chunks are consolidated (the rest of
+#: the budget is the headroom a consolidated file is written into before its sources go).
+CONSOLIDATE_AT = 0.9
+#: Suffix a damaged manifest is renamed to when a bank is recovered from its chunk files.
+DAMAGED_SUFFIX = ".damaged"
 
 
 @dataclass(frozen=True)
@@ -88,7 +118,8 @@ class BankStats:
         chunks: live chunks.
         chunks_ram: chunks with a copy in the RAM tier.
         chunks_disk: chunks with a file on disk (after ``save()`` a chunk can be in both tiers).
-        bytes_ram: bytes of the RAM tier (packed KV + positions + summary), what the budget limits.
+        bytes_ram: bytes of the RAM tier (packed KV + positions + summary of RAM chunks, plus the
+            resident keys of chunks on disk), what ``ram_budget_bytes`` limits.
         bytes_disk: bytes of chunk files on disk.
         index_bytes: approximate RAM of the faiss index (it holds every summary).
         spills: chunks moved from RAM to disk because of the budget.
@@ -98,6 +129,18 @@ class BankStats:
         bits_per_element: stored bits per K/V element over live chunks, codec metadata included.
         appended: chunks appended over the bank's life in this process.
         ram_budget_bytes: the configured budget (``None`` = unlimited).
+        chunks_resident_keys: chunks whose upper-layer keys are resident in RAM apart from a
+            whole RAM copy (chunks on disk).
+        bytes_resident_keys: bytes of those resident keys (included in ``bytes_ram``).
+        key_reads_ram: rerank key reads served from RAM (a whole RAM chunk or resident keys).
+        key_reads_disk: rerank key reads that read a file's keys section.
+        disk_budget_bytes: the configured disk budget (``None`` = unbounded).
+        consolidated: chunks consolidated (requantized, maybe merged) because of the disk budget.
+        merged: chunks merged into a neighbour on consolidation (no longer separate chunks).
+        deleted_budget: chunks deleted because of the disk budget.
+        stream_s: stream time spanned by live chunks, seconds.
+        bytes_per_hour: bytes per hour of that stream time, per tier: ``"ram"``, ``"disk"``,
+            ``"resident_keys"`` (0 when no stream time is spanned).
     """
 
     chunks: int
@@ -113,6 +156,16 @@ class BankStats:
     bits_per_element: float
     appended: int
     ram_budget_bytes: int | None
+    chunks_resident_keys: int = 0
+    bytes_resident_keys: int = 0
+    key_reads_ram: int = 0
+    key_reads_disk: int = 0
+    disk_budget_bytes: int | None = None
+    consolidated: int = 0
+    merged: int = 0
+    deleted_budget: int = 0
+    stream_s: float = 0.0
+    bytes_per_hour: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -191,6 +244,16 @@ class MemoryBank:
         self._corrupt_seen = 0
         self._appended = 0
         self._dirty = False
+        # chunk id -> (upper-layer packed keys, positions), oldest first (the order they are dropped in)
+        self._resident: OrderedDict[int, tuple[PackedKeys, torch.Tensor]] = OrderedDict()
+        self._resident_bytes = 0
+        self._fresh: list[tuple[float, int]] = []  # heap of (t_start, id): on disk, not yet consolidated
+        self._key_reads_ram = 0
+        self._key_reads_disk = 0
+        self._consolidated = 0
+        self._merged = 0
+        self._deleted_budget = 0
+        self.recovered: dict[str, Any] | None = None  # set by open() when the manifest was damaged
 
     def _claim_dir(self, directory: Path) -> None:
         """Use ``directory`` for a new bank: create it, or check an existing one holds no bank."""
@@ -318,26 +381,209 @@ class MemoryBank:
         budget = self._config.ram_budget_bytes
         if budget is None:
             return
-        while self._ram_bytes > budget and self._ram:
+        while self._ram_bytes + self._resident_bytes > budget and self._ram:
             cid, stored = next(iter(self._ram.items()))
-            if cid not in self._disk:
-                self._write_file(stored, durable=False)
+            if cid not in self._disk and not self._write_file(stored, durable=False):
+                continue  # it could not fit the disk budget and was deleted
             del self._ram[cid]
             self._ram_bytes -= stored.nbytes
             self._spills += 1
+            if self._config.resident_keys and cid in self._metas:
+                upper, _ = split_keys(stored.packed, key_split_layer(stored.packed.shape[0]))
+                self._add_resident(cid, upper, stored.positions)
             log.debug("spilled chunk %d to disk (RAM tier now %d bytes)", cid, self._ram_bytes)
+        self._trim_resident()
+
+    def _add_resident(self, cid: int, upper: PackedKeys, positions: torch.Tensor) -> None:
+        old = self._resident.pop(cid, None)
+        if old is not None:
+            self._resident_bytes -= old[0].nbytes + tensor_nbytes(old[1])
+        self._resident[cid] = (upper, positions)
+        self._resident_bytes += upper.nbytes + tensor_nbytes(positions)
+
+    def _drop_resident(self, cid: int) -> None:
+        old = self._resident.pop(cid, None)
+        if old is not None:
+            self._resident_bytes -= old[0].nbytes + tensor_nbytes(old[1])
+
+    def _trim_resident(self) -> None:
+        """Drop the oldest resident keys while the RAM tier is over its budget."""
+        budget = self._config.ram_budget_bytes
+        if budget is None:
+            return
+        while self._ram_bytes + self._resident_bytes > budget and self._resident:
+            self._drop_resident(next(iter(self._resident)))
 
     def _chunk_path(self, cid: int) -> Path:
         return self._ensure_dir() / CHUNK_DIR / f"{cid:012d}.kvc"
 
-    def _write_file(self, stored: PackedChunk, *, durable: bool) -> None:
-        path = self._chunk_path(stored.chunk_id)
+    def _write_file(self, stored: PackedChunk, *, durable: bool) -> bool:
+        """Write a chunk's file, making room under the disk budget first.
+
+        Returns False when the chunk alone does not fit the budget: it is then deleted (logged).
+        """
+        cid = stored.chunk_id
+        path = self._chunk_path(cid)
+        data, sha = encode_chunk(stored)
+        old = self._disk.get(cid)
+        if not self._make_room(len(data) - (old.size if old else 0), protect={cid}):
+            log.warning("chunk %d (%d bytes) does not fit the disk budget of %s bytes: deleted",
+                        cid, len(data), self._config.disk_budget_bytes)
+            self._delete(cid)
+            self._deleted_budget += 1
+            return False
         try:
-            sha, size = write_chunk(path, stored, durable=durable)
+            atomic_write(path, data, durable=durable)
         except OSError as exc:
-            raise BankError(f"cannot write chunk {stored.chunk_id} to {path}: {exc}") from exc
-        self._disk[stored.chunk_id] = _DiskEntry(path, sha, size)
-        self._disk_bytes += size
+            raise BankError(f"cannot write chunk {cid} to {path}: {exc}") from exc
+        if old is not None:
+            self._disk_bytes -= old.size
+        self._disk[cid] = _DiskEntry(path, sha, len(data))
+        self._disk_bytes += len(data)
+        if consolidation_level(stored.meta) == 0:
+            heapq.heappush(self._fresh, (stored.meta.t_start, cid))
+        return True
+
+    # ------------------------------------------------------------------ disk budget
+    def _make_room(self, need: int, protect: set[int]) -> bool:
+        """Consolidate, then delete, the oldest chunks on disk until ``need`` more bytes fit."""
+        budget = self._config.disk_budget_bytes
+        if budget is None:
+            return True
+        soft = int(budget * CONSOLIDATE_AT)
+        while self._disk_bytes + need > soft and self._consolidate_oldest(protect, budget, need):
+            pass
+        while self._disk_bytes + need > budget:
+            victim = next((cid for _, cid in self._order if cid in self._disk and cid not in protect), None)
+            if victim is None:
+                return need <= budget - self._disk_bytes
+            log.debug("disk budget: deleting chunk %d", victim)
+            self._delete(victim)
+            self._deleted_budget += 1
+        return True
+
+    def _consolidate_oldest(self, protect: set[int], budget: int, need: int) -> bool:
+        """Consolidate the oldest run of fresh chunks on disk; returns whether anything shrank."""
+        while self._fresh:
+            t_start, cid = self._fresh[0]
+            meta = self._metas.get(cid)
+            if meta is None or cid not in self._disk or meta.t_start != t_start or consolidation_level(meta) > 0:
+                heapq.heappop(self._fresh)
+                continue
+            if cid in protect:
+                return False
+            run = self._static_run(cid, protect)
+            if run is None:  # the run may still grow: wait for its next chunk
+                return False
+            heapq.heappop(self._fresh)
+            return self._consolidate(run, budget, protect)
+        return False
+
+    def _static_run(self, first: int, protect: set[int]) -> list[int] | None:
+        """``first`` and its following on-disk fresh frame chunks of the same static scene.
+
+        ``None`` when the run reaches the newest chunk on disk and could still grow.
+        """
+        meta = self._metas[first]
+        limit = self._config.merge_max_chunks
+        if meta.kind != "frame" or limit == 1:
+            return [first]
+        i = bisect.bisect_left(self._order, (meta.t_start, first)) + 1
+        run = [first]
+        base = self._index.reconstruct([first])[0] if first in self._index else None
+        while len(run) < limit:
+            if i >= len(self._order):
+                return None
+            cid = self._order[i][1]
+            nxt = self._metas[cid]
+            if cid not in self._disk or cid in protect:
+                return None if len(run) < limit else run
+            if nxt.kind != "frame" or consolidation_level(nxt) > 0 or base is None or cid not in self._index:
+                break
+            vec = self._index.reconstruct([cid])[0]
+            denom = float(np.linalg.norm(base) * np.linalg.norm(vec))
+            if denom <= 0 or float(base @ vec) / denom < self._config.merge_similarity:
+                break
+            run.append(cid)
+            i += 1
+        return run
+
+    def _consolidate(self, run: list[int], budget: int, protect: set[int]) -> bool:
+        """Requantize (and merge) the chunks of ``run`` into one chunk under the first id."""
+        loaded: list[PackedChunk] = []
+        for cid in run:
+            entry = self._disk[cid]
+            self._disk_reads += 1
+            try:
+                loaded.append(read_chunk(entry.path, cid, entry.sha256))
+            except ChunkCorrupt as exc:
+                self._mark_corrupt(cid, entry, exc)
+                break
+        if not loaded:
+            return False
+        decoded = [self._decode(stored, None) for stored in loaded]
+        merged = decoded[0]
+        if len(decoded) > 1 and can_merge(decoded):
+            merged = merge_chunks(decoded, token_similarity=self._config.merge_token_similarity)
+        else:
+            decoded, loaded = decoded[:1], loaded[:1]
+        merged = mark_consolidated(merged)
+        codec_cfg = self._config.consolidate_codec or loaded[0].packed.config
+        try:
+            packed = KVCodec(codec_cfg).encode(merged.keys, merged.values)
+        except KVCodecError:
+            packed = KVCodec(loaded[0].packed.config).encode(merged.keys, merged.values)
+        stored = PackedChunk(meta=merged.meta, packed=packed, positions=merged.positions.contiguous(),
+                             summary=merged.summary.float().contiguous())
+        first = run[0]
+        data, sha = encode_chunk(stored)
+        freed = sum(self._disk[s.chunk_id].size for s in loaded)
+        if len(data) >= freed:
+            return False  # no gain: leave the chunks as they are (deletion comes next)
+        while self._disk_bytes + len(data) > budget:
+            # no headroom to write the consolidated file beside its sources: the oldest memory goes
+            victim = next((c for _, c in self._order if c in self._disk and c not in protect and c not in run), None)
+            if victim is None:
+                return False
+            self._delete(victim)
+            self._deleted_budget += 1
+        path = self._disk[first].path
+        try:
+            atomic_write(path, data)
+        except OSError as exc:
+            raise BankError(f"cannot write consolidated chunk {first} to {path}: {exc}") from exc
+        for src in loaded[1:]:
+            self._delete(src.chunk_id)
+            self._merged += 1
+        self._consolidated += len(loaded)
+        self._disk_bytes += len(data) - self._disk[first].size
+        self._disk[first] = _DiskEntry(path, sha, len(data))
+        old_meta = self._metas[first]
+        i = bisect.bisect_left(self._order, (old_meta.t_start, first))
+        if i < len(self._order) and self._order[i] == (old_meta.t_start, first):
+            del self._order[i]
+        self._metas[first] = stored.meta
+        bisect.insort(self._order, (stored.meta.t_start, first))
+        heapq.heappush(self._expiry, (stored.meta.t_end, first))
+        in_ram = self._ram.pop(first, None)
+        if in_ram is not None:
+            self._ram_bytes -= in_ram.nbytes
+        n_el, bits = self._elements.pop(first, (0, 0.0))
+        self._total_elements -= n_el
+        self._total_bits -= bits
+        self._account(first, stored.n_elements, float(packed.bits_per_element()))
+        if self._config.index == "flat":  # cheap to replace; HNSW/IVF keep the first chunk's summary
+            self._index.remove([first])
+            self._index.add(np.array([first], dtype=np.int64), stored.summary.numpy()[None, :])
+        if self._config.resident_keys and (first in self._resident or in_ram is not None):
+            upper, _ = split_keys(packed, key_split_layer(packed.shape[0]))
+            self._add_resident(first, upper, stored.positions)
+            self._trim_resident()
+        else:
+            self._drop_resident(first)
+        self._dirty = True
+        log.debug("consolidated chunks %s into chunk %d (%d bytes)", [s.chunk_id for s in loaded], first, len(data))
+        return True
 
     def _apply_retention(self) -> None:
         keep_s = self._config.retention_s
@@ -359,6 +605,7 @@ class MemoryBank:
         stored = self._ram.pop(cid, None)
         if stored is not None:
             self._ram_bytes -= stored.nbytes
+        self._drop_resident(cid)
         entry = self._disk.pop(cid, None)
         if entry is not None:
             self._disk_bytes -= entry.size
@@ -513,8 +760,10 @@ class MemoryBank:
     def keys(self, chunk_id: int, layers: Sequence[int], *, dtype: torch.dtype | None = None) -> ChunkKeys:
         """The keys of ``layers`` of one live chunk, dequantizing nothing else (values and other layers stay packed).
 
-        A chunk on disk is read and checksummed whole (the checksum covers the file), but only
-        these keys are decoded. Equal to ``get(chunk_id, dtype).keys[list(layers)]``.
+        Served from RAM when the chunk is in RAM or its upper-layer keys are resident (layers
+        within the upper half); else, for upper layers, only the file's keys section is read and
+        verified (and kept resident when the budget allows); other layers read the whole file.
+        Equal to ``get(chunk_id, dtype).keys[list(layers)]``.
 
         Args:
             layers: layer indices in ``[0, L)``, e.g. the upper half a rerank reads.
@@ -530,12 +779,44 @@ class MemoryBank:
             InvalidQuery: a layer index out of range.
         """
         wanted = tuple(int(i) for i in layers)
-        stored = self.packed(chunk_id)
+        source: Any = None
+        with self._lock:
+            self._check_open()
+            meta = self._metas.get(chunk_id)
+            if meta is None:
+                raise ChunkNotFound(chunk_id)
+            stored = self._ram.get(chunk_id)
+            resident = self._resident.get(chunk_id)
+            entry = self._disk.get(chunk_id)
+            if stored is not None:
+                source, positions = stored.packed, stored.positions
+            elif resident is not None and wanted and all(resident[0].first <= i < resident[0].stop for i in wanted):
+                source, positions = resident
+            if source is not None:
+                self._key_reads_ram += 1
+            elif entry is not None:
+                self._disk_reads += 1
+                self._key_reads_disk += 1
+        if source is None and entry is not None:
+            try:
+                upper, positions = read_chunk_keys(entry.path, chunk_id, entry.sha256)
+            except ChunkCorrupt as exc:
+                self._mark_corrupt(chunk_id, entry, exc)
+                raise
+            if wanted and all(upper.first <= i < upper.stop for i in wanted):
+                source = upper
+                with self._lock:
+                    if self._config.resident_keys and self._disk.get(chunk_id) is entry and chunk_id not in self._ram:
+                        self._add_resident(chunk_id, upper, positions)
+                        self._trim_resident()
+        if source is None:  # lower layers of a chunk on disk: the whole file
+            stored = self.packed(chunk_id)
+            source, positions, meta = stored.packed, stored.positions, stored.meta
         try:
-            keys = self._codec.decode_keys(stored.packed, wanted, dtype=dtype)
+            keys = self._codec.decode_keys(source, wanted, dtype=dtype)
         except KVCodecError as exc:
             raise InvalidQuery(f"chunk {chunk_id}: {exc}") from None
-        return ChunkKeys(meta=stored.meta, layers=wanted, keys=keys, positions=stored.positions.clone())
+        return ChunkKeys(meta=meta, layers=wanted, keys=keys, positions=positions.clone())
 
     def get(self, chunk_id: int, dtype: torch.dtype | None = None) -> KVChunk:
         """One live chunk, dequantized (``dtype`` as appended unless given).
@@ -560,19 +841,29 @@ class MemoryBank:
             return [self._metas[cid] for _, cid in self._order]
 
     def nbytes(self) -> dict[str, int]:
-        """True bytes of stored chunks per tier: ``{"ram": ..., "disk": ...}`` (disk = file sizes)."""
+        """True bytes of stored chunks per tier: ``{"ram": ..., "disk": ...}`` (disk = file sizes;
+        RAM includes the resident keys of chunks on disk)."""
         with self._lock:
-            return {"ram": self._ram_bytes, "disk": self._disk_bytes}
+            return {"ram": self._ram_bytes + self._resident_bytes, "disk": self._disk_bytes}
 
     def stats(self) -> BankStats:
         """A snapshot of the bank's counters (see :class:`BankStats`)."""
         with self._lock:
             bpe = self._total_bits / self._total_elements if self._total_elements else 0.0
+            span = 0.0
+            if self._order:
+                span = max(0.0, self._newest_t_end - self._order[0][0])
+            hours = span / 3600.0
+            per_hour = {
+                tier: (n / hours if hours > 0 else 0.0)
+                for tier, n in (("ram", self._ram_bytes + self._resident_bytes), ("disk", self._disk_bytes),
+                                ("resident_keys", self._resident_bytes))
+            }
             return BankStats(
                 chunks=len(self._metas),
                 chunks_ram=len(self._ram),
                 chunks_disk=len(self._disk),
-                bytes_ram=self._ram_bytes,
+                bytes_ram=self._ram_bytes + self._resident_bytes,
                 bytes_disk=self._disk_bytes,
                 index_bytes=self._index.nbytes if not self._closed else 0,
                 spills=self._spills,
@@ -582,6 +873,16 @@ class MemoryBank:
                 bits_per_element=bpe,
                 appended=self._appended,
                 ram_budget_bytes=self._config.ram_budget_bytes,
+                chunks_resident_keys=len(self._resident),
+                bytes_resident_keys=self._resident_bytes,
+                key_reads_ram=self._key_reads_ram,
+                key_reads_disk=self._key_reads_disk,
+                disk_budget_bytes=self._config.disk_budget_bytes,
+                consolidated=self._consolidated,
+                merged=self._merged,
+                deleted_budget=self._deleted_budget,
+                stream_s=span,
+                bytes_per_hour=per_hour,
             )
 
     # ------------------------------------------------------------------ persistence
@@ -595,9 +896,9 @@ class MemoryBank:
             self._check_open()
             root = self._ensure_dir()
             try:
-                for cid, stored in self._ram.items():
-                    if cid not in self._disk:
-                        self._write_file(stored, durable=False)
+                for cid, stored in list(self._ram.items()):
+                    if cid in self._metas and cid not in self._disk:
+                        self._write_file(stored, durable=False)  # may consolidate or delete the oldest
                 order = [cid for _, cid in self._order]
                 in_index = [cid for cid in order if cid in self._index]
                 summaries_sha = self._write_summaries(root / SUMMARIES, in_index)
@@ -648,7 +949,8 @@ class MemoryBank:
         return _file_sha256(path)
 
     @classmethod
-    def open(cls, directory: str | os.PathLike[str], *, ram_budget_bytes: int | None = None) -> MemoryBank:
+    def open(cls, directory: str | os.PathLike[str], *, ram_budget_bytes: int | None = None,
+             disk_budget_bytes: int | None = None, recover: bool = True) -> MemoryBank:
         """Reopen a bank written by :meth:`save` (config read from its manifest).
 
         Every chunk starts in the disk tier; chunks appended later go to RAM under
@@ -656,10 +958,29 @@ class MemoryBank:
         the directory). If the index file is missing or damaged, the index is rebuilt from
         ``summaries.npy``, and failing that from the chunk files.
 
+        A manifest that is missing, truncated or malformed while chunk files exist is recovered
+        from (with ``recover``): every chunk file that passes its own checksums is taken back
+        (metadata, summary and codec come from the file), files that do not are left in place
+        and listed in :attr:`recovered`, the damaged manifest is renamed to
+        ``manifest.json.damaged`` (never deleted) and a new one is written on the next save.
+        The bank settings other than the codec are then the defaults.
+
         Raises:
-            BankCorrupt: no readable manifest in ``directory``.
+            BankCorrupt: no saved bank in ``directory`` (no manifest and no chunk files), or a
+                damaged manifest and not one readable chunk file; the message names the files.
         """
         root = Path(directory)
+        try:
+            return cls._open_manifest(root, ram_budget_bytes, disk_budget_bytes)
+        except BankCorrupt as exc:
+            chunk_dir = root / CHUNK_DIR
+            has_chunks = chunk_dir.is_dir() and any(chunk_dir.glob("*.kvc"))
+            if not recover or not has_chunks:
+                raise
+            return cls._recover(root, str(exc), ram_budget_bytes, disk_budget_bytes)
+
+    @classmethod
+    def _open_manifest(cls, root: Path, ram_budget_bytes: int | None, disk_budget_bytes: int | None) -> MemoryBank:
         manifest_path = root / MANIFEST
         try:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
@@ -670,9 +991,10 @@ class MemoryBank:
         if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
             raise BankCorrupt(f"{manifest_path} is not a memory-bank manifest of format {MANIFEST_FORMAT}")
         try:
-            config = BankConfig.from_json(
-                manifest["config"], disk_dir=str(root), persist=True, ram_budget_bytes=ram_budget_bytes
-            )
+            overrides: dict[str, Any] = {"disk_dir": str(root), "persist": True, "ram_budget_bytes": ram_budget_bytes}
+            if disk_budget_bytes is not None:
+                overrides["disk_budget_bytes"] = disk_budget_bytes
+            config = BankConfig.from_json(manifest["config"], **overrides)
             bank = cls.__new__(cls)
             bank._init_state(config, manifest["summary_dim"])
             bank._dir = root
@@ -689,6 +1011,77 @@ class MemoryBank:
         log.info("opened memory bank %s: %d chunks", root, len(bank._metas))
         return bank
 
+    @classmethod
+    def _recover(cls, root: Path, reason: str, ram_budget_bytes: int | None,
+                 disk_budget_bytes: int | None) -> MemoryBank:
+        """Rebuild a bank from its chunk files alone (see :meth:`open`)."""
+        manifest_path = root / MANIFEST
+        files = sorted((root / CHUNK_DIR).glob("*.kvc"))
+        good: list[tuple[Path, PackedChunk, str, int]] = []
+        bad: list[str] = []
+        for path in files:
+            try:
+                stored, sha = recover_chunk(path)
+                if path.name != f"{stored.chunk_id:012d}.kvc":
+                    raise ChunkCorrupt(stored.chunk_id, path, "file name does not match the chunk it holds")
+                good.append((path, stored, sha, path.stat().st_size))
+            except ChunkCorrupt as exc:
+                bad.append(f"{path.name}: {exc.reason}")
+            except OSError as exc:
+                bad.append(f"{path.name}: {exc}")
+        if good:
+            dims = {int(g[1].summary.numel()) for g in good}
+            dim = max(dims, key=lambda d: sum(int(g[1].summary.numel()) == d for g in good))
+            for g in [g for g in good if int(g[1].summary.numel()) != dim]:
+                bad.append(f"{g[0].name}: summary length {g[1].summary.numel()} differs from the others' {dim}")
+            good = [g for g in good if int(g[1].summary.numel()) == dim]
+        if not good:
+            raise BankCorrupt(
+                f"{reason}; and none of the {len(files)} chunk files in {root / CHUNK_DIR} could be recovered"
+                + (f" (first: {bad[0]})" if bad else "")
+            )
+        config = BankConfig(codec=good[0][1].packed.config, disk_dir=str(root), persist=True,
+                            ram_budget_bytes=ram_budget_bytes, disk_budget_bytes=disk_budget_bytes)
+        bank = cls.__new__(cls)
+        bank._init_state(config, dim)
+        bank._dir = root
+        seen: set[int] = set()
+        for path, stored, sha, size in good:
+            cid = stored.chunk_id
+            if cid in seen:
+                continue
+            seen.add(cid)
+            meta = stored.meta
+            bank._metas[cid] = meta
+            bank._order.append((meta.t_start, cid))
+            heapq.heappush(bank._expiry, (meta.t_end, cid))
+            bank._disk[cid] = _DiskEntry(path, sha, size)
+            bank._disk_bytes += size
+            bank._account(cid, stored.n_elements, float(stored.packed.bits_per_element()))
+            bank._newest_t_end = max(bank._newest_t_end, meta.t_end)
+            if consolidation_level(meta) == 0:
+                heapq.heappush(bank._fresh, (meta.t_start, cid))
+            bank._index.add(np.array([cid], dtype=np.int64), stored.summary.float().numpy()[None, :])
+        bank._order.sort()
+        moved_to = None
+        if manifest_path.exists():
+            moved_to = manifest_path.with_name(MANIFEST + DAMAGED_SUFFIX)
+            n = 1
+            while moved_to.exists():
+                moved_to = manifest_path.with_name(f"{MANIFEST}{DAMAGED_SUFFIX}.{n}")
+                n += 1
+            try:
+                os.replace(manifest_path, moved_to)
+            except OSError as exc:
+                log.warning("could not move the damaged manifest %s aside: %s", manifest_path, exc)
+                moved_to = None
+        bank._dirty = True  # close() (or save()) writes a fresh manifest
+        bank.recovered = {"reason": reason, "chunks": len(bank._metas), "unreadable": bad,
+                          "damaged_manifest": None if moved_to is None else str(moved_to)}
+        log.warning("recovered memory bank %s from its chunk files (%s): %d chunks, %d unreadable files left in place",
+                    root, reason, len(bank._metas), len(bad))
+        return bank
+
     def _restore_chunk(self, root: Path, record: dict[str, Any]) -> None:
         meta = ChunkMeta.from_json(record["meta"])
         cid = meta.chunk_id
@@ -703,6 +1096,8 @@ class MemoryBank:
         heapq.heappush(self._expiry, (meta.t_end, cid))
         self._disk[cid] = entry
         self._disk_bytes += entry.size
+        if consolidation_level(meta) == 0:
+            heapq.heappush(self._fresh, (meta.t_start, cid))
         self._account(cid, int(record["n_elements"]), float(record["bits"]) / max(int(record["n_elements"]), 1))
         self._newest_t_end = max(self._newest_t_end, meta.t_end)
 
@@ -760,6 +1155,8 @@ class MemoryBank:
             finally:
                 self._closed = True
                 self._ram.clear()
+                self._resident.clear()
+                self._resident_bytes = 0
                 self._metas.clear()
                 self._order.clear()
                 self._expiry.clear()

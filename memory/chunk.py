@@ -203,6 +203,21 @@ class ChunkKeys:
         return self.meta.chunk_id
 
 
+def content_mask(meta: ChunkMeta, n_tokens: int) -> torch.Tensor:
+    """``(T,)`` bool: the chunk's content tokens, from ``meta.extra["content"]`` ranges (all when absent).
+
+    Content is what the chunk is about (a frame's visual tokens, a note's words), not the prompt
+    pieces around it; retrieval scores and consolidation merges only content.
+    """
+    ranges = meta.extra.get("content") if meta.extra else None
+    if not ranges:
+        return torch.ones(n_tokens, dtype=torch.bool)
+    mask = torch.zeros(n_tokens, dtype=torch.bool)
+    for start, stop in ranges:
+        mask[int(start) : int(stop)] = True
+    return mask if bool(mask.any()) else torch.ones(n_tokens, dtype=torch.bool)
+
+
 def validate_chunk(chunk: KVChunk) -> None:
     """Check a chunk's types and shapes; raise :class:`InvalidChunk` naming the problem."""
     meta = chunk.meta

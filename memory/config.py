@@ -39,6 +39,20 @@ class BankConfig:
         ivf_nprobe: IVF lists visited per search (used as ``min(ivf_nprobe, lists)``).
         ivf_train_min: chunks needed before the IVF is trained (once); until then the search is
             exact. ``None`` = ``39 * ivf_nlist`` (faiss' guideline for k-means).
+        faiss_threads: threads faiss may use. [1, 1024]
+        resident_keys: keep in RAM, for every chunk on disk, the packed keys of its upper layers
+            (what a rerank scores), so candidates are scored without reading disk; their bytes
+            count in ``bytes_ram`` and under ``ram_budget_bytes`` (the oldest copies go first).
+        disk_budget_bytes: bytes of chunk files on disk; when reached, the oldest chunks are
+            consolidated (``consolidate_codec``, static neighbours merged) and then deleted,
+            oldest first. ``None`` = unbounded.
+        consolidate_codec: the codec consolidated chunks are requantized with (fewer bits);
+            ``None`` = keep each chunk's codec (merging only).
+        merge_similarity: summary cosine at or above which neighbouring frame chunks count as one
+            static scene and are merged on consolidation. [0, 1]; 1 = merge only identical.
+        merge_token_similarity: value-vector cosine at or above which a token of a merged frame is
+            folded into a kept one (see ``memory.consolidate``). [0, 1]
+        merge_max_chunks: most chunks merged into one. [1, 4096]; 1 = never merge.
     """
 
     codec: KVCodecConfig = field(default_factory=KVCodecConfig)
@@ -54,6 +68,14 @@ class BankConfig:
     ivf_nprobe: int = 32
     ivf_train_min: int | None = None
     faiss_threads: int = 1
+    resident_keys: bool = True
+    disk_budget_bytes: int | None = None
+    consolidate_codec: KVCodecConfig | None = field(
+        default_factory=lambda: KVCodecConfig(bits=2, value_mode="channel", group_size=128)
+    )
+    merge_similarity: float = 0.97
+    merge_token_similarity: float = 0.95
+    merge_max_chunks: int = 8
 
     def __post_init__(self) -> None:
         if not isinstance(self.codec, KVCodecConfig):
@@ -78,6 +100,18 @@ class BankConfig:
         _check_int("faiss_threads", self.faiss_threads, 1, 1024)
         if self.ivf_train_min is not None:
             _check_int("ivf_train_min", self.ivf_train_min, self.ivf_nlist)
+        check_bool("BankConfig.resident_keys", self.resident_keys, error=BankConfigError)
+        if self.disk_budget_bytes is not None:
+            _check_int("disk_budget_bytes", self.disk_budget_bytes, 1)
+        if self.consolidate_codec is not None and not isinstance(self.consolidate_codec, KVCodecConfig):
+            raise BankConfigError(
+                f"BankConfig.consolidate_codec must be a KVCodecConfig or None; got {type(self.consolidate_codec).__name__}"
+            )
+        check_number("BankConfig.merge_similarity", self.merge_similarity, low=0.0, high=1.0, low_inclusive=True,
+                     error=BankConfigError)
+        check_number("BankConfig.merge_token_similarity", self.merge_token_similarity, low=0.0, high=1.0, low_inclusive=True,
+                     error=BankConfigError)
+        _check_int("merge_max_chunks", self.merge_max_chunks, 1, 4096)
 
     @property
     def ivf_train_threshold(self) -> int:
@@ -88,6 +122,7 @@ class BankConfig:
         """JSON-able form written into a saved bank's manifest (``disk_dir`` and ``persist`` left out)."""
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         data["codec"] = self.codec.to_dict()
+        data["consolidate_codec"] = None if self.consolidate_codec is None else self.consolidate_codec.to_dict()
         data.pop("disk_dir")
         data.pop("persist")
         return data
@@ -105,6 +140,10 @@ class BankConfig:
         codec_fields = {f.name for f in dataclasses.fields(KVCodecConfig)}
         try:
             kwargs["codec"] = KVCodecConfig(**{k: v for k, v in codec.items() if k in codec_fields})
+            if isinstance(kwargs.get("consolidate_codec"), dict):
+                kwargs["consolidate_codec"] = KVCodecConfig(
+                    **{k: v for k, v in kwargs["consolidate_codec"].items() if k in codec_fields}
+                )
         except (TypeError, ValueError) as exc:
             raise BankConfigError(f"saved BankConfig.codec is invalid: {exc}") from None
         kwargs.update(overrides)

@@ -31,11 +31,74 @@ def resize_rgb(rgb: np.ndarray, max_side: int | None) -> np.ndarray:
     return cv2.resize(rgb, (new_w, new_h), interpolation=cv2.INTER_AREA)
 
 
-def decode_image(data: bytes) -> np.ndarray | None:
-    """Decode JPEG/PNG/WebP/BMP bytes into an RGB (H, W, 3) uint8 array; None if undecodable."""
+class ImageTooLarge(ValueError):
+    """An encoded image's header declares more pixels than allowed (refused before decoding).
+
+    Attributes:
+        width, height: the declared size.
+    """
+
+    def __init__(self, message: str, width: int, height: int) -> None:
+        super().__init__(message)
+        self.width, self.height = width, height
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` declared by an encoded image's header, read without decoding its pixels
+    (PIL's lazy open parses the header only); None when no format PIL knows matches.
+
+    Raises:
+        ImageTooLarge: the header declares more pixels than PIL's decompression-bomb limit.
+    """
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) >= 24:
+        # the IHDR chunk comes first and holds the size; read it here, since PIL refuses to report
+        # a size beyond its own decompression-bomb limit
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return int(img.width), int(img.height)
+    except Image.DecompressionBombError as exc:  # PIL's own guard fired on the declared size
+        raise ImageTooLarge(f"the image declares more pixels than any frame may have ({exc})", 0, 0) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return None
+
+
+def check_image_size(width: int, height: int, max_side: int | None, max_pixels: int | None, *,
+                     names: tuple[str, str] = ("max_frame_side", "max_frame_pixels")) -> None:
+    """Raise :class:`ImageTooLarge` when ``width``x``height`` exceeds ``max_side`` or ``max_pixels``
+    (``names``: the settings the message names for them)."""
+    if max_side is not None and (width > max_side or height > max_side):
+        raise ImageTooLarge(f"image of {width}x{height} exceeds {names[0]}={max_side} pixels "
+                            "(refused before decoding)", width, height)
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLarge(f"image of {width}x{height} = {width * height} pixels exceeds {names[1]}="
+                            f"{max_pixels} (refused before decoding)", width, height)
+
+
+def decode_image(data: bytes, *, max_side: int | None = None, max_pixels: int | None = None,
+                 names: tuple[str, str] = ("max_frame_side", "max_frame_pixels")) -> np.ndarray | None:
+    """Decode JPEG/PNG/WebP/BMP bytes into an RGB (H, W, 3) uint8 array; None if undecodable.
+
+    With ``max_side`` or ``max_pixels``, the size in the image's header is checked first and an image
+    over either is refused without decoding its pixels (a small PNG can declare 30000x30000: decoding
+    it would take gigabytes). A header PIL cannot read is refused too (None) rather than decoded
+    blind; OpenCV is then also bounded by its own pixel limit.
+
+    Raises:
+        ImageTooLarge: the header declares more than ``max_side``/``max_pixels``.
+    """
     buf = np.frombuffer(data, dtype=np.uint8)
     if buf.size == 0:
         return None
+    if max_side is not None or max_pixels is not None:
+        size = image_size(data)
+        if size is None:
+            return None
+        check_image_size(size[0], size[1], max_side, max_pixels, names=names)
     bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     if bgr is None or bgr.ndim != 3 or bgr.shape[2] != 3:
         return None

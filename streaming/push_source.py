@@ -172,7 +172,8 @@ class PushSource(FrameSource):
             if np.shares_memory(rgb, data):  # the pusher may reuse its buffer: keep our own copy
                 rgb = rgb.copy()
         elif isinstance(data, (bytes, bytearray, memoryview)):
-            rgb = decode_image(bytes(data))
+            # the header's size is checked before decoding (a small PNG can declare gigapixels)
+            rgb = decode_image(bytes(data), max_pixels=self.max_pixels, names=("max_side", "max_pixels"))
             if rgb is None:
                 raise ValueError(f"{len(data)} bytes are not a decodable image (JPEG/PNG/WebP/BMP expected)")
         else:

@@ -50,13 +50,32 @@ RTSP_OPTIONS: dict[str, str] = {
 RTMP_OPTIONS: dict[str, str] = {"fflags": "nobuffer", "flags": "low_delay"}
 
 
+#: FFmpeg protocols a URL of each scheme may use, set explicitly (``protocol_whitelist``) instead of
+#: relying on the bundled FFmpeg's defaults: an HTTP playlist cannot make FFmpeg open ``file:`` or
+#: another scheme's protocol. ``crypto`` is HLS's encrypted segments.
+PROTOCOL_WHITELIST: dict[str, str] = {
+    "http": "http,tcp,crypto",
+    "https": "https,http,tls,tcp,crypto",
+    "rtsp": "rtsp,rtp,srtp,tcp,udp",
+    "rtsps": "rtsps,rtsp,rtp,srtp,tls,tcp,udp",
+    "rtmp": "rtmp,tcp",
+    "rtmps": "rtmps,rtmp,tls,tcp",
+    "file": "file",
+}
+
+
 def default_options(scheme: str) -> dict[str, str]:
-    """The FFmpeg options a URL with this scheme is opened with (before the caller's own)."""
+    """The FFmpeg options a URL with this scheme is opened with (before the caller's own): low-latency
+    settings and the scheme's :data:`PROTOCOL_WHITELIST`."""
     if scheme in ("rtsp", "rtsps"):
-        return dict(RTSP_OPTIONS)
-    if scheme in ("rtmp", "rtmps"):
-        return dict(RTMP_OPTIONS)
-    return {}
+        out = dict(RTSP_OPTIONS)
+    elif scheme in ("rtmp", "rtmps"):
+        out = dict(RTMP_OPTIONS)
+    else:
+        out = {}
+    if scheme in PROTOCOL_WHITELIST:
+        out["protocol_whitelist"] = PROTOCOL_WHITELIST[scheme]
+    return out
 
 
 class LiveTimeline:

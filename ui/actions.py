@@ -9,6 +9,7 @@ with a message fit to show as is.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from typing import Any
 from app.engine.config import ConfigError
 from app.engine.types import Answer, SessionError, WatchRule
 from app.serving.errors import LiveUpdateRefused, ManagerError
+from app.serving.limits import LIVE_FIELDS
+from app.serving.ws_server import SERVER_PATH_FIELDS
 from streaming.errors import SourceError
 
 from .answers import stream_answer
@@ -27,6 +30,43 @@ logger = logging.getLogger(__name__)
 
 #: Settings the page offers, with the SessionConfig field each one sets.
 SETTING_FIELDS = ("drop", "kv_bits", "top_k", "window_tokens")
+
+#: The label each of those settings has on the page (refusals of the page's form name these).
+SETTING_LABELS = {"drop": "Token drop", "kv_bits": "KV bits in memory", "top_k": "Chunks retrieved (top-k)",
+                  "window_tokens": "Window (tokens)"}
+
+#: What the user is told when a question comes before anything was watched (no model work is done).
+NOTHING_WATCHED = ("Nothing watched yet: start the webcam, upload a video or connect a camera URL, "
+                   "then ask about what it shows.")
+
+
+def nothing_watched(stats: dict[str, Any]) -> bool:
+    """Whether a session's statistics (``manager.stats``) say it has taken no input to answer about:
+    no frame submitted or watched, no note, no speech, no memory, no source pulling."""
+    ingest = stats.get("ingest") if isinstance(stats.get("ingest"), dict) else {}
+    audio = stats.get("audio") if isinstance(stats.get("audio"), dict) else {}
+    pushed = audio.get("pushed") if isinstance(audio.get("pushed"), dict) else {}
+    counts = (ingest.get("frames_submitted"), stats.get("frames"), stats.get("text_events"), stats.get("speech_events"),
+              stats.get("bank_chunks"), audio.get("committed"), pushed.get("chunks"))
+    return stats.get("source") is None and not any(isinstance(n, (int, float)) and n > 0 for n in counts)
+
+
+def labelled(message: str) -> str:
+    """``message`` with the page's settings named by their labels instead of their field names."""
+    return re.sub(r"\b(" + "|".join(SETTING_LABELS) + r")\b", lambda m: SETTING_LABELS[m.group(1)], message)
+
+
+def refuse_server_paths(manager, overrides: dict[str, Any]) -> None:
+    """The websocket API's rule for client settings, applied to the page's clients: settings that name
+    server-side paths (``memory_dir``, ``persist``) only on a server started with ``--allow-file-sources``.
+
+    Raises:
+        PageError: one of those settings was given and the server does not allow it.
+    """
+    forbidden = sorted(SERVER_PATH_FIELDS & set(overrides))
+    if forbidden and not manager.config.allow_file_sources:
+        raise PageError(f"{', '.join(forbidden)} name server-side paths and cannot be set from the page or its API "
+                        "on this server (it was not started with --allow-file-sources)")
 
 
 class PageError(RuntimeError):
@@ -42,6 +82,13 @@ class SourceStatus:
     ok: bool
     message: str
     info: dict[str, Any] | None = None
+
+
+def source_problem(exc: Exception, label: str | None = None) -> str:
+    """A source error as the page shows it: the uploaded file's name (the server's temporary path means
+    nothing to the user) and what is wrong, never a Python class name."""
+    message = str(exc).strip() or "the source cannot be read"
+    return f"{label}: {message}" if label and label not in message else message
 
 
 class PageActions:
@@ -81,33 +128,58 @@ class PageActions:
         cfg = self.manager.session_config(sid)
         return {name: getattr(cfg, name) for name in SETTING_FIELDS} | {"locked": self.manager.has_input(sid)}
 
-    def apply_settings(self, sid: str | None, session_hash: str | None, overrides: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    def apply_settings(self, sid: str | None, session_hash: str | None, overrides: dict[str, Any], *,
+                       form: bool = False) -> tuple[str, dict[str, Any]]:
         """Apply ``overrides`` (SessionConfig field names) to the tab's session.
+
+        Args:
+            form: the overrides come from the page's settings form: refusals name the form's labels
+                (API callers, who send field names, get the field names).
 
         Returns ``(sid, the session's settings as a dict)``.
 
         Raises:
-            PageError: an unknown field, a value out of range, or a field that is fixed once the
-                stream started (the message names it and says how to change it).
+            PageError: an unknown field, a value out of range, a field that is fixed once the
+                session has input (the message names it and says how to change it), or a server path
+                the server does not allow (:func:`refuse_server_paths`).
         """
         sid = self.session(sid, session_hash)
         if not isinstance(overrides, dict):
             raise PageError(f"settings must be a mapping of field names to values; got {type(overrides).__name__}")
+        refuse_server_paths(self.manager, overrides)
         try:
             cfg = self.manager.update_session(sid, dict(overrides))
+        except LiveUpdateRefused as exc:
+            if not form:
+                raise PageError(f"{exc}. Use /new_session to start over with them.") from exc
+            current = self.manager.session_config(sid)
+            fixed = [SETTING_LABELS.get(k, k) for k in overrides
+                     if k not in LIVE_FIELDS and getattr(current, k, None) != overrides[k]]
+            live = [SETTING_LABELS[k] for k in SETTING_FIELDS if k in LIVE_FIELDS]
+            raise PageError(f"{' and '.join(fixed) or 'these settings'} cannot change once the session has input "
+                            f"(a stream, a watch rule or a question); {', '.join(live)} can change at any time. "
+                            "Use “New session with these settings” to start over with them.") from exc
         except ConfigError as exc:
-            hint = " Use “New session with these settings” to start over with them." if isinstance(exc, LiveUpdateRefused) else ""
-            raise PageError(f"{exc}.{hint}") from exc
+            raise PageError(labelled(str(exc)) if form else str(exc)) from exc
         except SessionError as exc:
             raise PageError(str(exc)) from exc
         return sid, cfg.to_dict()
 
-    def restart(self, sid: str | None, session_hash: str | None, overrides: dict[str, Any] | None = None) -> str:
-        """Close the tab's session and open a new one with ``overrides``. Returns the new id."""
+    def restart(self, sid: str | None, session_hash: str | None, overrides: dict[str, Any] | None = None, *,
+                form: bool = False) -> str:
+        """Close the tab's session and open a new one with ``overrides``. Returns the new id.
+
+        Raises:
+            PageError: a bad setting (the old session stays as it was), a server path the server does
+                not allow, the session limit.
+        """
+        if overrides is not None and not isinstance(overrides, dict):
+            raise PageError(f"settings must be a mapping of field names to values; got {type(overrides).__name__}")
+        refuse_server_paths(self.manager, overrides or {})
         try:
             return self.tabs.reset(sid, session_hash, overrides)
         except (ConfigError, ManagerError) as exc:
-            raise PageError(str(exc)) from exc
+            raise PageError(labelled(str(exc)) if form else str(exc)) from exc
 
     # ---- sources ----------------------------------------------------------------------------------
     def play_file(self, sid: str | None, session_hash: str | None, path: str) -> SourceStatus:
@@ -131,8 +203,9 @@ class PageActions:
         try:
             info = self.manager.set_source(sid, spec, fps=self.source_fps, realtime=True, allow_files=allow_files)
         except SourceError as exc:
-            tab.source_error = f"{type(exc).__name__}: {exc}"  # source errors name their source
-            return SourceStatus(sid, label or spec, False, f"{type(exc).__name__}: {exc}")
+            message = source_problem(exc, label)
+            tab.source_error = message
+            return SourceStatus(sid, label or spec, False, message)
         except ManagerError as exc:
             tab.source_error = f"{label or spec}: {exc}"
             return SourceStatus(sid, label or spec, False, str(exc))
@@ -157,6 +230,13 @@ class PageActions:
             return None
 
     # ---- questions --------------------------------------------------------------------------------
+    def nothing_watched(self, sid: str) -> bool:
+        """Whether the session has seen, heard or read nothing yet (see :func:`nothing_watched`)."""
+        try:
+            return nothing_watched(self.manager.stats(sid))
+        except SessionError:
+            return False
+
     def ask(self, sid: str, question: str, max_new_tokens: int | None = None) -> Iterator[str | Answer]:
         """Stream an answer (text so far, then the :class:`Answer`); see :func:`ui.answers.stream_answer`.
 

@@ -38,12 +38,28 @@ from compression.kvcodec import KV_BITS
 from streaming.errors import SourceError
 
 from . import render
-from .actions import PageActions, PageError
+from .actions import NOTHING_WATCHED, SETTING_LABELS, PageActions, PageError
 from .config import PageConfig, PageConfigError
 from .style import PAGE_CSS, page_theme
 from .tabs import TabRegistry
 
 logger = logging.getLogger(__name__)
+
+#: Runs in the browser when a source tab other than the webcam's is chosen: stops the webcam's stream
+#: (its record button reads "Stop" while it streams), so frames from a camera nobody looks at do not
+#: mix into the stream of the file or URL the user turned to.
+STOP_WEBCAM_JS = """
+() => {
+  const button = document.querySelector('#ls-webcam button.capture-button');
+  if (button && /stop/i.test(button.innerText || button.textContent || '')) button.click();
+}
+"""
+
+#: The settings note under the settings form.
+SETTINGS_NOTE = ("Token drop, KV bits and window are fixed once the session has input: a stream, a watch rule or "
+                 "a question. Top-k can change at any time; “New session with these settings” starts over with "
+                 "any of them.")
+
 
 def model_notice(manager) -> str | None:
     """The notice shown at the top of the page: the manager's, or a warning about random weights."""
@@ -92,7 +108,7 @@ def build_page(manager, config: PageConfig | None = None):
             # ------------------------------------------------------------------ video + stats
             with gr.Column(scale=5, min_width=360):
                 with gr.Tabs():
-                    with gr.Tab("Webcam", id="webcam"):
+                    with gr.Tab("Webcam", id="webcam") as webcam_tab:
                         cam = gr.Image(label="Webcam (streams to the server while recording)", sources=["webcam"],
                                        streaming=True, webcam_options=gr.WebcamOptions(mirror=False), height=300,
                                        elem_id="ls-webcam")
@@ -100,10 +116,10 @@ def build_page(manager, config: PageConfig | None = None):
                         if speech:
                             mic = gr.Audio(label="Microphone (streams with the webcam; what it hears is transcribed)",
                                            sources=["microphone"], streaming=True, type="numpy", elem_id="ls-mic")
-                    with gr.Tab("Video file", id="file"):
+                    with gr.Tab("Video file", id="file") as file_tab:
                         upload = gr.File(label="Video file, played as a live stream", file_types=["video"],
                                          type="filepath", height=120, elem_id="ls-upload")
-                    with gr.Tab("Camera URL", id="url"):
+                    with gr.Tab("Camera URL", id="url") as url_tab:
                         url_box = gr.Textbox(label="RTSP / HTTP camera URL", placeholder="rtsp://camera.local:8554/stream",
                                              max_lines=1, elem_id="ls-url")
                         connect_btn = gr.Button("Connect", variant="primary", size="sm")
@@ -122,18 +138,22 @@ def build_page(manager, config: PageConfig | None = None):
                                                  "Answers cite the moments they used.",
                                      feedback_options=None, layout="bubble", buttons=["copy"])
                 with gr.Row():
-                    msg = gr.Textbox(show_label=False, placeholder="Ask: what happened before the cut?", scale=6,
+                    msg = gr.Textbox(show_label=False, placeholder="Ask: what happened before the cut? (questions "
+                                     "sent while an answer streams wait their turn)", scale=6,
                                      max_lines=3, elem_id="ls-question")
                     send_btn = gr.Button("Ask", variant="primary", scale=1, min_width=80)
                     stop_btn = gr.Button("Stop", scale=0, min_width=70)
+                    api_chat_btn = gr.Button("chat", visible=False)  # carries the /chat API endpoint
                 with gr.Accordion("Watch rules and alerts", open=True):
                     with gr.Row():
                         rule_box = gr.Textbox(show_label=False, placeholder="Alert me when… (e.g. a person enters)",
                                               scale=5, max_lines=1, elem_id="ls-rule")
                         add_rule_btn = gr.Button("Add rule", scale=1, min_width=90)
+                    watch_note = render.watch_note(spec, vision=defaults.vision)
+                    gr.HTML(render.notice_html(watch_note), visible=bool(watch_note), elem_id="ls-watch-note")
                     rules_box = gr.HTML(render.rules_html([]), elem_id="ls-rules")
                     with gr.Row(equal_height=True, visible=False) as remove_row:
-                        remove_dd = gr.Dropdown(choices=[], value=None, show_label=False, scale=5,
+                        remove_dd = gr.Dropdown(choices=[], value=None, label="Rule to remove", scale=5,
                                                 elem_id="ls-remove-rule")
                         remove_btn = gr.Button("Remove rule", size="sm", scale=1, min_width=90)
                     gr.Markdown("**Alerts**")
@@ -148,8 +168,7 @@ def build_page(manager, config: PageConfig | None = None):
                     with gr.Row():
                         apply_btn = gr.Button("Apply", size="sm")
                         restart_btn = gr.Button("New session with these settings", size="sm")
-                    settings_note = gr.Markdown("Token drop, KV bits and window are fixed once the stream starts; "
-                                                "top-k can change at any time.", elem_id="ls-settings-note")
+                    settings_note = gr.Markdown(SETTINGS_NOTE, elem_id="ls-settings-note")
                 with gr.Accordion("Last answer (details)", open=False):
                     details = gr.JSON(label="answer, evidence and usage", elem_id="ls-details")
 
@@ -180,6 +199,8 @@ def build_page(manager, config: PageConfig | None = None):
                 logger.warning("webcam frame without a session: %s", exc)
                 return sid
             tab = tabs.tab(sid)
+            if tab.webcam_left:  # a frame sent before the browser stopped the webcam: not part of the stream
+                return sid
             try:
                 tabs.webcam_frame(tab, image)
             except (ValueError, SessionError) as exc:  # a bad or oversized frame fails alone
@@ -234,6 +255,17 @@ def build_page(manager, config: PageConfig | None = None):
                 webcam = f"streaming · {tab.frames_sent} frames sent" + (f" · {fps:.1f} fps" if fps else "")
             return render.source_html(actions.progress(sid), tab.source_label, error=tab.source_error, webcam=webcam)
 
+        def webcam_shown(shown: bool, sid, session_hash) -> None:
+            tab = tabs.tab(actions.existing(sid, session_hash))
+            if tab is not None:
+                tab.webcam_left = not shown
+
+        def on_webcam_tab(sid, request: gr.Request):
+            webcam_shown(True, sid, _session_hash(request))
+
+        def on_other_tab(sid, request: gr.Request):
+            webcam_shown(False, sid, _session_hash(request))
+
         def on_upload(path, sid, request: gr.Request):
             if not path:
                 return sid, source_view(sid)
@@ -254,49 +286,71 @@ def build_page(manager, config: PageConfig | None = None):
             sid = actions.stop_source(sid, _session_hash(request))
             return sid, source_view(sid)
 
-        def chat(message, history, sid, request: gr.Request):
-            history = list(history or [])
+        def on_question(message, sid, request: gr.Request):
+            """Enter / Ask: the question joins the tab's chat at once (queued when an answer is streaming)
+            and the box is cleared; :func:`answer_questions` answers it. Never waits for the model."""
             question = (message or "").strip()
             if not question:
-                yield history, "", gr.skip(), sid
-                return
-            history.append({"role": "user", "content": render.esc(question)})
+                return gr.skip(), gr.skip(), sid
             try:
                 sid = actions.session(sid, _session_hash(request))
             except PageError as exc:
-                history.append({"role": "assistant", "content": render.error_message(str(exc))})
-                yield history, "", gr.skip(), sid
+                gr.Warning(str(exc))
+                return gr.skip(), gr.skip(), sid
+            tab = tabs.tab(sid)
+            waiting = tab.answering or bool(tab.pending)
+            shown = tabs.enqueue_question(tab, question, render.esc(question),
+                                          render.queued_message() if waiting else render.streaming_message(""))
+            return shown, "", sid
+
+        def answer_questions(sid, request: gr.Request):
+            """Answer the tab's waiting questions in order, streaming each into its bot message. A second
+            call while one is answering returns at once: the first answers the new question too."""
+            sid = actions.existing(sid, _session_hash(request))
+            tab = tabs.tab(sid)
+            if tab is None or not tabs.start_answering(tab):
                 return
-            history.append({"role": "assistant", "content": render.streaming_message("")})
-            yield history, "", gr.skip(), sid
-            try:
-                for item in actions.ask(sid, question):
-                    if isinstance(item, str):
-                        history[-1] = {"role": "assistant", "content": render.streaming_message(item)}
-                        yield history, "", gr.skip(), sid
+            while (item := tabs.next_question(tab)) is not None:
+                question, index = item
+                if actions.nothing_watched(sid):
+                    yield tabs.set_message(tab, index, render.notice_message(NOTHING_WATCHED)), gr.skip()
+                    continue
+                yield tabs.set_message(tab, index, render.streaming_message("")), gr.skip()
+                try:
+                    for part in actions.ask(sid, question):
+                        if isinstance(part, str):
+                            yield tabs.set_message(tab, index, render.streaming_message(part)), gr.skip()
+                        else:
+                            yield tabs.set_message(tab, index, render.answer_message(part)), part.to_dict()
+                except Exception as exc:  # noqa: BLE001 - shown in the chat, never a crash of the page
+                    if isinstance(exc, (PageError, SessionError)):
+                        logger.info("session %s: question refused: %s", sid, exc)
                     else:
-                        history[-1] = {"role": "assistant", "content": render.answer_message(item)}
-                        yield history, "", item.to_dict(), sid
-            except Exception as exc:  # noqa: BLE001 - shown in the chat, never a crash of the page
-                if isinstance(exc, (PageError, SessionError)):
-                    logger.info("session %s: question refused: %s", sid, exc)
-                else:
-                    logger.exception("session %s: question failed", sid)
-                history[-1] = {"role": "assistant", "content": render.error_message(str(exc) or type(exc).__name__)}
-                yield history, "", gr.skip(), sid
+                        logger.exception("session %s: question failed", sid)
+                    yield tabs.set_message(tab, index, render.error_message(render.problem_text(exc))), gr.skip()
 
         def on_stop_answer(sid, request: gr.Request):
             sid = actions.existing(sid, _session_hash(request))
-            if sid is not None:
-                try:
-                    manager.cancel(sid)
-                except SessionError:  # closed meanwhile: nothing to cancel
-                    pass
+            tab = tabs.tab(sid)
+            if sid is None or tab is None:
+                return gr.skip()
+            dropped = tabs.drop_pending(tab, render.notice_message("Not asked: Stop was pressed."))
+            try:
+                manager.cancel(sid)
+            except SessionError:  # closed meanwhile: nothing to cancel
+                pass
+            return tabs.chat(tab) if dropped else gr.skip()
+
+        def watch_checks(sid) -> int | None:
+            try:
+                return (manager.stats(sid).get("watch") or {}).get("checks") if sid else None
+            except SessionError:
+                return None
 
         def rules_view(sid):
             rules = actions.rules(sid)
-            return (render.rules_html(rules), gr.update(choices=render.rule_choices(rules), value=None),
-                    gr.update(visible=bool(rules)))
+            return (render.rules_html(rules, checks=watch_checks(sid)),
+                    gr.update(choices=render.rule_choices(rules), value=None), gr.update(visible=bool(rules)))
 
         def on_add_rule(text, sid, request: gr.Request):
             try:
@@ -321,15 +375,16 @@ def build_page(manager, config: PageConfig | None = None):
 
         def on_apply(drop, bits, top_k, window, sid, request: gr.Request):
             try:
-                sid, cfg = actions.apply_settings(sid, _session_hash(request), form_overrides(drop, bits, top_k, window))
+                sid, cfg = actions.apply_settings(sid, _session_hash(request), form_overrides(drop, bits, top_k, window),
+                                                  form=True)
             except PageError as exc:
                 return sid, f"⚠ **Not applied:** {exc}"
-            shown = ", ".join(f"{k} = {cfg[k]}" for k in ("drop", "kv_bits", "top_k", "window_tokens"))
+            shown = ", ".join(f"{SETTING_LABELS[k]} = {cfg[k]}" for k in ("drop", "kv_bits", "top_k", "window_tokens"))
             return sid, f"✓ Applied: {shown}"
 
         def on_restart(drop, bits, top_k, window, sid, request: gr.Request):
             try:
-                sid = actions.restart(sid, _session_hash(request), form_overrides(drop, bits, top_k, window))
+                sid = actions.restart(sid, _session_hash(request), form_overrides(drop, bits, top_k, window), form=True)
             except PageError as exc:
                 return (sid, gr.skip(), f"⚠ **No new session:** {exc}", *[gr.skip()] * 6)
             return (sid, render.header_html(model_name, sid), f"✓ New session `{sid}` started.", [], None,
@@ -339,20 +394,51 @@ def build_page(manager, config: PageConfig | None = None):
             sid = actions.existing(sid, _session_hash(request))
             tab = tabs.tab(sid)
             if sid is None or tab is None:
-                return render.stats_html(None), gr.skip(), source_view(None), gr.skip(), gr.skip()
+                return render.stats_html(None), gr.skip(), source_view(None), gr.skip(), gr.skip(), gr.skip()
             try:
                 stats = actions.stats(sid)
                 history = manager.kept_history(sid)
             except SessionError:  # the session closed between calls (UnknownSession)
-                return render.stats_html(None), gr.skip(), source_view(None), gr.skip(), gr.skip()
+                return render.stats_html(None), gr.skip(), source_view(None), gr.skip(), gr.skip(), gr.skip()
             key = (len(history), history[-1][0] if history else None)
             plot = gr.skip() if key == tab.plotted else render.kept_frame(history)
             tab.plotted = key
             for alert in tabs.new_alerts(tab)[-3:]:
                 gr.Info(f"Alert at {render.format_span(alert.pts, alert.pts)}: {alert.rule}", duration=6)
             webcam_fps = stats.get("page", {}).get("webcam_fps")
+            rules = actions.rules(sid)
             return (render.stats_html(stats, webcam_fps=webcam_fps), plot, source_view(sid),
-                    render.alerts_html(tabs.alerts(tab)), transcript_view(sid))
+                    render.alerts_html(tabs.alerts(tab)), transcript_view(sid),
+                    render.rules_html(rules, checks=(stats.get("watch") or {}).get("checks")))
+
+        def api_chat(message, history, request: gr.Request):
+            """``/chat`` for ``gradio_client`` callers (message, history): yields (history with the answer so
+            far, "", None), then (history with the answer and its evidence, "", answer details)."""
+            history = list(history or [])
+            question = (message or "").strip()
+            if not question:
+                yield history, "", None
+                return
+            history.append({"role": "user", "content": render.esc(question)})
+            try:
+                sid = actions.session(None, _session_hash(request))
+            except PageError as exc:
+                yield [*history, {"role": "assistant", "content": render.error_message(str(exc))}], "", None
+                return
+            if actions.nothing_watched(sid):
+                yield [*history, {"role": "assistant", "content": render.notice_message(NOTHING_WATCHED)}], "", None
+                return
+            try:
+                for part in actions.ask(sid, question):
+                    if isinstance(part, str):
+                        yield [*history, {"role": "assistant", "content": render.streaming_message(part)}], "", None
+                    else:
+                        yield [*history, {"role": "assistant", "content": render.answer_message(part)}], "", part.to_dict()
+            except Exception as exc:  # noqa: BLE001 - answered in the chat, never a crash of the page
+                if not isinstance(exc, (PageError, SessionError)):
+                    logger.exception("session %s: question failed", sid)
+                yield [*history, {"role": "assistant", "content": render.error_message(render.problem_text(exc))}], "", None
+
 
         # ------------------------------------------------------------------------ wiring
         private = dict(api_visibility="private")
@@ -363,15 +449,29 @@ def build_page(manager, config: PageConfig | None = None):
         if mic is not None:
             mic.stream(on_mic, [mic, sid_state], [sid_state], stream_every=config.stream_every_s, time_limit=None,
                        concurrency_limit=None, show_progress="hidden", **private)
-        upload.upload(on_upload, [upload, sid_state], [sid_state, source_box], api_name="play_video",
-                      concurrency_limit=None)
-        upload.clear(on_stop_source, [sid_state], [sid_state, source_box], **private)
-        gr.on([connect_btn.click, url_box.submit], on_connect, [url_box, sid_state], [sid_state, source_box],
-              concurrency_limit=None, **private)
-        stop_src_btn.click(on_stop_source, [sid_state], [sid_state, source_box], concurrency_limit=None, **private)
-        gr.on([msg.submit, send_btn.click], chat, [msg, chatbot, sid_state], [chatbot, msg, details, sid_state],
-              api_name="chat", concurrency_limit=16, show_progress="hidden")
-        stop_btn.click(on_stop_answer, [sid_state], None, queue=False, **private)
+        # the source box says what is going on itself: Gradio's progress text stays out of it
+        quiet = dict(show_progress="hidden")
+        for other in (file_tab, url_tab):
+            other.select(None, js=STOP_WEBCAM_JS, **private)
+            other.select(on_other_tab, [sid_state], None, queue=False, **private)
+        webcam_tab.select(on_webcam_tab, [sid_state], None, queue=False, **private)
+        upload.upload(lambda: render.source_html(None, status="opening the video…"), None, source_box, queue=False,
+                      **quiet, **private).then(on_upload, [upload, sid_state], [sid_state, source_box],
+                                               api_name="play_video", concurrency_limit=None, **quiet)
+        upload.clear(on_stop_source, [sid_state], [sid_state, source_box], **quiet, **private)
+        gr.on([connect_btn.click, url_box.submit], lambda: render.source_html(None, status="connecting…"), None,
+              source_box, queue=False, **quiet, **private).then(
+            on_connect, [url_box, sid_state], [sid_state, source_box], concurrency_limit=None, **quiet, **private)
+        stop_src_btn.click(on_stop_source, [sid_state], [sid_state, source_box], concurrency_limit=None, **quiet,
+                           **private)
+        gr.on([msg.submit, send_btn.click], on_question, [msg, sid_state], [chatbot, msg, sid_state], queue=False,
+              trigger_mode="multiple", **quiet, **private).then(
+            answer_questions, [sid_state], [chatbot, details], concurrency_limit=16, trigger_mode="multiple",
+            **quiet, **private)
+        stop_btn.click(on_stop_answer, [sid_state], chatbot, queue=False, **private)
+        # /chat for API clients: the chat with the history they hand in (the page's own chat keeps its history)
+        api_chat_btn.click(api_chat, [msg, chatbot], [chatbot, msg, details], api_name="chat", concurrency_limit=16,
+                           **quiet)
         gr.on([add_rule_btn.click, rule_box.submit], on_add_rule, [rule_box, sid_state],
               [sid_state, rule_box, rules_box, remove_dd, remove_row], concurrency_limit=None, **private)
         remove_btn.click(on_remove_rule, [remove_dd, sid_state], [sid_state, rules_box, remove_dd, remove_row],
@@ -381,7 +481,7 @@ def build_page(manager, config: PageConfig | None = None):
         restart_btn.click(on_restart, [drop_dd, bits_dd, topk_sl, window_nb, sid_state],
                           [sid_state, header, settings_note, chatbot, details, rules_box, remove_dd, remove_row, alerts_box],
                           concurrency_limit=None, **private)
-        timer.tick(on_tick, [sid_state], [stats_box, kept_plot, source_box, alerts_box, transcript_box],
+        timer.tick(on_tick, [sid_state], [stats_box, kept_plot, source_box, alerts_box, transcript_box, rules_box],
                    concurrency_limit=None, show_progress="hidden", **private)
 
         _api_endpoints(actions, tabs, manager)
@@ -403,6 +503,8 @@ def _api_endpoints(actions: PageActions, tabs: TabRegistry, manager) -> None:
         where details is the answer with its evidence (thumbnails as base64 JPEG) and usage."""
         try:
             sid = actions.session(None, _session_hash(request))
+            if isinstance(question, str) and question.strip() and actions.nothing_watched(sid):
+                raise PageError(NOTHING_WATCHED)
             limit = int(max_new_tokens) if max_new_tokens else None
             for item in actions.ask(sid, question, max_new_tokens=limit):
                 if isinstance(item, str):

@@ -126,6 +126,26 @@ def error_message(problem: str) -> str:
     return f'<span class="ls-error">⚠ {esc(problem)}</span>'
 
 
+def queued_message() -> str:
+    """The bot message of a question sent while another answer streams: it waits its turn."""
+    return '<span class="ls-queued">⏳ queued: answered when the current answer ends</span>'
+
+
+def notice_message(text: str) -> str:
+    """A bot message that is a notice, not an answer (e.g. nothing watched yet)."""
+    return f'<span class="ls-muted">ℹ {esc(text)}</span>'
+
+
+def problem_text(exc: BaseException) -> str:
+    """What went wrong, for the user: the exception's message, never its Python class name (a message
+    that is empty or that starts with the class name, as some libraries write them, gets a plain lead)."""
+    text = str(exc).strip()
+    name = type(exc).__name__
+    if text.startswith(name + ":"):
+        text = text[len(name) + 1:].strip()
+    return text or "the answer failed (the server log has the details)"
+
+
 def _clip(text: str, n: int) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= n else text[: n - 1] + "…"
@@ -278,9 +298,12 @@ def progress_html(progress: Mapping[str, Any] | None, label: str | None = None) 
 
 
 def source_html(progress: Mapping[str, Any] | None, label: str | None = None, *, error: str | None = None,
-                webcam: str | None = None) -> str:
+                webcam: str | None = None, status: str | None = None) -> str:
     """The source panel: the last source error (kept until the next request), then the pulled
-    source's progress, or a line about the browser webcam (``webcam``) when no source is pulled."""
+    source's progress, or a line about the browser webcam (``webcam``) when no source is pulled;
+    ``status`` alone: what is being done now (e.g. "connecting…")."""
+    if status:
+        return f'<div class="ls-progress ls-busy">{esc(status)}</div>'
     parts = []
     if error:
         parts.append(f'<div class="ls-progress ls-error" role="alert">⚠ {esc(error)}</div>')
@@ -293,17 +316,38 @@ def source_html(progress: Mapping[str, Any] | None, label: str | None = None, *,
 
 # ------------------------------------------------------------------------------------ watch rules
 
-def rules_html(rules: Sequence[WatchRule]) -> str:
-    """The standing watch rules as a list."""
+def rules_html(rules: Sequence[WatchRule], *, checks: int | float | None = None) -> str:
+    """The standing watch rules as a numbered list (the number is the rule's label in the remove
+    menu), with how often they were checked (``checks``: the session's watch checks so far)."""
     if not rules:
         return '<div class="ls-rules ls-muted">No watch rules. Add one, e.g. “a person enters”.</div>'
-    items = "".join(f'<li><code>{esc(r.rule_id)}</code> {esc(r.text)}</li>' for r in rules)
-    return f'<ul class="ls-rules">{items}</ul>'
+    items = "".join(f"<li>{esc(r.text)}</li>" for r in rules)
+    n = int(checks) if isinstance(checks, (int, float)) and not isinstance(checks, bool) and checks >= 0 else 0
+    times = "not checked yet" if n == 0 else f"checked {n} time{'s' if n != 1 else ''}"
+    count = (f'<div class="ls-rules-count">{len(rules)} rule{"s" if len(rules) != 1 else ""} · {times} '
+             "(rules are checked when the scene changes)</div>")
+    return f'<div class="ls-rules">{count}<ol>{items}</ol></div>'
 
 
 def rule_choices(rules: Sequence[WatchRule]) -> list[tuple[str, str]]:
-    """``[(label, rule_id)]`` for the remove-rule dropdown."""
-    return [(_clip(r.text, 60), r.rule_id) for r in rules]
+    """``[(label, rule_id)]`` for the remove-rule menu: the rule's number in the list and its text."""
+    return [(f"{i}. {_clip(r.text, 60)}", r.rule_id) for i, r in enumerate(rules, 1)]
+
+
+def watch_note(spec: Any, *, vision: bool = True) -> str | None:
+    """What the watch rules cannot do with this model (``spec``: its ``BackendSpec``), or None.
+
+    A model with random weights answers yes or no at random; a model that does not see (vision off,
+    or a random vision tower) cannot answer yes to a rule about what is on screen."""
+    if spec is None:
+        return None
+    if getattr(spec, "random_weights", False) and not getattr(spec, "random_vision", False):
+        return ("This model has random weights: its yes/no answers to watch rules are not meaningful, so it "
+                "cannot really answer yes and its alerts mean nothing.")
+    if getattr(spec, "random_vision", False) or not vision:
+        return ("This model does not see the video (vision is off): it cannot answer yes to a rule about what is "
+                "on screen; rules about what is said or written in notes can match.")
+    return None
 
 
 def alerts_html(alerts: Sequence[Alert], limit: int = 20) -> str:

@@ -37,6 +37,8 @@ div.ls-thumb.ls-speech {border:2px solid #5c7cfa; font-style:italic}
 .ls-more {align-self:center; color:var(--body-text-color-subdued)}
 .ls-stop {color:var(--body-text-color-subdued)}
 ul.ls-rules, ul.ls-alerts {margin:.2rem 0; padding-left:1.1rem; max-height:11rem; overflow-y:auto}
+.ls-rules ol {margin:.2rem 0; padding-left:1.4rem; max-height:11rem; overflow-y:auto}
+.ls-rules-count, .ls-queued, .ls-busy {color:var(--body-text-color-subdued); font-size:.85rem}
 ul.ls-alerts li {margin:.15rem 0}
 """
 

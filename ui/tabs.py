@@ -56,6 +56,10 @@ class Tab:
     mic_pieces: int = 0
     mic_seconds: float = 0.0
     mic_refused: int = 0
+    chat: list = field(default_factory=list)  # the chat as the page shows it (messages as Gradio takes them)
+    pending: deque = field(default_factory=deque)  # (question text, index of its bot message in ``chat``), oldest first
+    webcam_left: bool = False  # the user turned to another source tab: the browser stops the webcam
+    answering: bool = False  # a chat handler is answering this tab's questions (it drains ``pending``)
 
     def webcam_pts(self, now: float) -> float:
         """Stream time of a browser frame arriving at ``now`` (monotonic): seconds since the
@@ -219,6 +223,55 @@ class TabRegistry:
     def alerts(self, tab: Tab) -> list:
         with self._lock:
             return list(tab.alerts)
+
+    # ---- the chat ---------------------------------------------------------------------------------
+    def enqueue_question(self, tab: Tab, question: str, question_html: str, placeholder_html: str) -> list:
+        """Add ``question`` to the tab's chat (shown as ``question_html``; its bot message is
+        ``placeholder_html`` until it is answered) and to the questions waiting for an answer.
+        Returns the chat as it now is (a copy)."""
+        with self._lock:
+            tab.chat.append({"role": "user", "content": question_html})
+            tab.chat.append({"role": "assistant", "content": placeholder_html})
+            tab.pending.append((question, len(tab.chat) - 1))
+            return list(tab.chat)
+
+    def start_answering(self, tab: Tab) -> bool:
+        """Claim the tab's answering: True when no other handler answers its questions now (the caller
+        then drains them with :meth:`next_question`)."""
+        with self._lock:
+            if tab.answering:
+                return False
+            tab.answering = True
+            return True
+
+    def next_question(self, tab: Tab):
+        """The oldest waiting question as ``(question, bot message index)``; None when there is none
+        (then the claim of :meth:`start_answering` is released, under the same lock as
+        :meth:`enqueue_question`, so a question added meanwhile is never left unanswered)."""
+        with self._lock:
+            if tab.pending:
+                return tab.pending.popleft()
+            tab.answering = False
+            return None
+
+    def drop_pending(self, tab: Tab, message_html: str) -> int:
+        """Forget the questions still waiting (their bot messages become ``message_html``). Returns how many."""
+        with self._lock:
+            dropped = list(tab.pending)
+            tab.pending.clear()
+            for _, index in dropped:
+                tab.chat[index] = {"role": "assistant", "content": message_html}
+            return len(dropped)
+
+    def set_message(self, tab: Tab, index: int, content_html: str) -> list:
+        """Replace the bot message at ``index``. Returns the chat (a copy)."""
+        with self._lock:
+            tab.chat[index] = {"role": "assistant", "content": content_html}
+            return list(tab.chat)
+
+    def chat(self, tab: Tab) -> list:
+        with self._lock:
+            return list(tab.chat)
 
     # ---- webcam frames ----------------------------------------------------------------------------
     def mic_audio(self, tab: Tab, rate: int, samples: np.ndarray) -> float:

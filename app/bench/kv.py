@@ -4,7 +4,9 @@ The KV is real: one frame of ``bikes.mp4`` is encoded by the model's vision towe
 after the system prompt; the 64 visual tokens' keys and values ``(L, H, 64, D)`` (SmolLM2's 30
 layers x 3 KV heads x 64 dims for ``smolvlm2-256m-smollm2``, real text weights) are packed by
 ``compression.kvcodec.KVCodec`` at every ``kv_bits`` (32/16/8/4/2), value mode (per channel /
-per token) and group size. Bytes count everything stored (codes, scales, zero points);
+per token / ternary per token), group size and number of float16 outlier key channels. Bytes
+count everything stored (codes, scales, zero points, outlier channels and their indices); the
+chunk file column is the whole file a chunk takes on disk (with positions, summary, metadata);
 throughput is float32 input megabytes (keys + values, 10^6 bytes) per second, median of
 ``--repeat`` timed calls.
 """
@@ -22,7 +24,8 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="smolvlm2-256m-smollm2", help="backend whose KV is packed")
     parser.add_argument("--bits", default="32,16,8,4,2", help="kv_bits values (default 32,16,8,4,2)")
-    parser.add_argument("--group-sizes", default="32,64", help="quantization group sizes (default 32,64)")
+    parser.add_argument("--group-sizes", default="32,64,128", help="quantization group sizes (default 32,64,128)")
+    parser.add_argument("--outliers", default="0,1,2", help="float16 outlier key channels (default 0,1,2)")
     parser.add_argument("--repeat", type=int, default=20, help="timed encode/decode calls per setting (default 20)")
     parser.add_argument("--quick", action="store_true", help="tiny random model, 3 calls per setting (a smoke test)")
     from app.bench import runtime as _rt
@@ -71,6 +74,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     repeat = int(runtime.check_range("repeat", args.repeat, 1, 10_000))
     bits_list = runtime.parse_ints("bits", args.bits, 2, 32)
     groups = runtime.parse_ints("group_sizes", args.group_sizes, 1, 4096)
+    outliers = runtime.parse_ints("outliers", args.outliers, 0, 64)
     for b in bits_list:
         check_choice("--bits values", b, KV_BITS)
     load0 = runtime.load_average()
@@ -80,25 +84,41 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     backend.close()
     input_bytes = (k.numel() + v.numel()) * 4
     rows = []
+    from memory.chunk import ChunkMeta
+    from memory.store import PackedChunk, encode_chunk
+
+    meta = ChunkMeta(chunk_id=0, t_start=0.0, t_end=1.0, kind="frame", n_tokens=int(k.shape[2]))
+    positions = torch.arange(k.shape[2], dtype=torch.int64)
+    summary = k.mean(2).flatten().float()
+    settings = []
     for bits in bits_list:
         for mode in VALUE_MODES:
+            if bits > 8 and mode != "channel":
+                continue  # float storage: value mode, groups and outliers do not apply
             for group in (groups if bits <= 8 else groups[:1]):
-                if bits > 8 and mode == "token":
-                    continue  # float storage: value mode and groups do not apply
-                codec = KVCodec(KVCodecConfig(bits=bits, value_mode=mode, group_size=group))
-                packed = codec.encode(k, v)
-                k2, v2 = codec.decode(packed, torch.float32)
-                enc_s = _time(lambda codec=codec: codec.encode(k, v), repeat)
-                dec_s = _time(lambda codec=codec, packed=packed: codec.decode(packed, torch.float32), repeat)
-                rows.append({
-                    "bits": bits, "value_mode": mode if bits <= 8 else "-", "group_size": group if bits <= 8 else None,
-                    "bytes_per_frame": packed.nbytes, "bits_per_element": float(packed.bits_per_element()),
-                    "ratio_vs_fp32": input_bytes / packed.nbytes,
-                    "key_rel_error": float((k2 - k).norm() / k.norm()), "value_rel_error": float((v2 - v).norm() / v.norm()),
-                    "encode_mb_s": input_bytes / 1e6 / enc_s, "decode_mb_s": input_bytes / 1e6 / dec_s,
-                    "encode_ms": 1000 * enc_s, "decode_ms": 1000 * dec_s,
-                })
-                log.info("kv %s", rows[-1])
+                for n_out in (outliers if bits <= 8 else outliers[:1]):
+                    settings.append(KVCodecConfig(bits=bits, value_mode=mode, group_size=group,
+                                                  outlier_channels=n_out if bits <= 8 else 0))
+    for cfg in settings:
+        bits, mode, group = cfg.bits, cfg.value_mode, cfg.group_size
+        codec = KVCodec(cfg)
+        packed = codec.encode(k, v)
+        file_bytes = len(encode_chunk(PackedChunk(meta=meta, packed=packed, positions=positions,
+                                                  summary=summary))[0])
+        k2, v2 = codec.decode(packed, torch.float32)
+        enc_s = _time(lambda codec=codec: codec.encode(k, v), repeat)
+        dec_s = _time(lambda codec=codec, packed=packed: codec.decode(packed, torch.float32), repeat)
+        rows.append({
+            "bits": bits, "value_mode": mode if bits <= 8 else "-", "group_size": group if bits <= 8 else None,
+            "outlier_channels": cfg.outlier_channels if bits <= 8 else None,
+            "bytes_per_frame": packed.nbytes, "bits_per_element": float(packed.bits_per_element()),
+            "chunk_file_bytes": file_bytes,
+            "ratio_vs_fp32": input_bytes / packed.nbytes,
+            "key_rel_error": float((k2 - k).norm() / k.norm()), "value_rel_error": float((v2 - v).norm() / v.norm()),
+            "encode_mb_s": input_bytes / 1e6 / enc_s, "decode_mb_s": input_bytes / 1e6 / dec_s,
+            "encode_ms": 1000 * enc_s, "decode_ms": 1000 * dec_s,
+        })
+        log.info("kv %s", rows[-1])
     shape = tuple(k.shape)
     metrics = {"shape": shape, "input_bytes_fp32": input_bytes, "rows": rows, "load_avg_start": load0}
     options: dict[str, Any] = {"quick": True, "threads": args.threads} if args.quick else {"threads": args.threads,
@@ -111,17 +131,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         f"float32. Throughput = float32 MB (10^6 bytes, keys + values) per second, median of {repeat} calls on "
         f"{torch.get_num_threads()} threads; load average {load0} at the start.",
         "",
-        "| kv_bits | values | group | bytes / frame | bits / element | x smaller than fp32 | key rel. error | value rel. error "
-        "| encode MB/s | decode MB/s |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| kv_bits | values | group | outlier ch. | bytes / frame | bits / element | <= 2.5 | chunk file bytes "
+        "| x smaller than fp32 | key rel. error | value rel. error | encode MB/s | decode MB/s |",
+        "|---:|---|---:|---:|---:|---:|:-:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        out = "-" if r["outlier_channels"] is None else str(r["outlier_channels"])
         lines.append(
-            f"| {r['bits']} | {r['value_mode']} | {r['group_size'] or '-'} | {r['bytes_per_frame']:,} | "
-            f"{r['bits_per_element']:.2f} | {r['ratio_vs_fp32']:.1f} | {r['key_rel_error']:.4f} | {r['value_rel_error']:.4f} | "
+            f"| {r['bits']} | {r['value_mode']} | {r['group_size'] or '-'} | {out} | {r['bytes_per_frame']:,} | "
+            f"{r['bits_per_element']:.2f} | {'yes' if r['bits_per_element'] <= 2.5 else ''} | {r['chunk_file_bytes']:,} | "
+            f"{r['ratio_vs_fp32']:.1f} | {r['key_rel_error']:.4f} | {r['value_rel_error']:.4f} | "
             f"{r['encode_mb_s']:.0f} | {r['decode_mb_s']:.0f} |")
     lines += ["", "- *bits / element* is `PackedKV.bits_per_element()`: every stored byte (codes, float16 scales and zero "
-              "points) over the number of key and value elements; keys are always quantized per channel (groups of tokens). "
+              "points, float16 outlier key channels and their int16 indices) over the number of key and value elements; "
+              "keys are always quantized per channel (groups of tokens, so a group can hold at most the frame's tokens). "
+              "*ternary*: values per token in three levels, five codes to a byte (1.6 bits) plus a float16 scale and zero "
+              "point per group of channels. *chunk file bytes*: the file `memory.store` writes for this frame (two "
+              "checksummed sections, positions, summary and metadata included). "
               "A frame in the memory bank also stores its positions (int64) and a float32 summary (S = L x H x D) outside "
               "these figures."]
     return {"title": "KV codec: bytes per frame, bits per element, throughput",

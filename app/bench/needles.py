@@ -11,6 +11,7 @@ answer can be chosen among four options by their log-likelihood (:meth:`Needle.o
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 
 NAMES = ("Marta", "Jonas", "Priya", "Tomas", "Aiko", "Diego", "Fatima", "Oskar", "Lena", "Rafael", "Ingrid",
@@ -42,6 +43,9 @@ class Needle:
         answer: the expected short answer.
         depth: ``index / (events - 1)``: 0 = the first event, 1 = the last.
         distractors: other answers of the same kind (none equal to ``answer``), for a choice among options.
+        reply: the start of the assistant's reply that leads to the answer (the fact up to its answer,
+            e.g. "Marta parked the van in bay"): scoring the answer after it measures whether the model
+            finds the fact, not whether it phrases replies as one bare word.
     """
 
     index: int
@@ -51,6 +55,7 @@ class Needle:
     answer: str
     depth: float
     distractors: tuple[str, ...] = ()
+    reply: str = ""
 
     def options(self) -> tuple[str, ...]:
         """The expected answer first, then the distractors: ``(answer, *distractors)``."""
@@ -113,17 +118,21 @@ def distractor_answers(seed: int, index: int, kind: int, answer: str, count: int
 
 
 def make_stream(seed: int, events: int = 230, needles: int = 10, *, start_pts: float = 1.0,
-                step_s: float = 1.0, margin: float = 0.03) -> NeedleStream:
+                step_s: float = 1.0, margin: float = 0.03, sentences: int = 1) -> NeedleStream:
     """A seeded stream of ``events`` timed events, ``needles`` of them facts at evenly spread depths.
 
     Each needle has its own subject (a name, or a place for passwords), so no two facts share a
-    question; distractors mention none of the names, places or answers.
+    question; distractors mention none of the names, places or answers. Each event is a note of
+    ``sentences`` sentences (longer notes make longer memory chunks: text events are one chunk
+    each); a needle's fact takes the place of one of its note's sentences, at a seeded position.
 
     Raises:
-        ValueError: ``needles`` not in [1, min(events, 24)] or ``events`` < 2.
+        ValueError: ``needles`` not in [1, min(events, 24)], ``events`` < 2 or ``sentences`` not in [1, 64].
     """
     if not isinstance(events, int) or events < 2:
         raise ValueError(f"events must be an integer >= 2, got {events!r}")
+    if not isinstance(sentences, int) or not 1 <= sentences <= 64:
+        raise ValueError(f"sentences must be an integer in [1, 64], got {sentences!r}")
     limit = min(events, len(NAMES), len(PLACES) * 3)
     if not isinstance(needles, int) or not 1 <= needles <= limit:
         raise ValueError(f"needles must be an integer in [1, {limit}], got {needles!r}")
@@ -134,9 +143,9 @@ def make_stream(seed: int, events: int = 230, needles: int = 10, *, start_pts: f
     spots = sorted({round(lo + (hi - lo) * i / max(1, needles - 1)) for i in range(needles)})
     while len(spots) < needles:  # rounding collided on a short stream
         spots = sorted(set(spots) | {rng.randrange(events)})
-    texts: list[str] = []
+    notes: list[list[str]] = []
     for _ in range(events):
-        texts.append(f"{rng.choice(SUBJECTS)} {rng.choice(STATES)}.")
+        notes.append([f"{rng.choice(SUBJECTS)} {rng.choice(STATES)}." for _ in range(sentences)])
     out: list[Needle] = []
     used_places: set[str] = set()
     used_questions: set[str] = set()
@@ -150,11 +159,12 @@ def make_stream(seed: int, events: int = 230, needles: int = 10, *, start_pts: f
         used_questions.add(question)
         if "password" in question:
             used_places.add(place)
-        texts[spot] = fact
+        notes[spot][rng.randrange(sentences) if sentences > 1 else 0] = fact  # 1 sentence: the old seeded streams
         pts = start_pts + spot * step_s
+        reply = fact[:re.search(rf"\b{re.escape(answer)}\b", fact).start()].rstrip()
         out.append(Needle(spot, pts, fact, question, answer, spot / (events - 1),
-                          distractor_answers(seed, spot, kind, answer)))
-    timed = tuple((start_pts + i * step_s, t) for i, t in enumerate(texts))
+                          distractor_answers(seed, spot, kind, answer), reply))
+    timed = tuple((start_pts + i * step_s, " ".join(n)) for i, n in enumerate(notes))
     return NeedleStream(timed, tuple(out))
 
 

@@ -9,6 +9,12 @@ top-k is the summary stage alone (nothing to rerank). Measured: the share of que
 needle was in the context the answer would see (retrieved from memory, or still in the window),
 and the median time of ``Session.question_logits`` (the question's probe prefill, the summary
 search, the rerank, the fetch and the question's forward over the context; no generation).
+
+Beside today's in-model rows, the same questions are put to the *hybrid* retrieval (the text
+path's sentence-embedder ranking fused with the in-model one, at ``--top-k``, no neighbours) and
+to the session's *default* retrieval settings (hybrid plus the neighbours of the best hits).
+With ``--material paraphrase`` the streams are the paraphrase bench's (:mod:`app.bench.paraphrase_streams`:
+questions in other words than their notes) instead of the needle streams.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import time
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+HYBRID, DEFAULT = "hybrid", "default"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--candidates", default="8,16,32,64,128",
                         help="rerank candidate counts to compare (default 8,16,32,64,128)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first stream (default 0)")
+    parser.add_argument("--material", default="needles", choices=["needles", "paraphrase"],
+                        help="needle streams (questions share words with their facts; default) or the paraphrase "
+                             "streams (questions in other words; --streams and --needles then do not apply)")
     parser.add_argument("--quick", action="store_true", help="tiny random model, 1 short stream (a smoke test)")
     from app.bench import runtime as _rt
 
@@ -41,7 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from app.bench import common, runtime
-    from app.bench.needles import make_stream, needle_in_context
+    from app.bench.needles import needle_in_context
+    from app.bench.paraphrase import use_config
     from app.engine.backends.registry import load_backend
     from app.engine.config import SessionConfig
     from app.engine.session import Session
@@ -59,71 +71,104 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     counts = sorted(set(runtime.parse_ints("candidates", args.candidates, 1, 100_000)))
     if counts[0] < top_k:
         raise ValueError(f"--candidates values must be >= --top-k ({top_k}); got {counts[0]}")
-    config = SessionConfig(window_tokens=window, kv_bits=args.kv_bits, top_k=top_k, rerank=True, dialog_max_tokens=0,
-                           drop="off")
+    default_cfg = SessionConfig(window_tokens=window, kv_bits=args.kv_bits, top_k=top_k, dialog_max_tokens=0,
+                                drop="off")
+    config = default_cfg.updated(rerank=True, text_retrieval=False, retrieval_neighbours=0,
+                                 retrieval_budget_tokens=None)
+    modes = [(str(c), config.updated(rerank_candidates=c, rerank=c > top_k)) for c in counts]
+    modes += [(HYBRID, config.updated(text_retrieval=True)), (DEFAULT, default_cfg)]
+    streams = _streams(args, streams_n, events, needles_n)
     load0 = runtime.load_average()
     t_start = time.perf_counter()
     backend = load_backend(args.model, dtype="float32")
     records: list[dict[str, Any]] = []
     bank_chunks: list[int] = []
     try:
-        for s_index in range(streams_n):
-            stream = make_stream(args.seed + s_index, events, needles_n)
+        for s_index, stream in enumerate(streams):
             with Session(backend, config) as session:
                 for pts, text in stream.events:
                     session.ingest_text(pts, text)
                 bank_chunks.append(len(session.bank))
                 for needle in stream.needles:
                     rec = {"stream": s_index, "pts": needle.pts, "depth": round(needle.depth, 3), "results": {}}
-                    for count in counts:
-                        session.config = config.updated(rerank_candidates=count, rerank=count > top_k)
+                    for name, mode in modes:
+                        use_config(session, mode)
                         t0 = time.perf_counter()
                         _, evidence = session.question_logits(needle.question, top_k=top_k)
                         elapsed = time.perf_counter() - t0
                         hit, from_memory = needle_in_context(evidence, needle)
-                        rec["results"][str(count)] = {"hit": hit, "from_memory": from_memory, "question_s": elapsed}
+                        rec["results"][name] = {"hit": hit, "from_memory": from_memory, "question_s": elapsed,
+                                                "memory_chunks": sum(e.source == "memory" for e in evidence)}
                     records.append(rec)
-            log.info("stream %d/%d done (%.0f s so far)", s_index + 1, streams_n, time.perf_counter() - t_start)
+                use_config(session, config)
+            log.info("stream %d/%d done (%.0f s so far)", s_index + 1, len(streams), time.perf_counter() - t_start)
     finally:
         backend.close()
 
     rows = []
-    for count in counts:
-        res = [r["results"][str(count)] for r in records]
+    for name, mode in modes:
+        res = [r["results"][name] for r in records]
         rows.append({
-            "candidates": count,
-            "reranked": count > top_k,
+            "setting": name,
+            "candidates": mode.rerank_candidates,
+            "reranked": mode.rerank and mode.rerank_candidates > top_k,
+            "text_retrieval": mode.text_retrieval,
+            "neighbours": mode.retrieval_neighbours,
             "questions": len(res),
             "hit_rate": sum(x["hit"] for x in res) / max(1, len(res)),
             "from_memory": sum(x["from_memory"] for x in res) / max(1, len(res)),
+            "mean_memory_chunks": sum(x["memory_chunks"] for x in res) / max(1, len(res)),
             "median_question_s": common.median([x["question_s"] for x in res] or [0.0]),
         })
-    metrics = {"questions": len(records), "streams": streams_n, "events_per_stream": events, "top_k": top_k,
+    metrics = {"questions": len(records), "streams": len(streams), "material": args.material,
+               "events_per_stream": events, "top_k": top_k,
                "window_tokens": window, "kv_bits": args.kv_bits, "mean_bank_chunks": sum(bank_chunks) / len(bank_chunks),
                "rows": rows, "load_avg_start": load0, "wall_s": time.perf_counter() - t_start}
     options: dict[str, Any] = {"quick": True, "threads": args.threads} if args.quick else {
         "threads": args.threads, "model": args.model, "streams": streams_n, "events": events, "needles": needles_n,
-        "window": window, "kv_bits": args.kv_bits, "top_k": top_k, "candidates": args.candidates, "seed": args.seed}
+        "window": window, "kv_bits": args.kv_bits, "top_k": top_k, "candidates": args.candidates, "seed": args.seed,
+        "material": args.material}
     return {"title": "Recall: needle in the question's context vs rerank candidates",
             "command": common.format_command("recall", [], options), "params": options, "metrics": metrics,
             "records": records, "markdown": _markdown(metrics, args, backend.spec.random_weights)}
 
 
+def _streams(args: argparse.Namespace, streams_n: int, events: int, needles_n: int) -> list:
+    """The streams of ``--material``: seeded needle streams, or one paraphrase stream per style."""
+    if args.material == "paraphrase":
+        from app.bench.paraphrase_streams import load_styles
+        from app.bench.paraphrase_streams import make_stream as paraphrase_stream
+
+        styles = load_styles()[:1] if args.quick else load_styles()
+        return [paraphrase_stream(style, args.seed, max(events, 80)) for style in styles]
+    from app.bench.needles import make_stream
+
+    return [make_stream(args.seed + i, events, needles_n) for i in range(streams_n)]
+
+
 def _markdown(m: dict[str, Any], args: argparse.Namespace, random_weights: bool) -> str:
     weights = "tiny random weights: a smoke test" if random_weights else "real SmolLM2-135M-Instruct text weights"
     lines = [
-        f"Model `{args.model}` ({weights}). {m['streams']} streams x {m['events_per_stream']} timed text events with "
-        f"{m['questions'] // max(1, m['streams'])} needles each = **{m['questions']} questions**, every one asked at each "
-        f"candidate count on the same session; top_k {m['top_k']}, local window {m['window_tokens']} tokens, memory KV "
+        f"Model `{args.model}` ({weights}), {m['material']} material. "
+        f"{m['streams']} streams x {m['events_per_stream']} timed text events with "
+        f"{m['questions'] // max(1, m['streams'])} needles each = **{m['questions']} questions**, every one asked "
+        f"under each retrieval setting on the same session; top_k {m['top_k']}, local window {m['window_tokens']} "
+        f"tokens, memory KV "
         f"{m['kv_bits']}-bit, {m['mean_bank_chunks']:.0f} chunks in the bank on average. Load average "
         f"{m['load_avg_start']} at the start.",
         "",
-        "| rerank candidates | needle in context | needle from memory | median question s |",
-        "|---:|---:|---:|---:|",
+        "| retrieval | needle in context | needle from memory | memory chunks | median question s |",
+        "|---|---:|---:|---:|---:|",
     ]
     for r in m["rows"]:
-        label = f"{r['candidates']}" + ("" if r["reranked"] else " (summaries only, no rerank)")
-        lines.append(f"| {label} | {100 * r['hit_rate']:.0f}% | {100 * r['from_memory']:.0f}% | {r['median_question_s']:.3f} |")
+        if r["setting"] == DEFAULT:
+            label = f"default (hybrid, {r['neighbours']} neighbour(s) of the best hits)"
+        elif r["setting"] == HYBRID:
+            label = f"hybrid: text path + in-model, {r['candidates']} rerank candidates"
+        else:
+            label = f"in-model, {r['candidates']} rerank candidates" + ("" if r["reranked"] else " (summaries only)")
+        lines.append(f"| {label} | {100 * r['hit_rate']:.0f}% | {100 * r['from_memory']:.0f}% | "
+                     f"{r['mean_memory_chunks']:.1f} | {r['median_question_s']:.3f} |")
     lines += [
         "",
         "- *needle in context*: the needle's event was in what the answer would attend to (retrieved from memory, or still "

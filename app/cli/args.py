@@ -51,11 +51,27 @@ def add_session_arguments(p: argparse.ArgumentParser) -> None:
                    help="values quantized per %(choices)s")
     g.add_argument("--kv-group-size", type=int, default=None)
     g.add_argument("--ram-budget-mb", type=float, default=None, help="RAM for memory chunks before they spill to disk")
+    g.add_argument("--kv-outlier-channels", type=int, default=None, metavar="N",
+                   help="key channels per layer and head kept in float16 (kv-bits 8/4/2)")
+    g.add_argument("--disk-budget-mb", type=float, default=None,
+                   help="disk for memory chunk files; past it the oldest memory is consolidated, then deleted")
     g.add_argument("--retention", type=float, default=None, metavar="SECONDS", help="forget memory older than this")
     g.add_argument("--index", default=None, choices=INDEX_CHOICES, metavar="KIND", help="summary index: %(choices)s")
     g.add_argument("--vision", default=None, choices=["on", "off"],
                    help="frames add visual tokens (default on; off: frames are stamped and cited but the model only "
                         "hears and reads; models whose vision tower is random run with it off)")
+    g.add_argument("--text-retrieval", default=None, choices=["on", "off"],
+                   help="also find notes and speech by a sentence embedder, fused with the in-model ranking "
+                        "(default on)")
+    g.add_argument("--embedder", default=None, metavar="NAME",
+                   help="sentence embedder of the text path: minilm (offline all-MiniLM-L6-v2, default), a model "
+                        "folder, or hub:<model id>")
+    g.add_argument("--text-candidates", type=int, default=None, metavar="N",
+                   help="chunks the text path proposes per question (default 32)")
+    g.add_argument("--retrieval-neighbours", type=int, default=None, metavar="N",
+                   help="chunks just before and after the best hits that come along (default 1; 0 = none)")
+    g.add_argument("--retrieval-budget-tokens", type=int, default=None, metavar="TOKENS",
+                   help="the most memory tokens a question attends to, hits and neighbours together (default: no limit)")
 
 
 def add_asr_argument(p: argparse.ArgumentParser, default: str = "off", default_help: str = "") -> None:
@@ -88,7 +104,10 @@ _FIELDS = {
     "system_prompt": "system_prompt", "drop": "drop", "tau": "tau", "keep_ratio": "keep_ratio",
     "pixel_threshold": "pixel_threshold", "keyframe_every": "keyframe_every_s", "kv_bits": "kv_bits",
     "kv_value_mode": "kv_value_mode", "kv_group_size": "kv_group_size", "ram_budget_mb": "ram_budget_mb",
+    "kv_outlier_channels": "kv_outlier_channels", "disk_budget_mb": "disk_budget_mb",
     "retention": "retention_s", "index": "index", "rerank_candidates": "rerank_candidates",
+    "embedder": "embedder", "text_candidates": "text_candidates", "retrieval_neighbours": "retrieval_neighbours",
+    "retrieval_budget_tokens": "retrieval_budget_tokens",
 }
 
 
@@ -99,6 +118,8 @@ def session_overrides(args: argparse.Namespace) -> dict:
         out["rerank"] = args.rerank == "on"
     if getattr(args, "vision", None) is not None:
         out["vision"] = args.vision == "on"
+    if getattr(args, "text_retrieval", None) is not None:
+        out["text_retrieval"] = args.text_retrieval == "on"
     return out
 
 

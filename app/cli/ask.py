@@ -16,14 +16,25 @@ as they are transcribed (drained before each frame), all of them before a questi
 question at ``--at T`` hears everything said until T. An audio-only source runs with vision off.
 
 When the default model cannot be loaded (no hub, not cached), ask falls back like ``livesight serve``:
-to the real SmolLM2 text weights (``smolvlm2-256m-smollm2``) with speech on and vision off.
+to the real SmolLM2 text weights (``smolvlm2-256m-smollm2``) with speech on and vision off. The hub is
+checked once, briefly, before loading (``--offline`` skips it); the notice is printed once.
+``--memory DIR`` without ``--model`` loads the model that saved the memory (from its ``session.json``).
+
+Saving (``--memory DIR`` with a SOURCE) is incremental: the memory is saved after the first frame and
+then every ``--save-every`` seconds (chunks written, the manifest and ``session.json`` last, as the
+commit point), and once more when the source ends or on Ctrl-C / SIGTERM; a second Ctrl-C stops at
+once, keeping the last save. A memory saved part way through a live source reopens like a whole one.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import signal
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +43,14 @@ from app.engine.speech.names import OFFLINE_MODEL
 
 #: ``--asr`` default: speech on with the offline model when the source has audio and the model is installed.
 ASR_AUTO = "auto"
+
+#: ``--save-every`` default: wall-clock seconds between saves of a memory being watched.
+SAVE_EVERY_S = 10.0
+
+#: What a question gets when the session has seen, heard and read nothing (no answer is generated).
+NOTHING_WATCHED = "nothing watched yet: the source gave no frames, speech or notes before this question"
+
+logger = logging.getLogger(__name__)
 
 
 def stream_time(text: str) -> float:
@@ -60,6 +79,10 @@ def add_parser(sub) -> None:
     p.add_argument("--max-side", type=int, default=None, help="shrink frames so the longer side is at most this")
     p.add_argument("--realtime", action="store_true", help="play a file at wall-clock speed, as a live camera")
     p.add_argument("--memory", default=None, metavar="DIR", help="save the memory to DIR, or answer from a saved DIR")
+    p.add_argument("--save-every", type=float, default=SAVE_EVERY_S, metavar="SECONDS",
+                   help=f"with --memory and a SOURCE: save the memory every SECONDS of wall time while watching "
+                        f"(default {SAVE_EVERY_S:g}; it is also saved when the source ends and on Ctrl-C or SIGTERM)")
+    p.add_argument("--offline", action="store_true", help="do not try the network for model weights")
     p.add_argument("--text", action="append", default=[], metavar="TIME=TEXT",
                    help="a timed text event (note, subtitle) to add to the stream, e.g. --text '12s=The van is red'")
     p.add_argument("--stats", action="store_true", help="print session statistics at the end")
@@ -102,12 +125,22 @@ def _parse_texts(items: list[str]) -> list[tuple[float, str]]:
     return sorted(out)
 
 
+def nothing_watched(stats: dict) -> bool:
+    """Whether a session's stats say it has taken nothing to answer about (no frame, note, speech or memory)."""
+    return not any(stats.get(k) for k in ("frames", "text_events", "speech_events", "bank_chunks"))
+
+
 def ask_and_print(session, q: TimedQuestion, out=sys.stdout) -> None:
     from app.engine.timefmt import format_timestamp
     from app.engine.types import Answer, AnswerDelta
 
-    stamp = format_timestamp(session.stats()["stream_time_s"])
+    stats = session.stats()
+    stamp = format_timestamp(stats["stream_time_s"])
     out.write(f"[{stamp}] Q: {q.text}\nA: ")
+    if nothing_watched(stats):
+        out.write(f"({NOTHING_WATCHED})\n")
+        out.flush()
+        return
     out.flush()
     answer = None
     for ev in session.ask(q.text):
@@ -139,15 +172,58 @@ def _load_backend(args: argparse.Namespace, speech: bool, out):
     from app.serving.process import is_hub_id, load_backend_with_fallback
 
     explicit = _explicit_model(args)
-    if is_hub_id(args.model) and not os.environ.get("HF_HUB_OFFLINE") and not hub_reachable():
+    if getattr(args, "offline", False):
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    elif is_hub_id(args.model) and not os.environ.get("HF_HUB_OFFLINE") and not hub_reachable():
         # without a network the hub client retries for a long while; cached weights still load offline
         os.environ["HF_HUB_OFFLINE"] = "1"
-    loaded = load_backend_with_fallback(args.model, device=args.device, dtype=args.dtype,
-                                        quantization=weight_quantization(args),
-                                        fallback=None if explicit else _fallback_model(), speech=speech)
+    # the notice is printed here as a note; the loader's own log line would say it a second time
+    quiet = None if getattr(args, "verbose", 0) else logging.getLogger("app.serving.process")
+    level = quiet.level if quiet is not None else None
+    if quiet is not None:
+        quiet.setLevel(logging.ERROR)
+    try:
+        loaded = load_backend_with_fallback(args.model, device=args.device, dtype=args.dtype,
+                                            quantization=weight_quantization(args),
+                                            fallback=None if explicit else _fallback_model(), speech=speech)
+    finally:
+        if quiet is not None:
+            quiet.setLevel(level)
     if loaded.notice:
         out.write(f"note: {loaded.notice}\n")
+    elif loaded.backend.spec.random_weights:
+        out.write(f"note: {loaded.backend.spec.name} has random weights: its answers are not meaningful\n")
     return loaded.backend, loaded.vision
+
+
+def _looks_like_source(text: str) -> bool:
+    """Whether a command-line input names a source (an existing path, a URL, a webcam) rather than a question."""
+    from streaming.factory import is_webcam_spec
+    from streaming.schemes import scheme_of
+
+    if is_webcam_spec(text) or Path(text).exists() or (scheme_of(text) != "file" and "://" in text):
+        return True
+    # a path that is not there yet (a typo): still a source, so its own error names it; questions have words
+    return not any(c.isspace() for c in text) and not text.endswith("?") and (bool(Path(text).suffix) or "/" in text)
+
+
+def _memory_problem(memory: Path, inputs: list[str]) -> str | None:
+    """Why ``--memory DIR`` (not a complete saved memory) cannot be used as asked, or None (watch and save)."""
+    from app.engine.persistence import SESSION_FILE
+
+    if memory.exists() and not memory.is_dir():
+        return f"--memory {memory} is a file, not a directory"
+    if memory.is_dir() and any(memory.iterdir()):
+        if (memory / "manifest.json").exists() or (memory / "chunks").exists():
+            return (f"{memory} holds an incomplete memory ({SESSION_FILE} is missing: the run saving it stopped "
+                    "before its first save finished), so it cannot be reopened; give a new directory to save in")
+        return f"{memory} exists and is not empty; give a new directory to save the memory in"
+    if inputs and not _looks_like_source(inputs[0]):
+        what = "does not exist" if not memory.exists() else "is empty"
+        return (f"no saved memory to answer from: {memory} {what}, and {inputs[0]!r} is not a source (a file, URL "
+                "or webcam:N); to save a memory, watch a source first: livesight ask SOURCE [QUESTION...] "
+                f"--memory {memory}")
+    return None
 
 
 def _fallback_model() -> str:
@@ -177,12 +253,31 @@ def run(args: argparse.Namespace) -> int:
     from app.engine.session import Session
     from app.engine.speech.config import ASRError
     from app.engine.types import SessionError
+    from memory.errors import BankError
     from streaming.errors import SourceError
 
     out = sys.stdout
     memory = Path(args.memory) if args.memory else None
     from_memory = memory is not None and is_saved_memory(memory)
     inputs = list(args.inputs)
+    if memory is not None and not from_memory:
+        problem = _memory_problem(memory, inputs)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
+    if not args.save_every > 0:
+        print(f"error: --save-every must be a number of seconds above 0; got {args.save_every}", file=sys.stderr)
+        return 2
+    if from_memory and not _explicit_model(args):
+        from app.engine.persistence import read_session_file
+
+        try:
+            saved_model = read_session_file(memory).model
+        except SessionError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if saved_model:
+            args.model = saved_model  # the model whose KV the memory holds
     source = None if from_memory else inputs.pop(0)
     if not inputs and not memory:
         print("error: give at least one question after SOURCE", file=sys.stderr)
@@ -198,9 +293,6 @@ def run(args: argparse.Namespace) -> int:
         texts = _parse_texts(args.text)
         overrides = session_overrides(args)
         if memory is not None and not from_memory:
-            if memory.exists() and any(memory.iterdir()):
-                print(f"error: {memory} exists and is not empty; give a new directory to save the memory in", file=sys.stderr)
-                return 2
             overrides.update(memory_dir=str(memory), persist=True)
         config = SessionConfig(**overrides)
         asr, asr_auto = _speech_config(args, from_memory)
@@ -218,12 +310,20 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if not vision and "vision" not in overrides:
         config = config.updated(vision=False)
-    if backend.spec.random_weights:
-        out.write(f"note: {backend.spec.name} has random weights: its answers are not meaningful\n")
     try:
         if from_memory:
-            session = Session.open_memory(backend, memory, config)
+            try:
+                session = Session.open_memory(backend, memory, config)
+            except BankError as exc:
+                print(f"error: the saved memory in {memory} cannot be read: {exc}", file=sys.stderr)
+                return 2
             out.write(f"memory: {memory} ({len(session.bank)} chunks, up to {session.stats()['stream_time_s']:.1f} s)\n")
+            recovered = session.bank.recovered
+            if recovered:
+                moved = recovered["damaged_manifest"]
+                out.write(f"note: the memory's manifest was damaged ({recovered['reason']}); {recovered['chunks']} chunks "
+                          f"were recovered from their files, {len(recovered['unreadable'])} unreadable files were left "
+                          "in place" + (f", the damaged manifest is kept as {moved}" if moved else "") + "\n")
             with session:
                 for q in questions:
                     ask_and_print(session, q, out)
@@ -286,13 +386,96 @@ class _Timeline:
         self.until(float("inf"))
 
 
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM while ``livesight ask`` watched a source."""
+
+
+class _StopRequests:
+    """SIGINT and SIGTERM while watching: the first asks the loop to stop after the frame in hand (or
+    at once while it waits for the source's next frame), so the memory is saved whole; a second one
+    stops at once (the last save stays)."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self.waiting = False
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> _StopRequests:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.requested is not None:
+            raise KeyboardInterrupt  # the second one: stop now
+        self.requested = name
+        if self.waiting:
+            raise Interrupted(name)
+
+    def next_frame(self, frames):
+        """The next frame of the iterator ``frames`` (None at its end); a stop request meanwhile raises
+        :class:`Interrupted`."""
+        if self.requested:
+            raise Interrupted(self.requested)
+        self.waiting = True
+        try:
+            return next(frames, None)
+        finally:
+            self.waiting = False
+
+
+class _Saver:
+    """Saves the memory of a session being watched: after the first frame (so the directory reopens from
+    then on), then after the first frame that comes ``every_s`` seconds of wall time after the last save,
+    and when asked (:meth:`now`). Each save writes the new chunks, then the manifest and ``session.json``."""
+
+    def __init__(self, session, every_s: float, out) -> None:
+        self.session = session
+        self.every_s = every_s
+        self.out = out
+        self.last: float | None = None
+        self.saves = 0
+
+    def maybe(self) -> None:
+        if self.last is None or time.monotonic() - self.last >= self.every_s:
+            self.now()
+
+    def now(self):
+        path = self.session.save()
+        self.last = time.monotonic()
+        self.saves += 1
+        logger.info("memory saved to %s (%d chunks)", path, len(self.session.bank))
+        return path
+
+
+def _late_questions(questions, duration_s: float | None) -> list:
+    """The ``--at`` times after the end of a source of known duration."""
+    if not duration_s:
+        return []
+    return [q for q in questions if q.at is not None and q.at > duration_s]
+
+
 def _watch_and_ask(backend, config, source, questions, texts, args, out, asr=None, asr_auto=False) -> int:
     from app.engine.session import Session
     from app.engine.speech.transcriber import Transcriber
+    from app.engine.timefmt import format_timestamp
     from streaming import Sampler, SamplerConfig, open_source
 
     src = open_source(source, realtime=args.realtime, audio=asr is not None)
     info = src.info
+    late = _late_questions(questions, getattr(info, "duration_s", None))
+    if late:
+        src.close()
+        times = ", ".join(format_timestamp(q.at) for q in late)
+        print(f"error: --at {times} is after the end of {source} ({format_timestamp(info.duration_s)}); "
+              "give times within the source, or no --at to ask when it ends", file=sys.stderr)
+        return 2
     if asr is not None and not getattr(info, "has_audio", False):
         if not asr_auto:
             out.write(f"note: {source} has no audio track: nothing to hear\n")
@@ -304,17 +487,35 @@ def _watch_and_ask(backend, config, source, questions, texts, args, out, asr=Non
         src.on_audio(transcriber.feed)
     at_end = [q for q in questions if q.at is None]
     sampling = SamplerConfig(fps=args.fps or None, max_side=args.max_side)
+    stops = _StopRequests()
     try:
-        with Session(backend, config) as session, Sampler(src, sampling) as sampler:
+        with Session(backend, config) as session, Sampler(src, sampling) as sampler, stops:
+            saver = _Saver(session, args.save_every, out) if config.memory_dir is not None else None
             timeline = _Timeline(session, texts, [q for q in questions if q.at is not None], out, transcriber)
             out.write(_describe_source(source, sampler.info, asr, config.vision) + "\n")
             out.flush()
-            for frame in sampler:
-                if transcriber is not None:
-                    timeline.hear(transcriber.poll())
-                timeline.until(frame.pts)
-                session.ingest(frame)
+            frames = iter(sampler)
+            try:
+                while (frame := stops.next_frame(frames)) is not None:
+                    if transcriber is not None:
+                        timeline.hear(transcriber.poll())
+                    timeline.until(frame.pts)
+                    session.ingest(frame)
+                    if saver is not None:
+                        saver.maybe()
+            except Interrupted as exc:
+                st = session.stats()
+                out.write(f"\nstopped ({exc}) at {format_timestamp(st['stream_time_s'])} after {st['frames']} frames\n")
+                if saver is not None:
+                    out.write(f"memory saved to {saver.now()} ({len(session.bank)} chunks)\n")
+                out.flush()
+                return 130
             timeline.finish()
+            stream_end = session.stats()["stream_time_s"]
+            for q in questions:
+                if q.at is not None and q.at > stream_end and q not in at_end:
+                    out.write(f"note: --at {format_timestamp(q.at)} is after the stream ended "
+                              f"({format_timestamp(stream_end)}): asked at the end\n")
             for q in at_end:
                 ask_and_print(session, q, out)
             st = session.stats()
@@ -334,9 +535,8 @@ def _watch_and_ask(backend, config, source, questions, texts, args, out, asr=Non
                 if transcriber is not None:
                     for k, v in transcriber.stats().items():
                         out.write(f"  asr.{k}: {v}\n")
-            if config.memory_dir is not None:
-                path = session.save()
-                out.write(f"memory saved to {path}\n")
+            if saver is not None:
+                out.write(f"memory saved to {saver.now()}\n")
     finally:
         if transcriber is not None:
             transcriber.close()

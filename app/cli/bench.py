@@ -20,10 +20,16 @@ BENCHES: dict[str, str] = {
     "kv": "app.bench.kv",
     "retrieval": "app.bench.retrieval",
     "stream": "app.bench.stream",
+    "stream-days": "app.bench.stream_days",
+    "question": "app.bench.question",
     "realtime": "app.bench.realtime",
     "fidelity": "app.bench.fidelity",
+    "eval": "app.bench.fidelity_eval",
     "recall": "app.bench.recall",
+    "paraphrase": "app.bench.paraphrase",
     "asr": "app.bench.asr",
+    "cluster": "app.bench.cluster",
+    "serve": "app.bench.serve_load",
 }
 
 

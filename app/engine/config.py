@@ -47,7 +47,13 @@ class SessionConfig:
         pixel_threshold: pixel drop: mean absolute cell difference (pixels in [0, 1]) counted as no change. [0, 1]
         keyframe_every_s: keep a whole frame every this many seconds (``None`` = only the first). (0, 86400]
         kv_bits: bits per KV element in memory: 32 (lossless), 16, 8, 4, 2.
-        kv_value_mode: values quantized per "channel" or per "token" (keys always per channel).
+        kv_value_mode: values quantized per "channel", per "token", or "ternary" (per token, three levels,
+            1.6 bits a code; needs kv_bits 8, 4 or 2). Keys are always per channel.
+        kv_outlier_channels: key channels per layer and head kept in float16 (the largest ``max |k|``);
+            only for kv_bits 8, 4, 2. [0, 32]
+        disk_budget_mb: disk for this session's memory chunk files; when reached the oldest memory is
+            consolidated (fewer bits, static neighbouring frames merged), then deleted oldest first
+            (``None`` = unbounded). (0, 1e9]
         kv_group_size: quantization group size. [8, 4096]
         ram_budget_mb: RAM for memory chunks before they spill to disk (``None`` = unlimited). (0, 1_048_576]
         memory_dir: directory of the memory's disk tier (``None`` = a private temp dir).
@@ -59,6 +65,15 @@ class SessionConfig:
         vision: frames add visual tokens (the vision tower runs). Off, frames are still received, stamped and
             cited (the frame on screen is the thumbnail of what was heard or noted then) but the model only
             hears and reads: for audio-only sources and models whose vision tower is not trained.
+        text_retrieval: chunks that carry text (notes, speech) are also found by a sentence embedder's
+            ranking, fused with the in-model one, so questions in other words find them.
+        embedder: the sentence embedder of the text path: "minilm" (offline all-MiniLM-L6-v2), a model
+            folder, or hub:<model id>.
+        text_candidates: chunks the text path proposes per question (each reranked in-model too). [1, 4096]
+        retrieval_neighbours: chunks just before and after each of the best hits that carry text (notes,
+            speech) that come along, for questions about what happened around a moment (0 = none). [0, 8]
+        retrieval_budget_tokens: the most memory tokens a question attends to, hits and neighbours together
+            (``None`` = top_k hits plus their neighbours, unbounded). [1, 1_000_000]
     """
 
     window_tokens: int = 1024
@@ -69,15 +84,17 @@ class SessionConfig:
     max_new_tokens: int = 128
     dialog_max_tokens: int = 2048
     system_prompt: str | None = None
-    drop: str = "off"
+    drop: str = "feature"
     tau: float = 0.9
     keep_ratio: float = 0.25
     pixel_threshold: float = 0.02
     keyframe_every_s: float | None = None
-    kv_bits: int = 16
+    kv_bits: int = 4
     kv_value_mode: str = "channel"
-    kv_group_size: int = 32
+    kv_group_size: int = 128
     ram_budget_mb: float | None = None
+    kv_outlier_channels: int = 0
+    disk_budget_mb: float | None = None
     memory_dir: str | None = None
     persist: bool = False
     retention_s: float | None = None
@@ -85,6 +102,11 @@ class SessionConfig:
     watch_min_interval_s: float = 10.0
     watch_on_every_frame: bool = False
     vision: bool = True
+    text_retrieval: bool = True
+    embedder: str = "minilm"
+    text_candidates: int = 32
+    retrieval_neighbours: int = 1
+    retrieval_budget_tokens: int | None = None
 
     def __post_init__(self) -> None:
         err = {"error": ConfigError}
@@ -106,6 +128,10 @@ class SessionConfig:
         check_choice("kv_value_mode", self.kv_value_mode, VALUE_MODES, **err)
         check_int("kv_group_size", self.kv_group_size, low=8, high=4096, **err)
         check_number("ram_budget_mb", self.ram_budget_mb, low=0.0, high=1_048_576.0, allow_none=True, **err)
+        check_int("kv_outlier_channels", self.kv_outlier_channels, low=0, high=32, **err)
+        check_number("disk_budget_mb", self.disk_budget_mb, low=0.0, high=1e9, allow_none=True, **err)
+        if self.kv_value_mode == "ternary" and self.kv_bits > 8:
+            raise ConfigError(f"kv_value_mode 'ternary' needs kv_bits 8, 4 or 2; got kv_bits={self.kv_bits}")
         if self.memory_dir is not None and not isinstance(self.memory_dir, str):
             raise ConfigError(f"memory_dir must be a path string or None; got {self.memory_dir!r}")
         check_bool("persist", self.persist, **err)
@@ -117,6 +143,13 @@ class SessionConfig:
                      **err)
         check_bool("watch_on_every_frame", self.watch_on_every_frame, **err)
         check_bool("vision", self.vision, **err)
+        check_bool("text_retrieval", self.text_retrieval, **err)
+        if not isinstance(self.embedder, str) or not self.embedder.strip() or len(self.embedder) > 4096:
+            raise ConfigError(f"embedder must be a non-empty name, folder or hub:<model id>; got {self.embedder!r}")
+        check_int("text_candidates", self.text_candidates, low=1, high=4096, **err)
+        check_int("retrieval_neighbours", self.retrieval_neighbours, low=0, high=8, **err)
+        check_int("retrieval_budget_tokens", self.retrieval_budget_tokens, low=1, high=1_000_000, allow_none=True,
+                  **err)
 
     @property
     def ram_budget_bytes(self) -> int | None:
@@ -145,13 +178,15 @@ class SessionConfig:
 
     def codec_config(self) -> KVCodecConfig:
         """The KV codec's settings for the memory."""
-        return KVCodecConfig(bits=self.kv_bits, value_mode=self.kv_value_mode, group_size=self.kv_group_size)
+        return KVCodecConfig(bits=self.kv_bits, value_mode=self.kv_value_mode, group_size=self.kv_group_size,
+                             outlier_channels=self.kv_outlier_channels if self.kv_bits <= 8 else 0)
 
     def bank_config(self) -> BankConfig:
         """The memory bank's settings."""
         return BankConfig(
             codec=self.codec_config(),
             ram_budget_bytes=self.ram_budget_bytes,
+            disk_budget_bytes=None if self.disk_budget_mb is None else max(1, int(self.disk_budget_mb * 1024 * 1024)),
             disk_dir=self.memory_dir,
             retention_s=self.retention_s,
             index=self.index,

@@ -13,6 +13,12 @@ Layout of what the model attends to (positions are explicit and never change)::
 * A question's per-layer mean query scores the chunk summaries; the top-k chunks are put back,
   in time order at their original positions, and the answer is generated over the whole layout.
 
+The sink and the window live in one window cache (:class:`~app.engine.backends.window_cache.WindowKVCache`)
+kept for the whole stream: a frame or note is prefilled straight into it, items leaving the window
+leave it too, and a question writes the dialog, its own tokens and the retrieved chunks after the
+window, then rewinds. A question therefore costs its own tokens (and the chunks it brings back), not a
+copy of the window.
+
 The session composes the parts that each do one job: the window and its chunking
 (:mod:`app.engine.window`), watch rules (:mod:`app.engine.watch`), the saved form on disk
 (:mod:`app.engine.persistence`) and retrieval (:mod:`app.engine.retrieval`).
@@ -27,7 +33,8 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +42,7 @@ import numpy as np
 import torch
 
 from app.engine.backends.base import VideoLLM
-from app.engine.backends.types import KVSegment
+from app.engine.backends.types import KVSegment, PrefillResult, SegmentInput
 from app.engine.config import SessionConfig
 from app.engine.persistence import SavedSession, check_compatible, read_session_file, write_session_file
 from app.engine.retrieval import Retriever
@@ -65,6 +72,38 @@ NOTE_PREFIX = "Note at {t}: "
 HEARD_PREFIX = "Heard at {t}: "
 
 
+#: Tokens a session's window cache has room for at first, beyond the sink (it grows when needed).
+FIRST_CACHE_TOKENS = 4096
+
+
+def _first_capacity(config: SessionConfig) -> int:
+    """Room for the window, the dialog and a question at first (capped: a huge window grows as it fills)."""
+    return min(config.window_tokens + config.dialog_max_tokens, FIRST_CACHE_TOKENS) + 256
+
+
+@dataclass(frozen=True)
+class _Question:
+    """A question prefilled in the window cache, ready to be answered (see ``Session._question``).
+
+    Attributes:
+        segment: the question's tokens as laid out.
+        prefill: the prefill of the question over the whole context (its logits: the first answer token's).
+        cache: the window cache, now ``sink | window | dialog | retrieved chunks | question``.
+        retrieved: the memory chunks retrieved, time order.
+        context_tokens: tokens the question attends to before itself.
+        probe_s: seconds the probe took (the question's prefill over sink, window and dialog).
+        retrieved_at: ``time.perf_counter()`` when retrieval was done (before the answer's prefill).
+    """
+
+    segment: SegmentInput
+    prefill: PrefillResult
+    cache: object
+    retrieved: list
+    context_tokens: int
+    probe_s: float
+    retrieved_at: float
+
+
 class Session:
     """A live stream watched by a video LLM, with memory and a conversation.
 
@@ -82,14 +121,17 @@ class Session:
         self._closed = False
         self._drop = DropPolicy(self.config.drop_config(), backend.spec.token_grid)
         self._bank = _bank if _bank is not None else MemoryBank(self.config.bank_config(), backend.spec.summary_dim)
-        self._retriever = Retriever(backend, self._bank, self.config)
+        self._retriever = Retriever(backend, self._bank, lambda: self.config)  # sees config updates
         system = self.config.system_prompt or getattr(backend, "default_system", "")
         sink_seg = backend.text_segment(backend.chat.sink_template.format(system=system), 0)
-        res, _ = backend.prefill(sink_seg, [])
+        res, cache = backend.prefill(sink_seg, [], cache=backend.window_cache(capacity=_first_capacity(self.config)))
         self._sink = res.kv
         self._next_pos = sink_seg.next_position
         first_chunk_id = len(self._bank) and max(m.chunk_id for m in self._bank.metas()) + 1
-        self._window = Window(self.config.window_tokens, self.config.chunk_frames, first_chunk_id)
+        # on the CPU the window's items are views of the cache (its KV held once); on an accelerator
+        # they are copies in host memory, where chunks are banked
+        self._window = Window(self.config.window_tokens, self.config.chunk_frames, first_chunk_id, cache=cache,
+                              sink_tokens=self._sink.length, views=backend.device.type == "cpu")
         self._dialog: deque[KVSegment] = deque()
         self._dialog_len = 0
         self._watches = WatchRules()
@@ -144,7 +186,7 @@ class Session:
         self._check_positions(seg.length)
         self._bank_chunks(self._window.make_room(seg.length))
         t0 = time.perf_counter()
-        res, _ = self.backend.prefill(seg, self._local_context())
+        res, _ = self.backend.prefill(seg, (), cache=self._window.cache, kv_view=self._window.views)
         self._timing["prefill_s"] += time.perf_counter() - t0
         self._next_pos = seg.next_position
         weight = int(seg.content.sum()) if seg.content is not None and bool(seg.content.any()) else seg.length
@@ -335,30 +377,32 @@ class Session:
             self.last_active = time.time()
             t0 = time.perf_counter()
             self.flush()
-            qseg, context, retrieved = self._ask_context(question, k, max_new)
-            t_retrieved = time.perf_counter()
-            result = None
-            first_token_s = None
-            for item in self.backend.generate(qseg, context, max_new_tokens=max_new, should_stop=should_stop):
-                if isinstance(item, str):
-                    if first_token_s is None:
-                        first_token_s = time.perf_counter() - t0
-                    if on_delta is not None:
-                        on_delta(item)
-                else:
-                    result = item
+            with self._question(question, k, max_new) as q:
+                result = None
+                first_token_s = None
+                for item in self.backend.generate(q.segment, (), max_new_tokens=max_new, should_stop=should_stop,
+                                                  prefilled=(q.prefill, q.cache)):
+                    if isinstance(item, str):
+                        if first_token_s is None:
+                            first_token_s = time.perf_counter() - t0
+                        if on_delta is not None:
+                            on_delta(item)
+                    else:
+                        result = item
             assert result is not None
+            qseg, retrieved = q.segment, q.retrieved
             self._next_pos = result.next_position
             self._remember_turn(result.turn_kv)
             self._counters["questions"] += 1
             evidence = self._evidence(retrieved)
             usage = {
-                "context_tokens": sum(s.length for s in context),
+                "context_tokens": q.context_tokens,
                 "question_tokens": qseg.length,
                 "completion_tokens": len(result.token_ids),
                 "retrieved_chunks": len(retrieved),
                 "window_tokens": self._window.tokens,
-                "retrieval_s": round(t_retrieved - t0, 4),
+                "probe_s": round(q.probe_s, 4),
+                "retrieval_s": round(q.retrieved_at - t0, 4),
                 "first_token_s": None if first_token_s is None else round(first_token_s, 4),
                 "total_s": round(time.perf_counter() - t0, 4),
             }
@@ -367,18 +411,44 @@ class Session:
                 tuple(result.token_ids),
             )
 
-    def _ask_context(self, question: str, k: int, max_new: int):
-        """-> (question segment, context segments, retrieved chunks) for answering ``question`` now."""
+    @contextmanager
+    def _question(self, question: str, k: int, room: int, *, all_logits: bool = False) -> Iterator[_Question]:
+        """The question prefilled over the context an answer uses, in the window cache; rewound on exit.
+
+        The cache holds ``sink | window``; the dialog is written after it and the question is
+        prefilled once over ``sink | window | dialog``: that prefill is the retrieval probe. When no
+        chunk comes back it is also the answer's prefill. Otherwise the question's tokens are dropped,
+        the retrieved chunks (time order, original positions) written after the dialog, and the
+        question prefilled again over all of it: the order of past KV does not change attention
+        (positions are in the rotated keys), so this is the layout ``sink | memory | window | dialog``
+        up to float rounding. On exit the cache is rewound to ``sink | window``, whatever happened.
+
+        Args:
+            room: tokens the answer may add after the question (for the position check).
+            all_logits: keep the logits of every question token (else the last one's).
+        """
         qseg = self.backend.question_segment(question.strip(), self._next_pos, first=not self._dialog)
-        self._check_positions(qseg.length + max_new)
-        local = self._local_context() + list(self._dialog)
-        retrieved = []
-        if k > 0 and len(self._bank):
-            probe, _ = self.backend.prefill(qseg, local, want_query_tokens=self.config.rerank)
-            retrieved = self._retriever.retrieve(question.strip(), probe, k)
-        memory = [KVSegment(r.chunk.keys, r.chunk.values, r.chunk.positions) for r in retrieved]
-        context = [self._sink] + memory + self._window.segments() + list(self._dialog)
-        return qseg, context, retrieved
+        self._check_positions(qseg.length + room)
+        cache = self._window.cache
+        mark = cache.length
+        keep = qseg.length if all_logits else 1
+        try:
+            cache.append(list(self._dialog))
+            local = cache.length
+            probe_needed = k > 0 and len(self._bank) > 0
+            t0 = time.perf_counter()
+            res, _ = self.backend.prefill(qseg, (), cache=cache, logits_to_keep=keep,
+                                          want_query_tokens=probe_needed and self.config.rerank)
+            probe_s = time.perf_counter() - t0
+            retrieved = self._retriever.retrieve(question.strip(), res, k) if probe_needed else []
+            retrieved_at = time.perf_counter()
+            if retrieved:
+                cache.rewind(local)
+                cache.append([KVSegment(r.chunk.keys, r.chunk.values, r.chunk.positions) for r in retrieved])
+                res, _ = self.backend.prefill(qseg, (), cache=cache, logits_to_keep=keep)
+            yield _Question(qseg, res, cache, retrieved, cache.length - qseg.length, probe_s, retrieved_at)
+        finally:
+            cache.rewind(mark)
 
     def question_logits(self, question: str, *, top_k: int | None = None) -> tuple[torch.Tensor, tuple[Evidence, ...]]:
         """Logits ``(Tq, V)`` of the question's tokens over the same context :meth:`answer` would use.
@@ -390,9 +460,8 @@ class Session:
         with self._lock:
             self._check_open()
             self.flush()
-            qseg, context, retrieved = self._ask_context(question, k, 1)
-            res, _ = self.backend.prefill(qseg, context, logits_to_keep=qseg.length)
-            return res.logits, self._evidence(retrieved)
+            with self._question(question, k, 1, all_logits=True) as q:
+                return q.prefill.logits, self._evidence(q.retrieved)
 
     def score_options(self, question: str, options, *, top_k: int | None = None) -> tuple[list[float], tuple[Evidence, ...]]:
         """How likely each option text is as the answer to ``question``: one mean log-probability per option.
@@ -419,29 +488,34 @@ class Session:
         with self._lock:
             self._check_open()
             self.flush()
-            qseg, context, retrieved = self._ask_context(question, k, max(len(self.backend.tokenize(" " + o)) for o in opts))
-            res, cache = self.backend.prefill(qseg, context)
-            first = torch.log_softmax(res.logits[-1].float(), dim=-1)
-            base = cache.get_seq_length()
-            fmt = self.backend.chat.first_question if not self._dialog else self.backend.chat.next_question
-            spaced = not fmt.endswith((" ", "\n", "\t"))
-            scores = []
-            for option in opts:
-                ids = self.backend.tokenize((" " if spaced else "") + option.strip())
-                total = float(first[int(ids[0])])
-                if ids.numel() > 1:
-                    feed = ids[:-1]
-                    with torch.inference_mode():
-                        logits = self.backend.language_model_forward(
-                            self.backend.embed_ids(feed).unsqueeze(0),
-                            self.backend.text_positions(qseg.next_position, int(feed.numel())).to(self.backend.device),
-                            cache, int(feed.numel()),
-                        )
-                    logp = torch.log_softmax(logits[0].float().cpu(), dim=-1)
-                    total += float(logp.gather(1, ids[1:].unsqueeze(1)).sum())
-                    cache.crop(base - cache.get_seq_length())  # negative: drop the option's tokens again
-                scores.append(total / int(ids.numel()))
-            return scores, self._evidence(retrieved)
+            room = max(len(self.backend.tokenize(" " + o)) for o in opts)
+            with self._question(question, k, room) as q:
+                return self._option_scores(q, opts), self._evidence(q.retrieved)
+
+    def _option_scores(self, q: _Question, opts: list[str]) -> list[float]:
+        """Mean log-probability per token of each option, continuing the question prefilled in ``q``."""
+        qseg, res, cache = q.segment, q.prefill, q.cache
+        first = torch.log_softmax(res.logits[-1].float(), dim=-1)
+        base = cache.get_seq_length()
+        fmt = self.backend.chat.first_question if not self._dialog else self.backend.chat.next_question
+        spaced = not fmt.endswith((" ", "\n", "\t"))
+        scores = []
+        for option in opts:
+            ids = self.backend.tokenize((" " if spaced else "") + option.strip())
+            total = float(first[int(ids[0])])
+            if ids.numel() > 1:
+                feed = ids[:-1]
+                with torch.inference_mode():
+                    logits = self.backend.language_model_forward(
+                        self.backend.embed_ids(feed).unsqueeze(0),
+                        self.backend.text_positions(qseg.next_position, int(feed.numel())).to(self.backend.device),
+                        cache, int(feed.numel()),
+                    )
+                logp = torch.log_softmax(logits[0].float().cpu(), dim=-1)
+                total += float(logp.gather(1, ids[1:].unsqueeze(1)).sum())
+                cache.crop(base - cache.get_seq_length())  # negative: drop the option's tokens again
+            scores.append(total / int(ids.numel()))
+        return scores
 
     def _remember_turn(self, turn: KVSegment | None) -> None:
         if turn is None or self.config.dialog_max_tokens == 0:
@@ -542,7 +616,7 @@ class Session:
                 "dialog_tokens": self._dialog_len,
                 "bank_chunks": len(self._bank),
                 "memory_bytes": {
-                    "window": window_bytes + self._sink.nbytes + dialog_bytes,
+                    "window": window_bytes + dialog_bytes,  # the window cache holds the sink too
                     "ram": int(bank_bytes.get("ram", 0)),
                     "disk": int(bank_bytes.get("disk", 0)),
                 },

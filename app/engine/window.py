@@ -126,27 +126,53 @@ class Window:
 
     Iterating, indexing and ``len`` give the items, oldest first.
 
+    With a ``cache`` (a :class:`~app.engine.backends.window_cache.WindowKVCache` that holds the sink,
+    ``sink_tokens`` long, and then every item, in order), the window keeps the cache in step: items
+    leaving it are removed from the cache too, so the cache always holds exactly ``sink | items``
+    between prefills, ready for the next one. With ``views`` the items' KV are views of the cache
+    (the window's KV is held once), re-taken whenever the cache's buffer moved.
+
     Args:
         max_tokens: the window's size in tokens.
         chunk_frames: frame steps per memory chunk.
         first_chunk_id: the id of the first chunk it cuts (ids then count up).
+        cache: the window cache, or ``None`` (the items alone).
+        sink_tokens: tokens the cache holds before the first item.
+        views: items' KV are views of ``cache`` (else copies the caller made).
     """
 
-    def __init__(self, max_tokens: int, chunk_frames: int, first_chunk_id: int = 0):
+    def __init__(self, max_tokens: int, chunk_frames: int, first_chunk_id: int = 0, *, cache=None,
+                 sink_tokens: int = 0, views: bool = False):
         self.max_tokens = max_tokens
         self.chunk_frames = chunk_frames
         self._items: deque[WindowItem] = deque()
         self._tokens = 0
         self._chunk_ids = itertools.count(first_chunk_id)
+        self._cache = cache
+        self._sink_tokens = sink_tokens
+        self._views = bool(views and cache is not None)
+        self._epoch = cache.epoch if cache is not None else 0
 
     def __len__(self) -> int:
         return len(self._items)
 
     def __iter__(self) -> Iterator[WindowItem]:
+        self._sync()
         return iter(self._items)
 
     def __getitem__(self, i: int) -> WindowItem:
+        self._sync()
         return self._items[i]
+
+    @property
+    def cache(self):
+        """The window cache (``sink | items``), or ``None``."""
+        return self._cache
+
+    @property
+    def views(self) -> bool:
+        """Whether the items' KV are views of the cache."""
+        return self._views
 
     @property
     def tokens(self) -> int:
@@ -155,16 +181,35 @@ class Window:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the KV held."""
-        return sum(it.kv.nbytes for it in self._items)
+        """Bytes of the KV held: the cache's buffer (sink and spare room included), and the items' own
+        copies when they are not views of it."""
+        own = 0 if self._views else sum(it.kv.nbytes for it in self._items)
+        return own + (self._cache.nbytes if self._cache is not None else 0)
+
+    def _sync(self) -> None:
+        """Re-take the items' views after the cache's buffer moved (they would read stale slots)."""
+        if not self._views or self._cache.epoch == self._epoch:
+            return
+        offset = self._sink_tokens
+        for it in self._items:
+            n = it.kv.length
+            it.kv = self._cache.segment(offset, offset + n, it.kv.positions)
+            offset += n
+        self._epoch = self._cache.epoch
 
     def segments(self) -> list[KVSegment]:
         """The items' KV, oldest first."""
+        self._sync()
         return [it.kv for it in self._items]
 
     def append(self, item: WindowItem) -> None:
+        """Add the newest item (with a cache: already prefilled into it, right after the other items)."""
+        if self._cache is not None and self._cache.length != self._sink_tokens + self._tokens + item.kv.length:
+            raise ValueError(f"window cache out of step: it holds {self._cache.length} tokens, the sink and "
+                             f"items {self._sink_tokens + self._tokens + item.kv.length}")
         self._items.append(item)
         self._tokens += item.kv.length
+        self._sync()
 
     def make_room(self, incoming: int) -> list[KVChunk]:
         """Evict the oldest items until ``incoming`` more tokens fit.
@@ -172,17 +217,23 @@ class Window:
         Returns the chunks the evicted items make, in stream order, for the memory bank; items a
         save already banked leave without a chunk.
         """
-        chunks = []
+        self._sync()
+        chunks, evicted = [], 0
         while self._items and self._tokens + incoming > self.max_tokens:
             group = [self._items.popleft() for _ in range(group_length(self._items, 0, self.chunk_frames))]
-            self._tokens -= sum(it.kv.length for it in group)
+            n = sum(it.kv.length for it in group)
+            self._tokens -= n
+            evicted += n
             if not group[0].banked:
-                chunks.append(make_chunk(group, next(self._chunk_ids)))
+                chunks.append(make_chunk(group, next(self._chunk_ids)))  # copies: the slots are reused next
+        if self._cache is not None and evicted:
+            self._cache.remove(self._sink_tokens, evicted)
         return chunks
 
     def bank_all(self) -> list[KVChunk]:
         """Chunks of every item not yet banked, cut where eviction will cut them; the items stay and
         are marked banked (a save copies the window into the bank while the stream goes on)."""
+        self._sync()
         items, chunks, i = list(self._items), [], 0
         while i < len(items):
             group = items[i : i + group_length(items, i, self.chunk_frames)]
@@ -209,5 +260,8 @@ class Window:
         )
 
     def clear(self) -> None:
+        """Drop every item and the cache (its buffer is freed)."""
         self._items.clear()
         self._tokens = 0
+        self._cache = None
+        self._views = False

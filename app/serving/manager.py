@@ -4,7 +4,13 @@
   priority: answers and text events (in the order they were submitted, so a question sees the text
   sent before it), then control work (building a session), then watch-rule checks, then frames. Each
   session keeps at most one pending frame (newest wins); the replaced frame is counted as dropped
-  (``backlog``). Frames beyond ``max_fps`` are refused at once (``rate_limit``).
+  (``backlog``). Frames beyond ``max_fps`` are refused at once (``rate_limit``). Sessions share the
+  worker fairly: it serves them by the worker time each has used, at every priority, and an answer
+  yields between tokens to sessions that used less (:class:`~app.serving.scheduler.Scheduler`).
+* A session that persists (``memory_dir`` + ``persist``) is saved every ``save_interval_s`` while its
+  input changes, and when it closes (``Session.save``:
+  the window's frames are banked and ``session.json`` written), so ``livesight ask --memory`` reopens
+  it; a ``memory_dir`` that holds a saved memory, is not empty, or is another open session's is refused.
 * A session's model state (:class:`~app.engine.session.Session`, whose sink prefill is model work) is
   built on the worker when it is first needed: by its first frame, text event, question or watch
   rule, or by :meth:`SessionManager.get`. Until then :meth:`SessionManager.update_session` may
@@ -29,7 +35,9 @@ Events given to :meth:`SessionManager.subscribe` callbacks are plain dicts with 
 ``input_video.stats`` ``{stats}``, ``alert.triggered`` ``{rule_id, rule, pts, answer, wall}``,
 ``input_audio.transcript`` ``{t_start, t_end, text, tokens}`` (a speech segment the session has
 prefilled), ``input_source.ended`` ``{source, reason, frames, pts}``, ``input_source.error``
-``{source, error: {code, source_error, message}}``, ``input_source.gap`` ``{source, gap}``,
+``{source, error: {code, source_error, message}}``, ``input_source.stalled`` ``{source, pts, stalled_s,
+reconnecting}`` (no frame for ``source_stall_s``), ``input_source.gap`` ``{source, gap}`` (when frames
+come back),
 ``error`` ``{error: {code, message}}`` (a frame or text event that failed), ``session.closed``
 ``{reason}``. Callbacks run on manager threads and must return quickly.
 """
@@ -96,7 +104,10 @@ class _Entry:
     audio: SessionAudio | None = None  # with speech on: the session's transcriber and transcript
     counters: SessionCounters = field(default_factory=SessionCounters)
     stats_dirty: bool = False  # something changed since the last input_video.stats event
+    last_pts: float | None = None  # the newest stream time of any frame queued (a new source continues from it)
     stats_sent_at: float = 0.0
+    saved_inputs: int = 0  # ``inputs`` when the persisted memory was last saved (periodic saves)
+    saved_at: float = field(default_factory=time.monotonic)
 
     def touch(self) -> None:
         self.last_active = time.monotonic()
@@ -131,8 +142,13 @@ class SessionManager:
 
     # ---- sessions ------------------------------------------------------------------------------
     def _effective(self, cfg: SessionConfig) -> SessionConfig:
+        """``cfg`` within the server's budgets: RAM when the session sets none, and a share of the disk."""
         if cfg.ram_budget_mb is None and self.config.session_ram_budget_mb is not None:
-            return cfg.updated(ram_budget_mb=self.config.session_ram_budget_mb)
+            cfg = cfg.updated(ram_budget_mb=self.config.session_ram_budget_mb)
+        if self.config.memory_budget_gb is not None:
+            share = self.config.memory_budget_gb * 1024 / self.config.max_sessions
+            if cfg.disk_budget_mb is None or cfg.disk_budget_mb > share:
+                cfg = cfg.updated(disk_budget_mb=share)
         return cfg
 
     def create_session(self, overrides: dict | None = None, *, owner: str | None = None) -> str:
@@ -149,6 +165,8 @@ class SessionManager:
             raise ConfigError(f"session settings must be a mapping of field names to values; got {type(overrides).__name__}")
         cfg = self._effective(self.config.default_session.updated(**(overrides or {})))
         sid = "sess_" + uuid.uuid4().hex[:16]
+        if cfg.memory_dir is not None:
+            self._check_memory_dir(sid, cfg.memory_dir)
         with self._lock:
             if self._closed:
                 raise ManagerError("the session manager is shut down")
@@ -185,6 +203,11 @@ class SessionManager:
         (from then on only :data:`LIVE_FIELDS` can change)."""
         return self._entry(sid).inputs > 0
 
+    def _build_session(self, sid: str, config: SessionConfig) -> Session:
+        """A new Session for ``sid`` (the sink prefill: model work, on the worker). The extension point
+        for managers that build some sessions another way (the cluster's, from a saved memory)."""
+        return Session(self.backend, config, session_id=sid)
+
     def _ensure(self, entry: _Entry) -> Session:
         """The entry's Session, built on first use (runs on the scheduler's worker, the only builder).
 
@@ -196,14 +219,15 @@ class SessionManager:
             if entry.session is not None:
                 return entry.session
             config = entry.config
-        built = Session(self.backend, config, session_id=entry.sid)
+        built = self._build_session(entry.sid, config)
         with entry.lock:
             now = entry.config
             changed = {k for k, v in now.to_dict().items() if config.to_dict().get(k) != v}
             keep = not entry.closed and entry.session is None and changed <= LIVE_FIELDS
             if keep:
                 entry.session = built
-                built.config = now  # live fields changed meanwhile are read per request
+                if changed:  # live fields changed meanwhile are read per request
+                    built.config = built.config.updated(**{k: getattr(now, k) for k in changed})
         if not keep and not entry.closed and entry.session is None:  # a setting changed during the build
             built.close()
             return self._ensure(entry)
@@ -255,6 +279,8 @@ class SessionManager:
             raise ConfigError(f"session settings must be a mapping of field names to values; got {type(overrides).__name__}")
         entry = self._entry(sid)
         entry.touch()
+        if overrides.get("memory_dir") is not None:
+            self._check_memory_dir(sid, overrides["memory_dir"])
         with entry.lock:
             new = self._effective(entry.config.updated(**overrides))
             changed = sorted(k for k in overrides if getattr(new, k) != getattr(entry.config, k))
@@ -292,6 +318,29 @@ class SessionManager:
 
         return self._run_control(entry, rebuild)
 
+    def _check_memory_dir(self, sid: str, memory_dir: Any) -> None:
+        """Refuse a ``memory_dir`` another open session uses, or one that holds a saved memory (a
+        new session would write over it; a saved memory is reopened with ``livesight ask --memory``)."""
+        import os
+
+        from app.engine.persistence import SESSION_FILE
+
+        if not isinstance(memory_dir, str):
+            return  # SessionConfig names the problem
+        path = os.path.realpath(os.path.expanduser(memory_dir))
+        with self._lock:
+            others = [e for e in self._entries.values() if e.sid != sid and not e.closed]
+        for other in others:
+            mine = other.config.memory_dir
+            if mine is not None and os.path.realpath(os.path.expanduser(mine)) == path:
+                raise ConfigError(f"memory_dir {memory_dir!r} is in use by another open session; choose another "
+                                  "directory")
+        if os.path.isfile(os.path.join(path, SESSION_FILE)):
+            raise ConfigError(f"memory_dir {memory_dir!r} holds a saved memory; a new session would write over it. "
+                              f"Ask it with `livesight ask --memory {memory_dir}`, or choose a new or empty directory")
+        if os.path.isdir(path) and any(os.scandir(path)):
+            raise ConfigError(f"memory_dir {memory_dir!r} is not empty; choose a new or empty directory")
+
     def close_session(self, sid: str, *, reason: str = "closed") -> None:
         """Close a session: its source stops, pending work is cancelled, a running answer is
         cancelled, and its memory is freed (disk too unless it persists). Idempotent for ids
@@ -314,6 +363,12 @@ class SessionManager:
         if entry.audio is not None:
             entry.audio.close()
         self.scheduler.cancel_key(sid)
+        if session is not None and session.config.persist and session.config.memory_dir is not None:
+            try:  # a persisted memory is left reopenable: the window's last frames and session.json
+                session.save()
+                logger.info("session %s: memory saved to %s", sid, session.config.memory_dir)
+            except Exception:  # noqa: BLE001 - closing must not fail the caller
+                logger.exception("saving the memory of session %s failed", sid)
         if session is not None:
             try:
                 session.close()
@@ -326,10 +381,13 @@ class SessionManager:
 
     # ---- frames ------------------------------------------------------------------------------
     def check_frame(self, frame: Frame) -> None:
-        """Raise :class:`FrameTooLarge` when ``frame`` exceeds ``max_frame_side``."""
+        """Raise :class:`FrameTooLarge` when ``frame`` exceeds ``max_frame_side`` or ``max_frame_pixels``."""
         side = self.config.max_frame_side
         if frame.width > side or frame.height > side:
             raise FrameTooLarge(f"frame of {frame.width}x{frame.height} exceeds max_frame_side={side} pixels")
+        if frame.width * frame.height > self.config.max_frame_pixels:
+            raise FrameTooLarge(f"frame of {frame.width}x{frame.height} exceeds max_frame_pixels="
+                                f"{self.config.max_frame_pixels}")
 
     def offer_frame(self, sid: str, frame: Frame) -> FrameVerdict:
         """Queue a frame (non-blocking); see :class:`FrameVerdict`.
@@ -372,6 +430,7 @@ class SessionManager:
             if count_submit:
                 entry.counters.counts["frames_submitted"] += 1
             entry.counters.counts["frames_accepted"] += 1
+            entry.last_pts = frame.pts if entry.last_pts is None else max(entry.last_pts, frame.pts)
             entry.inputs += 1
             entry.stats_dirty = True
             entry.touch()
@@ -613,10 +672,20 @@ class SessionManager:
             raise InvalidRequest(f"top_k must be an integer in [0, 4096]; got {top_k!r}")
         cancel = threading.Event()
 
+        calls = [0]
+
+        def stop_or_yield() -> bool:
+            # between tokens (from the second on: the first token comes as soon as it can), a long
+            # answer lets other sessions' pending work run (fairness)
+            calls[0] += 1
+            if calls[0] > 1:
+                self.scheduler.yield_point()
+            return cancel.is_set()
+
         def work() -> Answer:
             try:
                 session = self._ensure(entry)
-                answer = session.answer(question, on_delta=on_delta, should_stop=cancel.is_set,
+                answer = session.answer(question, on_delta=on_delta, should_stop=stop_or_yield,
                                         max_new_tokens=max_new_tokens, top_k=top_k)
             except Exception:
                 with entry.lock:
@@ -731,11 +800,18 @@ class SessionManager:
             raise InvalidRequest("a source needs a non-empty URL or path")
         allow = self.config.allow_file_sources if allow_files is None else bool(allow_files)
         timeout = self.config.source_open_timeout_s
+        self._check_host(spec.strip())
         try:
             source = open_source(spec.strip(), allow_files=allow, realtime=bool(realtime),
                                  open_timeout_s=timeout, read_timeout_s=timeout, audio=entry.audio is not None)
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from exc
+        width, height = getattr(source.info, "width", None), getattr(source.info, "height", None)
+        if width and height and width * height > self.config.max_frame_pixels:
+            # refused before the first frame is decoded: each decoded frame would need that much memory
+            source.close()
+            raise FrameTooLarge(f"{source.info.source}: its video is {width}x{height} = {width * height} pixels per "
+                                f"frame; this server decodes at most max_frame_pixels={self.config.max_frame_pixels}")
         audio = entry.audio if entry.audio is not None and getattr(source.info, "has_audio", False) else None
         if audio is not None:
             try:
@@ -746,10 +822,14 @@ class SessionManager:
         paced = bool(realtime) and not source.live
         sampler = Sampler(source, SamplerConfig(fps=float(fps), max_side=self.config.max_frame_side),
                           live=source.live)
+        with entry.lock:
+            # a new source continues the session's stream time one sample after what it saw last
+            base = None if entry.last_pts is None else entry.last_pts + 1.0 / float(fps)
         runner = SourceRunner(sampler, sid, emit=lambda event: self._emit(entry, event),
                               enqueue=lambda frame: self._enqueue_frame(entry, frame),
                               session_closed=lambda: entry.closed, paced=paced, blocking=not realtime,
-                              audio=audio)
+                              audio=audio, pts_base=base,
+                              stall_after_s=max(self.config.source_stall_s, 2.0 / float(fps)))
         with entry.lock:
             if entry.closed:
                 sampler.close()
@@ -762,6 +842,21 @@ class SessionManager:
         runner.start()
         logger.info("session %s pulls %s (%s)", sid, runner.name, "live" if source.live else "file")
         return runner.info
+
+    def _check_host(self, spec: str) -> None:
+        """Refuse a network URL whose host the server's :class:`~streaming.hosts.HostPolicy` does not
+        allow (before anything is opened). Local paths, ``file:`` URLs and webcams are governed by
+        ``allow_files`` instead."""
+        from streaming.factory import is_webcam_spec
+        from streaming.schemes import redact, scheme_of
+
+        try:
+            scheme = scheme_of(spec)
+        except ValueError:
+            return  # not a URL: open_source decides (a path, or an error naming the problem)
+        if scheme in ("", "file") or is_webcam_spec(spec):
+            return
+        self.config.source_hosts.check(spec, name=redact(spec))
 
     def stop_source(self, sid: str) -> bool:
         """Stop the session's server-pulled source (an ``input_source.ended`` event with reason
@@ -862,9 +957,10 @@ class SessionManager:
             for entry in entries:
                 if entry.closed:
                     continue
+                # a pulled source keeps its session alive by the frames it delivers (each one is activity),
+                # not by merely being open: a stalled camera or a stream of one frame an hour does not
                 busy = entry.answer is not None and not entry.answer.future.done()
-                pulling = entry.source is not None and not entry.source.finished
-                if not busy and not pulling and now - entry.last_active > self.config.session_ttl_s:
+                if not busy and now - entry.last_active > self.config.session_ttl_s:
                     with self._lock:
                         self._counters["sessions_expired"] += 1
                     logger.info("session %s expired after %.0f s idle", entry.sid, now - entry.last_active)
@@ -878,6 +974,13 @@ class SessionManager:
                                               coalesce=("snapshot", entry.sid))
                     except SchedulerClosed:
                         return
+                if self._save_due(entry, now):
+                    entry.saved_at, entry.saved_inputs = now, entry.inputs
+                    try:
+                        self.scheduler.submit(ALERT, lambda e=entry: self._save_persisted(e), key=entry.sid,
+                                              coalesce=("save", entry.sid))
+                    except SchedulerClosed:
+                        return
                 if entry.stats_dirty and now - entry.stats_sent_at >= self.config.stats_interval_s:
                     entry.stats_dirty = False
                     entry.stats_sent_at = now
@@ -886,6 +989,29 @@ class SessionManager:
                     except UnknownSession:
                         continue
                     self._emit(entry, {"type": "input_video.stats", "stats": stats})
+
+    # ---- periodic saves ----------------------------------------------------------------------------
+    def _save_due(self, entry: _Entry, now: float) -> bool:
+        """Whether a persisted session's memory should be saved now (its input changed, the interval passed)."""
+        interval = self.config.save_interval_s
+        cfg = entry.config
+        return (interval is not None and entry.session is not None and cfg.persist and cfg.memory_dir is not None
+                and entry.inputs != entry.saved_inputs and now - entry.saved_at >= interval)
+
+    def _save_persisted(self, entry: _Entry) -> None:
+        """Save a persisted session's memory (on the worker): chunks first, the manifest and
+        ``session.json`` last, so a crash leaves the previous save whole. Failures are logged; the
+        next interval tries again."""
+        session = entry.session
+        if session is None or entry.closed:
+            return
+        try:
+            session.save()
+        except SessionClosed:
+            return
+        except Exception:  # noqa: BLE001 - a failed save must not stop the session; the next one retries
+            entry.saved_inputs = -1
+            logger.exception("saving the memory of session %s failed", entry.sid)
 
     # ---- shutdown ----------------------------------------------------------------------------------
     def shutdown(self, timeout: float = 10.0) -> None:

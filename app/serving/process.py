@@ -56,6 +56,9 @@ class ServeOptions:
         ui: serve the Gradio page too.
         max_source_opens, auth_max_failures, auth_block_s: the websocket API's source-opening pool and
             wrong-token limit (see :class:`~app.serving.ws_server.ServerConfig`).
+        connection_limits: more :class:`~app.serving.ws_server.ServerConfig` limits per connection, by
+            field name (``send_queue_bytes``, ``send_timeout_s``, ``max_items``, ``max_messages_per_s``);
+            validated there.
         manager: the session manager's limits and session defaults, and speech (``manager.asr``; the
             speech model is loaded at start-up). With a model that cannot see (``spec.random_vision``, as the
             fallback's) the default session's ``vision`` is turned off.
@@ -76,6 +79,7 @@ class ServeOptions:
     max_source_opens: int = 4
     auth_max_failures: int = 5
     auth_block_s: float = 60.0
+    connection_limits: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("port", "ws_port"):
@@ -144,23 +148,25 @@ def load_backend_with_fallback(model: str, *, device: str = "cpu", dtype: str = 
     except (ModelNotAvailable, OSError) as exc:
         if fallback is None or fallback == model:
             raise
-        reason = _reason(exc)
+        # the notice is for users (one sentence and how to get the model); the cause goes to the log
+        logger.warning("loading %s failed: %s", model, _reason(exc))
         try:
             backend = load_backend(fallback, device=device, dtype="float32")
         except (ModelNotAvailable, OSError) as fallback_exc:
             if fallback == LAST_RESORT_MODEL:
                 raise
-            notice = (f"The model {model} could not be loaded ({reason}), nor could the offline fallback {fallback} "
-                      f"({_reason(fallback_exc)}), so LiveSight runs {LAST_RESORT_MODEL}, a tiny model with random "
+            logger.warning("loading the fallback %s failed: %s", fallback, _reason(fallback_exc))
+            notice = (f"The model {model} could not be loaded, nor could the offline fallback {fallback}, "
+                      f"so LiveSight runs {LAST_RESORT_MODEL}, a tiny model with random "
                       f"weights whose answers are not meaningful; {GET_THE_MODEL}.")
             logger.warning("%s", notice)
             return LoadedModel(load_backend(LAST_RESORT_MODEL, device=device, dtype="float32"), notice, True)
         blind = backend.spec.random_vision
         if blind:
-            notice = _blind_notice(f"The model {model} could not be loaded ({reason}), so LiveSight runs {fallback}, "
+            notice = _blind_notice(f"The model {model} could not be loaded, so LiveSight runs {fallback}, "
                                    "the real SmolLM2 text weights", speech)
         else:
-            notice = (f"The model {model} could not be loaded ({reason}), so LiveSight runs {fallback}"
+            notice = (f"The model {model} could not be loaded, so LiveSight runs {fallback}"
                       + (", a model with random weights whose answers are not meaningful." if backend.spec.random_weights
                          else " instead."))
         logger.warning("%s", notice)
@@ -222,7 +228,7 @@ def run_server(opts: ServeOptions, *, page_launcher: PageLauncher | None = None,
     # Check the server settings before the (slow) model load.
     server_config = ServerConfig(host=opts.host, port=opts.ws_port, token=opts.token,
                                  max_source_opens=opts.max_source_opens, auth_max_failures=opts.auth_max_failures,
-                                 auth_block_s=opts.auth_block_s)
+                                 auth_block_s=opts.auth_block_s, **opts.connection_limits)
     check_listen(opts.host, opts.ws_port)  # a port in use fails now, not after the model load
     manager_config = opts.manager
     if manager_config.asr is not None:

@@ -68,6 +68,7 @@ ERROR_CODES = (
     "invalid_config",        # a session setting that is unknown, out of range, or fixed once input started
     "source_error",          # a server-pulled source failed (error.source_error names its class)
     "scheme_not_allowed",    # input_source.set with a scheme (or local file) the server does not admit
+    "host_not_allowed",      # input_source.set with a host outside the server's source-host policy
     "source_busy",           # input_source.set while max_source_opens other sources are being opened: try again
     "response_in_progress",  # response.create while an answer is still running
     "unauthorized",          # (handshake) a missing or wrong bearer token: HTTP 401

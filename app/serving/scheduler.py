@@ -4,27 +4,34 @@ The model is not re-entrant and torch already uses every core, so every piece of
 every session (answers, watch-rule checks, text events, frame encoding and prefill, building a
 session's sink) runs on this one thread, one task at a time:
 
-* **control** tasks (:data:`ANSWER`, :data:`CONTROL`, :data:`ALERT`) run in priority order, FIFO
-  within a priority, and are never dropped (an :data:`ALERT` task may be *coalesced* with a pending
-  one of the same key: the pending one evaluates the newest state anyway);
-* **frame** tasks run only when no control task waits. Each session (``key``) holds at most one
-  pending frame: a newer frame replaces it (newest wins) and the replaced one is counted as dropped
-  (``backlog``). Sessions with pending frames are served round-robin.
+* **control** tasks (:data:`ANSWER`, :data:`CONTROL`, :data:`ALERT`) run in priority order and are
+  never dropped (an :data:`ALERT` task may be *coalesced* with a pending one of the same key: the
+  pending one evaluates the newest state anyway);
+* **frame** tasks come after them. Each session (``key``) holds at most one pending frame: a newer
+  frame replaces it (newest wins) and the replaced one is counted as dropped (``backlog``).
+
+Fairness between sessions: within every priority, sessions are served round-robin (FIFO within a
+session, so a session's text events stay in order with its questions): a session that queues
+hundreds of tasks gets one turn per round like every other. A lower priority is not starved by a
+flood of higher ones either: after ``share`` tasks of higher priorities ran while it waited, it gets
+the next turn. And a long task yields: :meth:`Scheduler.yield_point`, called by a running task
+between steps (an answer calls it between tokens), runs one pending task of *another* session once
+the running one has held the worker for ``slice_s``, so other sessions' frames and answers proceed
+during a long answer.
 
 Futures are :class:`concurrent.futures.Future`; a task's exception goes to its future only.
 """
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import logging
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -42,14 +49,14 @@ class SchedulerClosed(RuntimeError):
     """The scheduler was shut down; it takes no more work."""
 
 
-@dataclass(order=True)
+@dataclass
 class _Task:
     priority: int
     seq: int
-    fn: Callable[[], Any] = field(compare=False)
-    future: Future = field(compare=False)
-    key: Hashable = field(compare=False, default=None)
-    coalesce: Hashable = field(compare=False, default=None)
+    fn: Callable[[], Any]
+    future: Future
+    key: Hashable = None
+    coalesce: Hashable = None
 
 
 @dataclass
@@ -59,23 +66,82 @@ class _FrameSlot:
     on_drop: Callable[[], None] | None
 
 
+class _Level:
+    """The pending control tasks of one priority: a FIFO per session, sessions in round-robin order."""
+
+    def __init__(self) -> None:
+        self.queues: OrderedDict[Hashable, deque[_Task]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self.queues.values())
+
+    def __bool__(self) -> bool:
+        return bool(self.queues)
+
+    def push(self, task: _Task) -> None:
+        self.queues.setdefault(task.key, deque()).append(task)
+
+    def pop(self, exclude: frozenset | set = frozenset()) -> _Task | None:
+        """The first task of the first session in the rotation not in ``exclude``; that session goes
+        to the back of the rotation."""
+        key = next((k for k in self.queues if k not in exclude), None)
+        return None if key is None else self.pop_key(key)
+
+    def pop_key(self, key: Hashable) -> _Task:
+        """The first task of session ``key`` (which has one); the session goes to the back."""
+        queue = self.queues[key]
+        task = queue.popleft()
+        if queue:
+            self.queues.move_to_end(key)
+        else:
+            del self.queues[key]
+        return task
+
+    def has(self, exclude: frozenset | set) -> bool:
+        return any(key not in exclude for key in self.queues)
+
+    def remove_key(self, key: Hashable) -> list[_Task]:
+        return list(self.queues.pop(key, ()))
+
+    def drain(self) -> list[_Task]:
+        tasks = [t for q in self.queues.values() for t in q]
+        self.queues.clear()
+        return tasks
+
+    def count(self, key: Hashable) -> int:
+        return len(self.queues.get(key, ()))
+
+
 class Scheduler:
-    """A priority scheduler with one worker thread (see the module docstring).
+    """A fair priority scheduler with one worker thread (see the module docstring).
 
     Args:
         name: the worker thread's name.
+        share: a priority level (frames included) that waits gets a turn after this many tasks of
+            higher priorities ran meanwhile. [1, 1000]
+        slice_s: how long a running task may hold the worker before :meth:`yield_point` runs another
+            session's pending task. (0, 60]
     """
 
-    def __init__(self, name: str = "livesight-model") -> None:
+    def __init__(self, name: str = "livesight-model", *, share: int = 4, slice_s: float = 0.1) -> None:
+        if isinstance(share, bool) or not isinstance(share, int) or not 1 <= share <= 1000:
+            raise ValueError(f"share must be an integer in [1, 1000]; got {share!r}")
+        if isinstance(slice_s, bool) or not isinstance(slice_s, (int, float)) or not 0 < slice_s <= 60:
+            raise ValueError(f"slice_s must be a number of seconds in (0, 60]; got {slice_s!r}")
+        self.share = share
+        self.slice_s = float(slice_s)
         self._cond = threading.Condition()
-        self._heap: list[_Task] = []
+        self._levels = {p: _Level() for p in (ANSWER, CONTROL, ALERT)}
+        self._skipped = {p: 0 for p in PRIORITY_NAMES}  # tasks of higher priorities run while p waited
         self._coalesce: dict[Hashable, _Task] = {}
         self._frames: OrderedDict[Hashable, _FrameSlot] = OrderedDict()  # order = round-robin order
         self._seq = itertools.count()
         self._closed = False
-        self._running: tuple[int, Hashable] | None = None
+        self._stack: list[list] = []  # running tasks [priority, key, started, nested_s]: the outer one, then nested
+        self._vtime: dict[Hashable, float] = {}  # worker seconds each session has used (its own tasks only)
+        self._slice_t0 = 0.0
         self._counters = {"executed": {n: 0 for n in PRIORITY_NAMES.values()}, "frames_replaced": 0, "coalesced": 0,
-                          "failed": 0, "cancelled": 0}
+                          "failed": 0, "cancelled": 0, "yielded": 0}
         self._busy_s = 0.0
         self._t0 = time.monotonic()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -88,7 +154,7 @@ class Scheduler:
         Args:
             priority: :data:`ANSWER`, :data:`CONTROL` or :data:`ALERT`.
             fn: the work; its return value (or exception) completes the future.
-            key: the session the work belongs to (for :meth:`cancel_key`).
+            key: the session the work belongs to (round-robin between keys; :meth:`cancel_key`).
             coalesce: when a task with the same ``coalesce`` key is still pending, return its future
                 instead of queueing another.
 
@@ -107,7 +173,8 @@ class Scheduler:
                     self._counters["coalesced"] += 1
                     return pending.future
             task = _Task(priority, next(self._seq), fn, Future(), key, coalesce)
-            heapq.heappush(self._heap, task)
+            self._join(key)
+            self._levels[priority].push(task)
             if coalesce is not None:
                 self._coalesce[coalesce] = task
             self._cond.notify()
@@ -128,6 +195,7 @@ class Scheduler:
             if self._closed:
                 raise SchedulerClosed("the model scheduler is shut down")
             slot = _FrameSlot(fn, Future(), on_drop)
+            self._join(key)
             old = self._frames.get(key)
             self._frames[key] = slot  # replacing keeps the session's place in the round-robin order
             if old is not None:
@@ -146,16 +214,13 @@ class Scheduler:
             how many pending tasks were cancelled.
         """
         with self._cond:
-            keep, dropped = [], []
-            for task in self._heap:
-                (dropped if task.key == key else keep).append(task)
-            if dropped:
-                self._heap = keep
-                heapq.heapify(self._heap)
-                for task in dropped:
-                    if task.coalesce is not None and self._coalesce.get(task.coalesce) is task:
-                        del self._coalesce[task.coalesce]
+            dropped = [t for level in self._levels.values() for t in level.remove_key(key)]
+            for task in dropped:
+                if task.coalesce is not None and self._coalesce.get(task.coalesce) is task:
+                    del self._coalesce[task.coalesce]
             slot = self._frames.pop(key, None)
+            if not any(k == key for _, k, _, _ in self._stack):
+                self._vtime.pop(key, None)  # a closed session's account goes with it
             self._counters["cancelled"] += len(dropped) + (slot is not None)
         for task in dropped:
             task.future.cancel()
@@ -167,16 +232,14 @@ class Scheduler:
     def pending(self, key: Hashable = None) -> dict[str, int]:
         """Pending tasks by kind (of one session when ``key`` is given)."""
         with self._cond:
-            out = {n: 0 for n in PRIORITY_NAMES.values()}
-            for task in self._heap:
-                if key is None or task.key == key:
-                    out[PRIORITY_NAMES[task.priority]] += 1
+            out = {PRIORITY_NAMES[p]: (len(level) if key is None else level.count(key))
+                   for p, level in self._levels.items()}
             out["frame"] = len(self._frames) if key is None else int(key in self._frames)
             return out
 
     def stats(self) -> dict[str, Any]:
         """Counters: executed tasks by kind, replaced frames, coalesced alert checks, failures,
-        pending work, and the worker's busy fraction since start."""
+        yields of long tasks to other sessions, pending work, and the worker's busy fraction."""
         with self._cond:
             elapsed = max(1e-9, time.monotonic() - self._t0)
             return {
@@ -185,8 +248,9 @@ class Scheduler:
                 "coalesced": self._counters["coalesced"],
                 "failed": self._counters["failed"],
                 "cancelled": self._counters["cancelled"],
+                "yielded": self._counters["yielded"],
                 "pending": self.pending(),
-                "running": None if self._running is None else PRIORITY_NAMES[self._running[0]],
+                "running": None if not self._stack else PRIORITY_NAMES[self._stack[-1][0]],
                 "busy_fraction": round(min(1.0, self._busy_s / elapsed), 4),
             }
 
@@ -197,55 +261,150 @@ class Scheduler:
     def idle(self) -> bool:
         """True when nothing runs and nothing waits (a snapshot)."""
         with self._cond:
-            return self._running is None and not self._heap and not self._frames
+            return not self._stack and not any(self._levels.values()) and not self._frames
 
     def in_worker(self) -> bool:
         """True when called from the worker thread (waiting on a future there would deadlock)."""
         return threading.current_thread() is self._thread
 
     # ---- worker -----------------------------------------------------------------------------------
+    def _pick(self, exclude: frozenset | set = frozenset(), *,
+              below: float | None = None) -> tuple[int, Hashable, Callable[[], Any], Future] | None:
+        """The next task (caller holds ``_cond``).
+
+        Sessions are served by the worker time they have used (least first, as a fair-share
+        scheduler does): only sessions within ``slice_s`` of the least-used waiting one are eligible,
+        so a session that floods the worker waits while a light one is served at once. Among the
+        eligible, the highest waiting priority runs, unless a lower one has waited ``share`` turns;
+        within a priority the eligible session that used least runs (ties: round-robin order).
+        ``exclude``: sessions that may not run now (their task is running). ``below``: only sessions
+        that used less than this may run (a yield point's running session's time)."""
+        candidates: dict[Hashable, int] = {}
+        for p in (ANSWER, CONTROL, ALERT):
+            for k in self._levels[p].queues:
+                if k not in exclude and k not in candidates:
+                    candidates[k] = p
+        for k in self._frames:
+            if k not in exclude and k not in candidates:
+                candidates[k] = FRAME
+        if not candidates:
+            return None
+        vmin = min(self._vtime.get(k, 0.0) for k in candidates)
+        if below is not None and vmin >= below:
+            return None
+        eligible = {k for k in candidates if self._vtime.get(k, 0.0) <= vmin + self.slice_s}
+        waiting = [p for p in (ANSWER, CONTROL, ALERT) if self._levels[p].has(exclude | (candidates.keys() - eligible))]
+        if any(k in eligible for k in self._frames):
+            waiting.append(FRAME)
+        starved = [p for p in waiting if self._skipped[p] >= self.share]
+        chosen = starved[-1] if starved else waiting[0]  # the lowest starved level: it waited behind all others
+        for p in waiting:
+            self._skipped[p] = 0 if p == chosen else self._skipped[p] + (p > chosen)
+        keys = self._frames if chosen == FRAME else self._levels[chosen].queues
+        key = min((k for k in keys if k in eligible), key=lambda k: self._vtime.get(k, 0.0))
+        if chosen == FRAME:
+            slot = self._frames.pop(key)
+            return FRAME, key, slot.fn, slot.future
+        task = self._levels[chosen].pop_key(key)
+        if task.coalesce is not None and self._coalesce.get(task.coalesce) is task:
+            del self._coalesce[task.coalesce]
+        return task.priority, task.key, task.fn, task.future
+
+    def _used(self, key: Hashable) -> float:
+        """Worker time session ``key`` has used, including its running task's time so far."""
+        used = self._vtime.get(key, 0.0)
+        now = time.monotonic()
+        for _priority, k, started, nested in self._stack:
+            if k == key:
+                used += now - started - nested
+        return used
+
+    def _join(self, key: Hashable) -> None:
+        """A session with nothing pending or running becomes runnable: it starts level with the
+        least-used active session (a session returning after a pause, or reconnecting, gets no hoard
+        of credit, and a new one is not put behind sessions that used more). Caller holds ``_cond``."""
+        active = set(self._frames) | {k for level in self._levels.values() for k in level.queues}
+        active |= {k for _, k, _, _ in self._stack}
+        if key in active:
+            return
+        active.discard(key)
+        if active:  # level with the least-used active session (as a fair-share scheduler's minimum)
+            floor = min(self._used(k) for k in active)
+            self._vtime[key] = max(self._vtime.get(key, 0.0), floor - self.slice_s)
+
     def _next(self) -> tuple[int, Hashable, Callable[[], Any], Future] | None:
         with self._cond:
             while True:
-                if self._heap:
-                    task = heapq.heappop(self._heap)
-                    if task.coalesce is not None and self._coalesce.get(task.coalesce) is task:
-                        del self._coalesce[task.coalesce]
-                    self._running = (task.priority, task.key)
-                    return task.priority, task.key, task.fn, task.future
-                if self._frames:
-                    key, slot = self._frames.popitem(last=False)  # the longest-waiting session first
-                    self._running = (FRAME, key)
-                    return FRAME, key, slot.fn, slot.future
+                item = self._pick()
+                if item is not None:
+                    self._stack.append([item[0], item[1], time.monotonic(), 0.0])
+                    return item
                 if self._closed:
                     return None
                 self._cond.wait()
+
+    def _execute(self, priority: int, key: Hashable, fn: Callable[[], Any], future: Future) -> None:
+        """Run one picked task (already on ``_stack``) and complete its future."""
+        if not future.set_running_or_notify_cancel():
+            with self._cond:
+                self._stack.pop()
+            return
+        t0 = self._stack[-1][2] = time.monotonic()
+        try:
+            result = fn()
+        except BaseException as exc:  # noqa: BLE001 - the failure belongs to this task alone
+            with self._cond:
+                self._counters["failed"] += 1
+            logger.debug("scheduler task (%s, %r) failed: %s", PRIORITY_NAMES[priority], key, exc)
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+        finally:
+            with self._cond:
+                _, _, _, nested = self._stack.pop()
+                elapsed = time.monotonic() - t0
+                self._vtime[key] = self._vtime.get(key, 0.0) + max(0.0, elapsed - nested)
+                if self._stack:
+                    self._stack[-1][3] += elapsed  # the outer task's own time excludes this one
+                else:
+                    self._busy_s += elapsed
+                self._counters["executed"][PRIORITY_NAMES[priority]] += 1
+
+    def yield_point(self) -> bool:
+        """Called by a running task between its steps (on the worker; elsewhere it does nothing):
+        once the running task has held the worker for ``slice_s``, run one pending task of another
+        session that has used less worker time than the running one (never one of a session whose
+        task is running: its state is mid-step) and start a new slice.
+
+        Returns:
+            True when another task ran.
+        """
+        if not self.in_worker():
+            return False
+        now = time.monotonic()
+        with self._cond:
+            if not self._stack or now - self._slice_t0 < self.slice_s or self._closed:
+                return False
+            running = self._stack[-1][1]
+            # only a session that has used less of the worker than the running one gets in
+            item = self._pick(exclude={k for _, k, _, _ in self._stack}, below=self._used(running))
+            if item is None:
+                self._slice_t0 = now
+                return False
+            self._stack.append([item[0], item[1], now, 0.0])
+            self._counters["yielded"] += 1
+            self._slice_t0 = now  # the nested task gets a slice of its own before it yields in turn
+        self._execute(*item)
+        self._slice_t0 = time.monotonic()
+        return True
 
     def _run(self) -> None:
         while True:
             item = self._next()
             if item is None:
                 return
-            priority, key, fn, future = item
-            if not future.set_running_or_notify_cancel():
-                with self._cond:
-                    self._running = None
-                continue
-            t0 = time.monotonic()
-            try:
-                result = fn()
-            except BaseException as exc:  # noqa: BLE001 - the failure belongs to this task alone
-                with self._cond:
-                    self._counters["failed"] += 1
-                logger.debug("scheduler task (%s, %r) failed: %s", PRIORITY_NAMES[priority], key, exc)
-                future.set_exception(exc)
-            else:
-                future.set_result(result)
-            finally:
-                with self._cond:
-                    self._running = None
-                    self._busy_s += time.monotonic() - t0
-                    self._counters["executed"][PRIORITY_NAMES[priority]] += 1
+            self._slice_t0 = time.monotonic()
+            self._execute(*item)
 
     def shutdown(self, timeout: float | None = 10.0) -> bool:
         """Stop taking work, cancel everything pending and wait ``timeout`` s for the running task.
@@ -255,7 +414,7 @@ class Scheduler:
         """
         with self._cond:
             self._closed = True
-            tasks, self._heap = self._heap, []
+            tasks = [t for level in self._levels.values() for t in level.drain()]
             slots = list(self._frames.values())
             self._frames.clear()
             self._coalesce.clear()

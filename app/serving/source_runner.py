@@ -7,6 +7,7 @@ import concurrent.futures
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -35,13 +36,28 @@ class SourceRunner:
             with its sound and the session hears: every ``AudioChunk`` goes to it (registered with
             ``source.on_audio`` here, before the source is read), and at the end of the stream what it
             buffered is transcribed before ``input_source.ended`` is sent.
+        pts_base: the session's stream time where this source begins (the end of what it saw before,
+            or None for a new session). A source whose own timestamps start earlier (a new file at 0
+            after minutes of webcam) is shifted to start there, so the session's stream time never
+            goes back; ``pts_offset`` says by how much.
+        stall_after_s: no frame for this long (while the source has not ended) sends
+            ``input_source.stalled``; when frames come back, ``input_source.gap`` follows (with the
+            gap's stream times) unless the source reported the outage itself (a reconnection).
+
+    A file that ends well before the duration its header declares ends with ``input_source.ended``
+    of reason ``truncated`` and a ``message`` saying where it stopped.
+
+    Events: ``input_source.stalled`` ``{source, pts (the last frame's), stalled_s, reconnecting}``;
+    ``input_source.gap`` ``{source, gap: {start_wall, end_wall, duration_s, reason, attempts,
+    start_pts, end_pts}}``.
     """
 
     #: Seconds the end of a stream waits for the last speech to be transcribed.
     FLUSH_TIMEOUT_S = 60.0
 
     def __init__(self, sampler, sid: str, *, emit: Callable[[dict], None], enqueue: Callable[[Any], Any],
-                 session_closed: Callable[[], bool], paced: bool, blocking: bool, audio=None) -> None:
+                 session_closed: Callable[[], bool], paced: bool, blocking: bool, audio=None,
+                 pts_base: float | None = None, stall_after_s: float = 5.0) -> None:
         self.sampler = sampler
         self.sid = sid
         self.name = sampler.source.name
@@ -57,6 +73,12 @@ class SourceRunner:
         self._enqueue = enqueue
         self._session_closed = session_closed
         self._gaps_seen = 0
+        self.pts_base = pts_base
+        self.pts_offset: float | None = None  # set at the first frame
+        self.stall_after_s = float(stall_after_s)
+        self.stalls = 0
+        self._stalled_since: float | None = None  # wall time the current stall began (last frame's arrival)
+        self._stall_pts: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"source-{sid}", daemon=True)
         self.audio = audio
@@ -125,12 +147,55 @@ class SourceRunner:
                 "fps": ing.fps, "reconnects": ing.reconnects, "reconnecting": ing.reconnecting,
                 "gaps": len(ing.gaps)}
 
-    def _check_gaps(self) -> None:
+    def _check_gaps(self, pts: float | None = None) -> bool:
+        """Send the source's newly recorded outages; True when there were any."""
         gaps = self.sampler.source.counters.gaps
+        sent = False
         while self._gaps_seen < len(gaps):
             g = gaps[self._gaps_seen]
             self._gaps_seen += 1
-            self._emit({"type": "input_source.gap", "source": self.name, "gap": dataclasses.asdict(g)})
+            gap = {**dataclasses.asdict(g), "start_pts": self._stall_pts if self._stalled_since else self.pts,
+                   "end_pts": pts}
+            self._emit({"type": "input_source.gap", "source": self.name, "gap": gap})
+            sent = True
+        return sent
+
+    def _check_stall(self, last_frame_at: float) -> None:
+        """No frame came: once ``stall_after_s`` passed, say so (once per stall)."""
+        now = time.time()
+        if self._stalled_since is not None or now - last_frame_at < self.stall_after_s:
+            return
+        self._stalled_since = last_frame_at
+        self._stall_pts = self.pts
+        self.stalls += 1
+        reconnecting = bool(getattr(self.sampler.stats(), "reconnecting", False))
+        logger.info("source %s of session %s: no frame for %.1f s", self.name, self.sid, now - last_frame_at)
+        self._emit({"type": "input_source.stalled", "source": self.name, "pts": self.pts,
+                    "stalled_s": round(now - last_frame_at, 3), "reconnecting": reconnecting})
+
+    def _resumed(self, pts: float) -> None:
+        """A frame came after a stall: the gap is sent now (unless the source's own record of the
+        outage was just sent)."""
+        since = self._stalled_since
+        self._stalled_since = None
+        if since is None or self._check_gaps(pts):
+            return
+        now = time.time()
+        self._emit({"type": "input_source.gap", "source": self.name, "gap": {
+            "start_wall": since, "end_wall": now, "duration_s": round(now - since, 3), "reason": "stalled",
+            "attempts": 0, "start_pts": self._stall_pts, "end_pts": pts}})
+
+    def _shift(self, frame):
+        """The frame on the session's timeline (see ``pts_base``)."""
+        if self.pts_offset is None:
+            base = self.pts_base
+            self.pts_offset = max(0.0, base - frame.pts) if base is not None else 0.0
+            if self.pts_offset:
+                logger.info("source %s of session %s starts at %.3f s of its own time: shifted by %.3f s to "
+                            "continue the session's stream time", self.name, self.sid, frame.pts, self.pts_offset)
+        if self.pts_offset:
+            frame = dataclasses.replace(frame, pts=frame.pts + self.pts_offset)
+        return frame
 
     def _run(self) -> None:
         from streaming.errors import SourceError
@@ -138,19 +203,26 @@ class SourceRunner:
 
         clock = RealtimeClock(1.0, self._stop) if self.paced else None
         reason = "end of stream"
+        last_frame_at = time.time()
         try:
             while not self._stop.is_set():
-                frame = self.sampler.poll(timeout=0.5)
-                self._check_gaps()
+                frame = self.sampler.poll(timeout=min(0.5, self.stall_after_s / 2))
+                if self._stalled_since is None:
+                    self._check_gaps(None if frame is None else frame.pts + (self.pts_offset or 0.0))
                 if frame is None:
                     if self.sampler.finished:
                         break
+                    self._check_stall(last_frame_at)
                     continue
                 if clock is not None:
                     due = clock.wait(frame.pts)
                     if due is None:
                         break
                     frame = dataclasses.replace(frame, wall=due)
+                frame = self._shift(frame)
+                if self._stalled_since is not None:
+                    self._resumed(frame.pts)
+                last_frame_at = time.time()
                 if self.first_pts is None:
                     self.first_pts = frame.pts
                 self.pts = frame.pts
@@ -181,8 +253,29 @@ class SourceRunner:
         if self.error is None and not self._session_closed():
             if self._stop.is_set():
                 reason = "stopped"
-            self._emit({"type": "input_source.ended", "source": self.name, "reason": reason,
-                        "frames": self.frames, "pts": self.pts})
+            event = {"type": "input_source.ended", "source": self.name, "reason": reason, "frames": self.frames,
+                     "pts": self.pts}
+            short = self._ended_early() if reason == "end of stream" else None
+            if short is not None:
+                event.update(reason="truncated", message=short)
+                logger.warning("source %s of session %s: %s", self.name, self.sid, short)
+            self._emit(event)
+
+    #: How far before its declared duration a file may end without being called truncated: the last
+    #: sampled frame of a thinned stream comes up to one sample interval before the end.
+    TRUNCATED_SLACK_S = 1.5
+
+    def _ended_early(self) -> str | None:
+        """A message when a file (not a live stream) ended well before its declared duration: a
+        truncated download or a faststart mp4 cut short, whose index promises more than it holds."""
+        duration = self.info.duration_s
+        if self.info.live or not duration or self.pts is None:
+            return None
+        own = self.pts - (self.pts_offset or 0.0)  # the file's own time of its last frame
+        if own >= duration - self.TRUNCATED_SLACK_S - 0.05 * duration:
+            return None
+        return (f"the file ended at {own:.1f} s of the {duration:.1f} s its header declares: it is truncated "
+                "(an interrupted download or copy); the frames up to there were read")
 
     def _wait(self, future: concurrent.futures.Future) -> None:
         while not self._stop.is_set():

@@ -19,8 +19,19 @@ after ``auth_max_failures`` within ``auth_block_s`` seconds the address's handsh
 for ``auth_block_s`` seconds.
 
 Outgoing events per connection go through a bounded outbox: ``input_video.stats`` events are
-merged (only the newest waits), everything else (answer deltas, errors, alerts) is kept in order;
-a client that lets ``send_queue`` events pile up is disconnected (close code 1013).
+merged (only the newest waits), everything else (answer deltas, errors, alerts) is kept in order.
+The outbox is bounded in events (``send_queue``) and in encoded bytes (``send_queue_bytes``), checked
+as each event is queued, not after a send completes: a client that does not read is disconnected
+(close code 1013) as soon as either bound is passed, and one whose single send does not complete
+within ``send_timeout_s`` is dropped too.
+
+Each connection's messages are read at most ``max_messages_per_s`` a second (a token bucket); a
+client flooding messages waits for its own next read, so its parsing and replies cannot crowd out
+other connections.
+
+User items (``conversation.item.create``) wait for ``response.create`` on the connection, bounded
+in count (``max_items``) and in characters (together at most one question's limit); an item
+beyond either is refused and not kept, and items a ``response.create`` refuses are discarded.
 
 Client events are served from one table, :data:`CLIENT_EVENTS`: each type's validator and handler
 (checked when a server is built). Errors become ``error`` events by their ``code`` attribute
@@ -52,8 +63,16 @@ from urllib.parse import parse_qs, urlsplit
 from app.engine.config import ConfigError
 from app.serving import protocol
 from app.serving.auth import AuthThrottle
-from app.serving.errors import InvalidRequest, ManagerError, SessionLimit, SourceBusy, SpeechOff, UnknownSession
-from app.serving.limits import LIVE_FIELDS
+from app.serving.errors import (
+    InvalidRequest,
+    ManagerError,
+    ResponseInProgress,
+    SessionLimit,
+    SourceBusy,
+    SpeechOff,
+    UnknownSession,
+)
+from app.serving.limits import LIVE_FIELDS, RateLimiter
 from app.serving.manager import SessionManager
 from app.serving.protocol import (
     AUDIO_HEADER,
@@ -147,6 +166,15 @@ class ServerConfig:
             message and binary-frame limits. Must be >= both. [1024, 4 GiB]
         send_queue: outgoing events held for a slow client before it is disconnected (stats events
             are merged and do not count up). [16, 1_000_000]
+        send_queue_bytes: encoded bytes of outgoing events held for a slow client before it is
+            disconnected (checked as each event is queued). [64 KiB, 4 GiB]
+        send_timeout_s: a single send that does not complete in this long (the client stopped
+            reading) disconnects the client. (0, 3600]
+        max_items: user items (``conversation.item.create``) waiting for ``response.create`` per
+            session; their text together is limited to one question's characters. [1, 10000]
+        max_messages_per_s: messages read from one connection per second (a token bucket holding one
+            second's worth); beyond it the server reads that connection's next message later, so a
+            client flooding messages (each costs parsing and a reply) slows down only itself. (0, 100000]
         ping_interval_s: keepalive ping interval (None: off). (0, 3600]
         rate_limit_error_interval_s: at most one ``rate_limited`` error per this many seconds per
             connection (every drop is counted in the stats). [0, 3600]
@@ -163,6 +191,10 @@ class ServerConfig:
     max_message_bytes: int | None = None
     hard_max_bytes: int | None = None
     send_queue: int = 4096
+    send_queue_bytes: int = 16 * 2**20
+    send_timeout_s: float = 30.0
+    max_items: int = 64
+    max_messages_per_s: float = 200.0
     ping_interval_s: float | None = 20.0
     rate_limit_error_interval_s: float = 1.0
     max_source_opens: int = 4
@@ -183,6 +215,10 @@ class ServerConfig:
                   error=ServerConfigError)
         check_int("hard_max_bytes", self.hard_max_bytes, low=1024, high=2**32, allow_none=True, error=ServerConfigError)
         check_int("send_queue", self.send_queue, low=16, high=1_000_000, error=ServerConfigError)
+        check_int("send_queue_bytes", self.send_queue_bytes, low=64 * 1024, high=2**32, error=ServerConfigError)
+        check_number("send_timeout_s", self.send_timeout_s, low=0, high=3600, error=ServerConfigError)
+        check_int("max_items", self.max_items, low=1, high=10000, error=ServerConfigError)
+        check_number("max_messages_per_s", self.max_messages_per_s, low=0, high=100000, error=ServerConfigError)
         check_number("ping_interval_s", self.ping_interval_s, low=0, high=3600, allow_none=True, error=ServerConfigError)
         check_number("rate_limit_error_interval_s", self.rate_limit_error_interval_s, low=0, high=3600,
                      low_inclusive=True, error=ServerConfigError)
@@ -254,37 +290,61 @@ def error_for(exc: BaseException, event_id: str | None) -> dict[str, Any]:
 # --------------------------------------------------------------------------- per-connection
 
 class _Outbox:
-    """Outgoing events of one connection: ordered, stats merged, bounded."""
+    """Outgoing events of one connection, encoded as they are queued: ordered, stats merged, bounded
+    in events (``limit``) and bytes (``max_bytes``). Passing a bound sets :attr:`overflow` and calls
+    ``on_overflow`` at once (the sender may be stuck in a send to a client that does not read)."""
 
     MERGED = "input_video.stats"
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, max_bytes: int | None = None, on_overflow: Callable[[], None] | None = None) -> None:
         self.limit = limit
-        self._items: deque[dict] = deque()
-        self._stats: dict | None = None  # the queued stats event (merged in place)
+        self.max_bytes = max_bytes
+        self.on_overflow = on_overflow
+        self._items: deque[list] = deque()  # [type, encoded text]; the queued stats item is changed in place
+        self._stats: list | None = None  # the queued stats item (merged in place)
         self._ready = asyncio.Event()
+        self.bytes = 0
         self.overflow = False
 
     def put(self, event: dict) -> None:
-        if event.get("type") == self.MERGED and event.get("reply_to") is None:
+        kind = event.get("type")
+        if kind == "_close":
+            item = [kind, event]
+            size = 0
+        else:
+            item = [kind, dumps(event)]
+            size = len(item[1])
+        if kind == self.MERGED and event.get("reply_to") is None:
             if self._stats is not None:
-                self._stats.clear()
-                self._stats.update(event)
+                self.bytes += size - len(self._stats[1])
+                self._stats[1] = item[1]
+                self._check()
                 return
-            self._stats = event
-        self._items.append(event)
-        if len(self._items) > self.limit:
-            self.overflow = True
+            self._stats = item
+        self._items.append(item)
+        self.bytes += size
+        self._check()
         self._ready.set()
 
-    async def get(self) -> dict:
+    def _check(self) -> None:
+        if self.overflow:
+            return
+        if len(self._items) > self.limit or (self.max_bytes is not None and self.bytes > self.max_bytes):
+            self.overflow = True
+            if self.on_overflow is not None:
+                self.on_overflow()
+
+    async def get(self) -> tuple[str, Any]:
+        """The next ``(type, encoded text)`` (``("_close", event)`` for a close request)."""
         while not self._items:
             self._ready.clear()
             await self._ready.wait()
-        event = self._items.popleft()
-        if event is self._stats:
+        item = self._items.popleft()
+        if item is self._stats:
             self._stats = None
-        return event
+        if item[0] != "_close":
+            self.bytes -= len(item[1])
+        return item[0], item[1]
 
     def __len__(self) -> int:
         return len(self._items)
@@ -298,14 +358,17 @@ class _Connection:
         self.ws = ws
         self.sid = sid
         self.loop = asyncio.get_running_loop()
-        self.outbox = _Outbox(server.config.send_queue)
+        self.outbox = _Outbox(server.config.send_queue, server.config.send_queue_bytes, on_overflow=self._too_slow)
         self.thumbnails = False
         self.items: list[str] = []  # user message texts waiting for response.create
+        self.items_chars = 0
         self.frame_index = 0
         self.t0 = time.time()
         self.last_pts: float | None = None
         self.last_rate_error = -math.inf
         self.closing = False
+        remote = getattr(ws, "remote_address", None)
+        self.local = bool(remote) and is_loopback(str(remote[0]))  # a client on this machine
 
     # events from manager threads
     def from_thread(self, event: dict) -> None:
@@ -336,23 +399,48 @@ class _Connection:
             return
         self.outbox.put(event)
 
+    def _too_slow(self) -> None:
+        """The outbox passed a bound: disconnect now, whatever the sender is waiting for."""
+        if self.closing:
+            return
+        logger.warning("session %s: client reads too slowly (%d events, %d bytes waiting); disconnecting",
+                       self.sid, len(self.outbox), self.outbox.bytes)
+        self.closing = True
+        self.server._counters["slow_clients"] += 1
+        self.loop.create_task(self._drop(1013, "client too slow: outgoing queue full"))
+
+    async def _drop(self, code: int, reason: str) -> None:
+        """Close with ``code``; a client that does not read the close frame either is cut off."""
+        try:
+            await asyncio.wait_for(self.ws.close(code, reason), 2.0)
+        except Exception:  # noqa: BLE001 - including the timeout: the transport goes anyway
+            pass
+        transport = getattr(self.ws, "transport", None)
+        if transport is not None and not transport.is_closing():
+            transport.abort()
+
     async def send_loop(self) -> None:
         from websockets.exceptions import ConnectionClosed
 
+        timeout = self.server.config.send_timeout_s
         try:
             while True:
-                event = await self.outbox.get()
+                kind, payload = await self.outbox.get()
                 if self.outbox.overflow:
-                    logger.warning("session %s: client reads too slowly (%d events waiting); disconnecting",
-                                   self.sid, len(self.outbox))
+                    return  # _too_slow is closing the connection
+                if kind == "_close":
                     self.closing = True
-                    await self.ws.close(1013, "client too slow: outgoing event queue full")
+                    await self.ws.close(1000, f"session {payload['reason']}"[:120])
                     return
-                if event.get("type") == "_close":
+                try:
+                    await asyncio.wait_for(self.ws.send(payload), timeout)
+                except asyncio.TimeoutError:
+                    logger.warning("session %s: a send did not complete in %.0f s (client not reading); "
+                                   "disconnecting", self.sid, timeout)
                     self.closing = True
-                    await self.ws.close(1000, f"session {event['reason']}"[:120])
+                    self.server._counters["slow_clients"] += 1
+                    await self._drop(1013, "client too slow: a send timed out")
                     return
-                await self.ws.send(dumps(event))
         except ConnectionClosed:
             return
 
@@ -387,7 +475,7 @@ class WebSocketServer:
         self._thread: threading.Thread | None = None
         self._connections: set[_Connection] = set()
         self._counters = {"connections": 0, "rejected_auth": 0, "rate_limited_auth": 0, "messages": 0, "errors": 0,
-                          "source_busy": 0}
+                          "source_busy": 0, "slow_clients": 0, "paced": 0}
         self._auth = AuthThrottle(self.config.auth_max_failures, self.config.auth_block_s)
         self._source_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._opening = 0  # sources being opened now (event-loop thread only)
@@ -540,6 +628,13 @@ class WebSocketServer:
         return None
 
     # ---- connection -----------------------------------------------------------------------------
+    async def serve_connection(self, ws) -> None:
+        """Serve one already-accepted connection from another transport (the Ray Serve ingress,
+        ``app/serving/cluster``) exactly as a connection of this server: ``ws`` needs
+        ``remote_address``, async iteration over messages, ``send`` and ``close(code, reason)`` of a
+        ``websockets`` connection. Authentication is the caller's (it has the handshake)."""
+        await self._handler(ws)
+
     async def _handler(self, ws) -> None:
         remote = ws.remote_address
         owner = f"ws:{remote[0]}:{remote[1]}" if remote else "ws"
@@ -557,9 +652,14 @@ class WebSocketServer:
         conn.push(server_event("session.created", session=self._session_view(conn), model=self._model_view(),
                                limits=self._limits_view()))
         sender = asyncio.create_task(conn.send_loop())
+        pace = RateLimiter(self.config.max_messages_per_s)
         try:
             async for message in ws:
                 self._counters["messages"] += 1
+                wait = pace.wait_s()
+                if wait > 0:  # over its message rate: this client waits, nobody else does
+                    self._counters["paced"] += 1
+                    await asyncio.sleep(wait)
                 try:
                     await self._dispatch(conn, message)
                 except UnknownSession:
@@ -595,6 +695,9 @@ class WebSocketServer:
         mc = self.manager.config
         return {"max_message_bytes": self.limits.max_message_bytes, "max_frame_bytes": self.limits.max_frame_bytes,
                 "hard_max_bytes": self.limits.hard_max_bytes, "max_frame_side": mc.max_frame_side,
+                "max_frame_pixels": mc.max_frame_pixels, "send_queue": self.config.send_queue,
+                "send_queue_bytes": self.config.send_queue_bytes, "max_items": self.config.max_items,
+                "max_messages_per_s": self.config.max_messages_per_s,
                 "max_fps": mc.max_fps, "live_fields": sorted(LIVE_FIELDS), "allow_file_sources": mc.allow_file_sources,
                 "speech": mc.asr is not None, "asr_model": mc.asr.model if mc.asr is not None else None,
                 "audio_rates": list(AUDIO_RATES), "max_audio_seconds": self.limits.max_audio_seconds,
@@ -627,12 +730,17 @@ class WebSocketServer:
 
     async def _frame(self, conn: _Connection, image: bytes, pts: float | None, event_id: str | None) -> None:
         from streaming.frame import Frame
-        from streaming.imageops import decode_image
+        from streaming.imageops import ImageTooLarge, decode_image
 
         if len(image) > self.limits.max_frame_bytes:
             raise ProtocolError("frame_too_large", f"the image is {len(image)} bytes; the limit is "
                                                    f"{self.limits.max_frame_bytes} bytes (max_frame_bytes)", event_id)
-        rgb = await asyncio.to_thread(decode_image, image)
+        mc = self.manager.config
+        try:  # the header's size is checked before any pixel is decoded (decompression bombs)
+            rgb = await asyncio.to_thread(functools.partial(decode_image, image, max_side=mc.max_frame_side,
+                                                            max_pixels=mc.max_frame_pixels))
+        except ImageTooLarge as exc:
+            raise ProtocolError("frame_too_large", str(exc), event_id) from None
         if rgb is None:
             raise ProtocolError("bad_image", f"{len(image)} bytes are not a decodable image (JPEG or PNG expected)", event_id)
         wall = time.time()
@@ -716,11 +824,24 @@ class WebSocketServer:
             self._counters["source_busy"] += 1
             raise SourceBusy(f"the server is opening {cap} sources already (max_source_opens); try again when one "
                              "has opened or failed")
+        from streaming.errors import SourceUnreachable
+
         self._opening += 1
+        started = time.monotonic()
         try:
             info = await asyncio.get_running_loop().run_in_executor(
                 self._source_pool, functools.partial(self.manager.set_source, conn.sid, ev.data["url"],
                                                      fps=ev.data["fps"] or 1.0, realtime=realtime))
+        except SourceUnreachable as exc:
+            if conn.local:
+                raise
+            # a remote client learns nothing about the server's network from this error: a refused
+            # port, a filtered one and a silent host read alike and end after the same open timeout
+            left = self.manager.config.source_open_timeout_s - (time.monotonic() - started)
+            if left > 0:
+                await asyncio.sleep(left)
+            raise SourceUnreachable(f"{exc.source}: cannot reach the source (no connection within "
+                                    f"{self.manager.config.source_open_timeout_s:g} s)", exc.source) from None
         finally:
             self._opening -= 1
         conn.push(server_event("input_source.started", reply_to=ev.event_id, source=dataclasses.asdict(info)))
@@ -748,8 +869,20 @@ class WebSocketServer:
         future.add_done_callback(done)
 
     async def _on_conversation_item_create(self, conn: _Connection, ev: ClientEvent) -> None:
+        from app.engine.session import MAX_QUESTION_CHARS
+
         text = ev.data["text"]
+        cap = self.config.max_items
+        if len(conn.items) >= cap:
+            raise ProtocolError("invalid_event", f"{cap} user items are waiting already (max_items): send "
+                                                 "response.create to ask them", ev.event_id, param="item")
+        total = conn.items_chars + len(text) + (1 if conn.items else 0)  # items are joined by newlines
+        if total > MAX_QUESTION_CHARS:
+            raise ProtocolError("invalid_event", f"the waiting user items would hold {total} characters; together "
+                                                 f"they form one question, limited to {MAX_QUESTION_CHARS}",
+                                ev.event_id, param="item.content")
         conn.items.append(text)
+        conn.items_chars = total
         item_id = new_id("item")
         conn.push(server_event("conversation.item.created", reply_to=ev.event_id, item={
             "id": item_id, "type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}))
@@ -768,10 +901,19 @@ class WebSocketServer:
             parts.append(text)
             conn.from_thread(server_event("response.output_text.delta", response_id=rid, delta=text))
 
-        future = self.manager.ask(conn.sid, question, on_delta=on_delta, max_new_tokens=ev.data["max_output_tokens"],
-                                  top_k=ev.data["top_k"])
+        try:
+            future = self.manager.ask(conn.sid, question, on_delta=on_delta,
+                                      max_new_tokens=ev.data["max_output_tokens"], top_k=ev.data["top_k"])
+        except ResponseInProgress:
+            raise  # the items wait for the next response.create
+        except Exception:
+            if ev.data["input"] is None:  # refused items are not kept
+                conn.items.clear()
+                conn.items_chars = 0
+            raise
         if ev.data["input"] is None:
             conn.items.clear()
+            conn.items_chars = 0
         conn.push(server_event("response.created", reply_to=ev.event_id,
                                response={"id": rid, "object": "response", "status": "in_progress", "question": question}))
         future.add_done_callback(lambda f: conn.from_thread({"type": "_finish", "future": f, "rid": rid,

@@ -61,7 +61,9 @@ def test_kv_quick(tmp_path):
     sizes = [min(r["bytes_per_frame"] for r in by_bits[b]) for b in (32, 16, 8, 4, 2)]
     assert sizes == sorted(sizes, reverse=True)
     assert max(r["key_rel_error"] for r in by_bits[2]) > max(r["key_rel_error"] for r in by_bits[8])
-    assert {r["value_mode"] for r in by_bits[4]} == {"channel", "token"}
+    from compression.kvcodec import VALUE_MODES
+
+    assert {r["value_mode"] for r in by_bits[4]} == set(VALUE_MODES)  # every value mode is measured
 
 
 def test_retrieval_quick(tmp_path):
@@ -138,11 +140,11 @@ def test_fidelity_quick(tmp_path):
 
 def test_section_is_written_between_markers(tmp_path):
     md = tmp_path / "BENCHMARKS.md"
-    md.write_text("# LiveSight benchmarks\n\n<!-- bench:kv -->\nold\n<!-- /bench:kv -->\n\ntail\n")
+    md.write_text("# LiveSight benchmarks\n\n<!-- bench:kv -->\nthe previous run\n<!-- /bench:kv -->\n\ntail\n")
     rc = main(["bench", "kv", "--quick", "--threads", "1", "--output-dir", str(tmp_path / "r"), "--benchmarks-md", str(md)])
     assert rc == 0
     text = md.read_text()
-    assert "old" not in text and text.endswith("tail\n")
+    assert "the previous run" not in text and text.endswith("tail\n")
     assert text.count("<!-- bench:kv -->") == 1 and "KV codec: bytes per frame" in text
     assert "- command: `livesight bench kv --quick --threads 1`" in text
 
@@ -156,15 +158,21 @@ def test_bad_option_is_a_clear_error(tmp_path, capsys):
 def test_recall_quick(tmp_path):
     """Every question is asked at each candidate count on the same session; the smallest count is the summary
     stage alone, the others rerank; rates are shares of the questions."""
+    from app.bench.recall import DEFAULT, HYBRID
+
     result = _run("recall", tmp_path)
     m = result["metrics"]
-    rows = {r["candidates"]: r for r in m["rows"]}
-    assert set(rows) == {2, 4, 8} and not rows[2]["reranked"] and rows[4]["reranked"] and rows[8]["reranked"]
+    rows = {r["setting"]: r for r in m["rows"]}
+    assert set(rows) == {"2", "4", "8", HYBRID, DEFAULT}
+    assert not rows["2"]["reranked"] and rows["4"]["reranked"] and rows["8"]["reranked"]
+    assert [rows[k]["candidates"] for k in ("2", "4", "8")] == [2, 4, 8]
+    # today's in-model rows leave the text path out; the hybrid row adds it, the default is what sessions get
+    assert not any(rows[k]["text_retrieval"] for k in ("2", "4", "8")) and rows[HYBRID]["text_retrieval"]
     assert all(r["questions"] == 3 for r in rows.values()) and m["mean_bank_chunks"] >= 4
     assert all(0.0 <= r["from_memory"] <= r["hit_rate"] <= 1.0 for r in rows.values())
     for rec in result["records"]:
-        assert set(rec["results"]) == {"2", "4", "8"}
-    assert "| 2 (summaries only, no rerank) |" in result["markdown"]
+        assert set(rec["results"]) == {"2", "4", "8", HYBRID, DEFAULT}
+    assert "| in-model, 2 rerank candidates (summaries only) |" in result["markdown"]
 
 
 def test_asr_quick(tmp_path, monkeypatch):

@@ -68,3 +68,24 @@ def assert_same_packed(a, b) -> None:
         assert torch.equal(t.contiguous().view(torch.uint8), u.contiguous().view(torch.uint8)), name
     assert torch.equal(a.positions, b.positions)
     assert torch.equal(a.summary, b.summary)
+
+
+def section_span(path, name: str) -> tuple[int, int]:
+    """``(start, stop)`` byte offsets of a section (``"keys"`` or ``"rest"``) of a format-2 chunk file."""
+    import json
+    import struct
+
+    data = path.read_bytes()
+    _, toc_len, _ = struct.unpack_from("<8sI32s", data)
+    body = 44 + toc_len
+    for sec in json.loads(data[44:body])["sections"]:
+        if sec["name"] == name:
+            return body + sec["offset"], body + sec["offset"] + sec["length"]
+    raise KeyError(name)
+
+
+def flip_byte(path, offset: int) -> None:
+    """Flip every bit of one byte of a file."""
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))

@@ -9,7 +9,7 @@ import torch
 
 from compression.kvcodec import KVCodecConfig
 from memory import ChunkCorrupt, ChunkNotFound, InvalidQuery, MemoryBank
-from tests.memory._factory import S, config, make_chunk
+from tests.memory._factory import S, config, flip_byte, make_chunk, section_span
 
 L3 = (3, 2, 16)  # three layers, so "upper layers" is a proper subset
 S3 = 3 * 2 * 16
@@ -50,10 +50,10 @@ def test_corrupt_file_fails_that_chunk_alone(tmp_path):
     for cid in range(5):
         bank.append(make_chunk(cid))
     path = bank.directory / "chunks" / f"{2:012d}.kvc"
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
-    with pytest.raises(ChunkCorrupt) as info:
+    # the keys section carries its own checksum: a rerank read of it notices the damage
+    start, stop = section_span(path, "keys")
+    flip_byte(path, (start + stop) // 2)
+    with pytest.raises(ChunkCorrupt, match="section 'keys'") as info:
         bank.keys(2, [1])
     assert info.value.chunk_id == 2
     assert bank.stats().corrupt_chunks == 1
@@ -90,4 +90,19 @@ def test_keys_while_appending_and_spilling(tmp_path):
         t.join()
     assert not errors
     assert bank.stats().spills > 0
+    bank.close()
+
+
+def test_damage_outside_the_keys_section_fails_the_fetch_not_the_rerank(tmp_path):
+    bank = MemoryBank(config(codec=KVCodecConfig(bits=8, group_size=4), ram_budget_bytes=0, disk_dir=str(tmp_path / "b")), S)
+    for cid in range(3):
+        bank.append(make_chunk(cid))
+    path = bank.directory / "chunks" / f"{1:012d}.kvc"
+    start, stop = section_span(path, "rest")
+    flip_byte(path, (start + stop) // 2)
+    assert bank.keys(1, [1]).keys.shape[0] == 1  # the keys section alone is read and is intact
+    with pytest.raises(ChunkCorrupt, match="section 'rest'"):
+        bank.get(1)
+    assert bank.stats().corrupt_chunks == 1
+    assert [r.chunk.meta.chunk_id for r in bank.retrieve(make_chunk(1).summary, 3)] == [0, 2]
     bank.close()

@@ -26,7 +26,8 @@ def test_budget_holds_while_appending_200_chunks(tmp_path):
     codec = KVCodecConfig(bits=4, group_size=4)
     per_chunk = _chunk_bytes(codec)
     budget = 10 * per_chunk + per_chunk // 2
-    bank = MemoryBank(config(codec=codec, ram_budget_bytes=budget, disk_dir=str(tmp_path / "bank")), S)
+    # whole chunks only: resident keys (which take RAM from whole chunks) are tested in test_resident.py
+    bank = MemoryBank(config(codec=codec, ram_budget_bytes=budget, disk_dir=str(tmp_path / "bank"), resident_keys=False), S)
     try:
         originals = {}
         for cid in range(200):
@@ -65,7 +66,7 @@ def test_budget_holds_while_appending_200_chunks(tmp_path):
 def test_spill_round_trip_is_bit_identical():
     codec = KVCodecConfig(bits=4, group_size=2, outlier_channels=2)
     per_chunk = _chunk_bytes(codec, mrope=True)
-    bank = MemoryBank(config(codec=codec, ram_budget_bytes=per_chunk), S)
+    bank = MemoryBank(config(codec=codec, ram_budget_bytes=per_chunk, resident_keys=False), S)
     try:
         first = make_chunk(0, mrope=True, text="caption", thumbnail=b"\xff\xd8\xff thumb", extra={"cam": "door"})
         bank.append(first)

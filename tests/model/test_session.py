@@ -55,7 +55,8 @@ def test_retrieval_matches_brute_force_and_planted_chunk_comes_first(tiny_backen
     """
     from memory import ChunkMeta, KVChunk
 
-    cfg = SessionConfig(window_tokens=64, top_k=3, drop="off", kv_bits=32, rerank=False)
+    cfg = SessionConfig(window_tokens=64, top_k=3, drop="off", kv_bits=32, rerank=False, text_retrieval=False,
+                        retrieval_neighbours=0)
     question = "What was written on the note?"
     with Session(tiny_backend, cfg) as s:
         for f in random_frames(12, seed=7):
@@ -89,7 +90,7 @@ def test_retrieval_matches_brute_force_and_planted_chunk_comes_first(tiny_backen
 
 
 def test_evidence_in_time_order_with_frame_ranges(tiny_backend):
-    cfg = SessionConfig(window_tokens=64, top_k=5, chunk_frames=2, drop="off")
+    cfg = SessionConfig(window_tokens=64, top_k=5, chunk_frames=2, drop="off", retrieval_neighbours=0)
     frames = random_frames(16, seed=9, fps=2.0)
     with Session(tiny_backend, cfg) as s:
         for f in frames:

@@ -20,6 +20,7 @@ from app.serving.limits import ManagerConfig
 from app.serving.manager import SessionManager
 from app.serving.ws_server import ServerConfig, WebSocketServer
 from streaming.frame import Frame
+from tests.conftest import wait_until
 
 
 @pytest.fixture(scope="session")
@@ -75,7 +76,8 @@ def make_server(make_manager) -> Iterator[Callable[..., WebSocketServer]]:
 
     def make(*, token: str | None = None, server: dict | None = None, **manager_kw: Any) -> WebSocketServer:
         manager = make_manager(**manager_kw)
-        srv = WebSocketServer(manager, ServerConfig(host="127.0.0.1", port=0, token=token, **(server or {}))).start()
+        srv = WebSocketServer(manager, ServerConfig(**{"host": "127.0.0.1", "port": 0, "token": token,
+                                                       **(server or {})})).start()
         servers.append(srv)
         return srv
 
@@ -190,11 +192,4 @@ def http_folder() -> Iterator[Callable[[Path], str]]:
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.02) -> Any:
     """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(interval)
+    return wait_until(predicate, timeout, "the condition", interval)

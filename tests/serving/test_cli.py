@@ -94,6 +94,7 @@ def test_serve_falls_back_to_real_smollm2_with_vision_off_says_so_and_stops_clea
             # one sentence: what it can do, what it cannot, and how to get the real model
             assert notice in model_line and notice.count(". ") == 0 and notice.endswith(".")
             assert "could not be loaded" in notice and "real SmolLM2 text weights" in notice
+            assert "loaded (" not in notice and "Error" not in notice  # the cause is in the log, not the banner
             assert "hears" in notice and "reads notes" in notice and "does not see" in notice
             assert "run once with a network or pass --model DIR" in notice
             assert client.client.model["random_weights"] is False

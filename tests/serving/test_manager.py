@@ -20,6 +20,7 @@ from app.serving.errors import (
 from app.serving.limits import LIVE_FIELDS, ManagerConfig
 from app.serving.scheduler import CONTROL
 from streaming.frame import Frame
+from tests.conftest import wait_until
 
 from .conftest import wait_for
 
@@ -244,3 +245,51 @@ def test_cached_stats_catch_up_with_frames_that_came_in_a_burst(make_manager, bi
     assert m.stats(sid).get("frames", 0) < 4  # the burst outran the snapshot interval ...
     wait_for(lambda: m.stats(sid).get("frames") == 4, timeout=25)  # ... and the cached stats caught up
     assert m.stats(sid)["tokens_seen"] == 4 * m.backend.spec.tokens_per_frame
+
+
+def test_the_server_wide_disk_budget_is_shared_between_sessions(make_manager):
+    m = make_manager(memory_budget_gb=1.0, max_sessions=4)
+    small = m.create_session({"disk_budget_mb": 100.0})
+    unset = m.create_session()
+    large = m.create_session({"disk_budget_mb": 5000.0})
+    # each session gets at most its share (1 GiB / 4 sessions), never more than it asked for
+    assert m.session_config(small).disk_budget_mb == 100.0
+    assert m.session_config(unset).disk_budget_mb == 256.0
+    assert m.session_config(large).disk_budget_mb == 256.0
+    m.update_session(large, {"disk_budget_mb": 9000.0})
+    assert m.session_config(large).disk_budget_mb == 256.0
+    with pytest.raises(ConfigError, match="memory_budget_gb"):
+        ManagerConfig(memory_budget_gb=0)
+
+
+def test_a_persisted_session_is_saved_while_it_runs_and_reopens(make_manager, bikes_frames, backend, tmp_path):
+    import json
+
+    from app.engine.persistence import SESSION_FILE
+    from app.engine.session import Session
+
+    memory = tmp_path / "memory"
+    m = make_manager(save_interval_s=0.2, default_session=SessionConfig(max_new_tokens=4, window_tokens=64, drop="off"))
+    sid = m.create_session({"memory_dir": str(memory), "persist": True})
+    for i, frame in enumerate(bikes_frames[:3]):
+        m.submit_frame(sid, frame)
+        wait_until(lambda n=i + 1: m.stats(sid)["ingest"]["frames_processed"] == n, 60, f"frame {i + 1}")
+    m.submit_text(sid, bikes_frames[3].pts, "The courier left a blue parcel at the door.").result(60)
+
+    def saved_chunks() -> int:
+        try:
+            return len(json.loads((memory / "manifest.json").read_text())["chunks"])
+        except (OSError, ValueError, KeyError):
+            return 0
+
+    # saved by the manager on its own, the session still open (a crash now loses nothing banked)
+    wait_until(lambda: (memory / SESSION_FILE).is_file() and saved_chunks() >= 4, 60, "a periodic save")
+    assert sid in m.sessions()
+    first = saved_chunks()
+    m.submit_frame(sid, bikes_frames[4])
+    wait_until(lambda: saved_chunks() > first, 60, "a save of the new input")
+    reopened = Session.open_memory(backend, memory)  # what a crash would leave behind reopens
+    try:
+        assert any(meta.text and "blue parcel" in meta.text for meta in reopened.bank.metas())
+    finally:
+        reopened.close()

@@ -119,8 +119,8 @@ def test_error_events_and_serialisation():
     assert ev["event_id"].startswith("evt_")
     with pytest.raises(ValueError):
         error_event("no_such_code", "x")
-    assert len(set(ERROR_CODES)) == len(ERROR_CODES) == 17
-    assert {"invalid_audio", "speech_off"} <= set(ERROR_CODES)
+    assert len(set(ERROR_CODES)) == len(ERROR_CODES) == 18
+    assert {"invalid_audio", "speech_off", "host_not_allowed"} <= set(ERROR_CODES)
     assert json.loads(dumps({"type": "x", "v": float("nan"), "w": [float("inf"), 1.5]})) == {"type": "x", "v": None,
                                                                                          "w": [None, 1.5]}
 

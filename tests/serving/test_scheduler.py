@@ -104,3 +104,78 @@ def test_cancel_key_coalesce_and_shutdown(sched):
     if pending.cancelled():
         with pytest.raises(CancelledError):
             pending.result()
+
+
+# --------------------------------------------------------------------------- fairness (issue 14, item 4)
+
+def test_sessions_take_turns_within_a_priority(sched):
+    order: list[str] = []
+    gate = blocked(sched)
+    futures = [sched.submit(ANSWER, lambda i=i: order.append(f"flood{i}"), key="flood") for i in range(5)]
+    futures.append(sched.submit(ANSWER, lambda: order.append("healthy"), key="healthy"))
+    gate.set()
+    for f in futures:
+        f.result(10)
+    # the healthy session's question runs second, not after the whole flood (FIFO within the flood)
+    assert order == ["flood0", "healthy", "flood1", "flood2", "flood3", "flood4"]
+
+
+def test_frames_get_a_turn_during_a_flood_of_higher_priority_work(sched):
+    order: list[str] = []
+    gate = blocked(sched)
+    flood = [sched.submit(ANSWER, lambda i=i: order.append("text"), key="flood") for i in range(20)]
+    frame, _ = sched.submit_frame("healthy", lambda: order.append("frame"))
+    gate.set()
+    frame.result(10)
+    for f in flood:
+        f.result(10)
+    assert order.index("frame") <= sched.share, order
+
+
+def test_a_long_task_yields_to_other_sessions_between_steps():
+    sched = Scheduler(slice_s=0.01)
+    try:
+        ran: list[str] = []
+        other_during: list[bool] = []
+        started = threading.Event()
+
+        def long_answer():
+            started.set()
+            for _ in range(200):
+                # one "token"; then let others in
+                threading.Event().wait(0.002)
+                sched.yield_point()
+                if "other" in ran:
+                    other_during.append(True)
+                    break
+            ran.append("long")
+
+        long = sched.submit(ANSWER, long_answer, key="a")
+        assert started.wait(10)
+        own_frame, _ = sched.submit_frame("a", lambda: ran.append("own-frame"))
+        other = sched.submit(ANSWER, lambda: ran.append("other"), key="b")
+        other.result(10)
+        long.result(10)
+        own_frame.result(10)
+        assert other_during == [True]
+        # the running session's own frame never ran inside its answer (its state is mid-step)
+        assert ran == ["other", "long", "own-frame"]
+        assert sched.stats()["yielded"] == 1
+        assert sched.yield_point() is False  # off the worker it does nothing
+    finally:
+        sched.shutdown()
+
+
+def test_the_session_that_used_less_of_the_worker_goes_first(sched):
+    import time
+
+    sched.submit(ANSWER, lambda: time.sleep(0.3), key="heavy").result(10)  # heavy has used 0.3 s
+    order: list[str] = []
+    gate = blocked(sched)
+    futures = [sched.submit(ANSWER, lambda: order.append("heavy"), key="heavy"),
+               sched.submit(ALERT, lambda: order.append("light"), key="light")]
+    gate.set()
+    for f in futures:
+        f.result(10)
+    # the light session's task runs first although the heavy one's was queued first at a higher priority
+    assert order == ["light", "heavy"]

