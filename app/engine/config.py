@@ -89,7 +89,7 @@ class SessionConfig:
     keep_ratio: float = 0.25
     pixel_threshold: float = 0.02
     keyframe_every_s: float | None = None
-    kv_bits: int = 4
+    kv_bits: int = 8
     kv_value_mode: str = "channel"
     kv_group_size: int = 128
     ram_budget_mb: float | None = None
