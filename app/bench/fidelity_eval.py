@@ -8,7 +8,9 @@ logprob`` and ``--vision off`` (text weights: the notes carry the content), once
 * **full context**: a window longer than the stream, ``top_k 0``;
 * **local window only**: the default window, ``top_k 0`` (everything older is forgotten);
 * **default settings**: :class:`~app.engine.config.SessionConfig`'s defaults (memory, retrieval, KV codec);
-* **defaults, 16-bit KV**: the defaults with uncompressed memory KV, to show what the codec costs.
+* **defaults, 16-bit KV**: the defaults with uncompressed memory KV, to show what the codec costs;
+* **defaults, KV B-bit group G** (``--codecs``): the defaults with other memory KV codecs, each
+  compared with 16-bit on the same resampled questions (paired), as the fidelity bench does.
 
 Per task and overall: accuracy (the official JSONL rule: the chosen letter is the answer) and
 *fidelity retained* = ``(NLL_window - NLL_setting) / (NLL_window - NLL_full)``, where NLL is minus
@@ -40,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws for the intervals (default 1000)")
     parser.add_argument("--seed", type=int, default=100, help="seed of the first stream (default 100: other streams "
                                                               "than the fidelity bench's, which chose the defaults)")
+    parser.add_argument("--codecs", default="8:128:channel,4:32:channel,4:128:channel", metavar="BITS:GROUP:MODE,...",
+                        help="more memory KV codecs run with the defaults and compared with 16-bit, paired "
+                             "(default 8:128:channel,4:32:channel,4:128:channel; empty: none)")
     parser.add_argument("--quick", action="store_true", help="tiny random model, 1 short stream (a smoke test)")
     from app.bench import runtime as _rt
 
@@ -47,10 +52,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _rt.add_plot_argument(parser)  # accepted by every bench; this one draws no plot
 
 
-def settings(window_default: int) -> dict[str, dict[str, Any]]:
+def codec_name(bits: int, group: int, mode: str) -> str:
+    return f"defaults, KV {bits}-bit group {group} {mode}"
+
+
+def settings(window_default: int, codecs: list[tuple[int, int, str]] = ()) -> dict[str, dict[str, Any]]:
     """Setting name -> the SessionConfig overrides of its run (besides ``vision=False``)."""
-    return {FULL: {"window_tokens": FULL_WINDOW, "top_k": 0}, WINDOW: {"window_tokens": window_default, "top_k": 0},
-            DEFAULTS: {}, DEFAULTS_16: {"kv_bits": 16}}
+    out = {FULL: {"window_tokens": FULL_WINDOW, "top_k": 0}, WINDOW: {"window_tokens": window_default, "top_k": 0},
+           DEFAULTS: {}, DEFAULTS_16: {"kv_bits": 16}}
+    for bits, group, mode in codecs:
+        out[codec_name(bits, group, mode)] = {"kv_bits": bits, "kv_group_size": group, "kv_value_mode": mode}
+    return out
 
 
 def correct_nll(record: dict[str, Any]) -> float:
@@ -68,7 +80,7 @@ def correct_nll(record: dict[str, Any]) -> float:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from app.bench import common, runtime
-    from app.bench.fidelity import bootstrap
+    from app.bench.fidelity import bootstrap, parse_codecs
     from app.engine.backends.registry import load_backend
     from app.engine.config import SessionConfig
     from app.eval.formats import load_jsonl
@@ -79,12 +91,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     runtime.prepare_torch(args)
     if args.quick:
         args.model, args.streams, args.events, args.needles, args.sentences = "tiny-smolvlm", 1, 12, 3, 2
+        args.codecs = "2:32:channel"
         args.bootstrap = min(args.bootstrap, 200)
     streams = int(runtime.check_range("streams", args.streams, 1, len(SAMPLE_CLIPS)))
     events = int(runtime.check_range("events", args.events, 2, 2000))
     sentences = int(runtime.check_range("sentences", args.sentences, 1, 64))
     needles = int(runtime.check_range("needles", args.needles, 1, 24))
     draws = int(runtime.check_range("bootstrap", args.bootstrap, 10, 100_000))
+    # 16-bit is the reference row already (parse_codecs always lists it first)
+    codecs = [c for c in parse_codecs(args.codecs) if c[0] != 16] if args.codecs.strip() else []
     defaults = SessionConfig()
     when = common.utc_now().strftime("%Y%m%d-%H%M%S")
     work = Path(args.output_dir) / f"eval-{when}"
@@ -98,7 +113,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     runs: dict[str, list[dict[str, Any]]] = {}
     wall: dict[str, float] = {}
     try:
-        for name, overrides in settings(defaults.window_tokens).items():
+        for name, overrides in settings(defaults.window_tokens, codecs).items():
             t0 = time.perf_counter()
             config = EvalConfig(mode="stream", choice="logprob", fps=1.0, session={**overrides, "vision": False})
             run_eval(items, videos, backend, config, work / name.replace(" ", "-").replace(",", ""))
@@ -118,17 +133,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         keep = [i for i, r in enumerate(runs[FULL]) if scope == "overall" or r["task"] == scope]
         values = {"nll": {n: [correct_nll(recs[i]) for i in keep] for n, recs in runs.items()},
                   "choice": {n: [float(recs[i]["correct_official"]) for i in keep] for n, recs in runs.items()}}
-        table[scope] = {"questions": len(keep), **bootstrap(values, draws, args.seed)}
+        table[scope] = {"questions": len(keep), **bootstrap(values, draws, args.seed, ref=DEFAULTS_16)}
     metrics = {
         "questions": len(ids), "streams": streams, "events_per_stream": events, "sentences": sentences,
         "tasks": tasks, "table": table, "wall_s_per_setting": wall, "load_avg_start": load0,
         "defaults": {k: getattr(defaults, k) for k in ("window_tokens", "top_k", "rerank_candidates", "kv_bits",
                                                        "kv_group_size", "kv_value_mode", "drop", "tau")},
         "suite": str(suite), "wall_s": time.perf_counter() - t_start,
+        "codecs": [codec_name(*c) for c in codecs],
     }
     options: dict[str, Any] = {"quick": True, "threads": args.threads} if args.quick else {
         "threads": args.threads, "model": args.model, "streams": streams, "events": events, "sentences": sentences,
-        "needles": needles, "bootstrap": draws, "seed": args.seed}
+        "needles": needles, "bootstrap": draws, "seed": args.seed, "codecs": args.codecs}
     return {"title": "Eval: the offline LiveSight suite through livesight eval (full context vs window vs defaults)",
             "command": common.format_command("eval", [], options), "params": options, "metrics": metrics,
             "markdown": _markdown(metrics, args, backend.spec.random_weights, suite)}
@@ -146,6 +162,7 @@ def _markdown(m: dict[str, Any], args: argparse.Namespace, random_weights: bool,
     d = m["defaults"]
     names = list(m["table"]["overall"].keys() - {"questions"})
     order = [n for n in (FULL, WINDOW, DEFAULTS, DEFAULTS_16) if n in names]
+    codecs = [n for n in m.get("codecs", []) if n in names]
     lines = [
         f"Model `{args.model}` ({weights}). The suite: {m['streams']} streams (one per sample clip) x "
         f"{m['events_per_stream']} timed notes of {m['sentences']} sentences, {m['questions'] // m['streams']} recall "
@@ -168,6 +185,14 @@ def _markdown(m: dict[str, Any], args: argparse.Namespace, random_weights: bool,
         lines.append(f"| {label} | {row['questions']} | " + " | ".join(_pct(row[n], "choice") for n in order) + " | "
                      + " | ".join(_pct(row[n], "retained") for n in order if n not in (FULL, WINDOW)) + " |")
     o = m["table"]["overall"]
+    if codecs:
+        lines += ["", "Memory KV codecs with the other defaults, overall, each against 16-bit on the same resampled "
+                  "questions (*vs 16-bit*: retained minus 16-bit's, in points):", "",
+                  "| setting | accuracy | fidelity retained | vs 16-bit (paired) | NLL / token |", "|---|---:|---:|---:|---:|"]
+        for n in [DEFAULTS_16, DEFAULTS, *codecs]:
+            r = o[n]
+            lines.append(f"| {n} | {_pct(r, 'choice')} | {_pct(r, 'retained')} | {100 * r['delta']:+.1f} "
+                         f"[{100 * r['delta_lo']:+.1f}, {100 * r['delta_hi']:+.1f}] | {r['nll']:.3f} |")
     lines += [
         "",
         f"- NLL of the correct option per token (overall): full context {o[FULL]['nll']:.3f}, window only "

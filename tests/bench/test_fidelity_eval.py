@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from app.bench.fidelity_eval import DEFAULTS, DEFAULTS_16, FULL, WINDOW
+from app.bench.fidelity_eval import DEFAULTS, DEFAULTS_16, FULL, WINDOW, codec_name
 from app.cli.main import main
 
 pytestmark = pytest.mark.slow
@@ -22,7 +22,15 @@ def test_eval_bench_quick(tmp_path):
     m = result["metrics"]
     assert m["questions"] == 3 and m["streams"] == 1
     overall = m["table"]["overall"]
-    assert set(overall) == {"questions", FULL, WINDOW, DEFAULTS, DEFAULTS_16}
+    codec = codec_name(2, 32, "channel")  # --quick adds one codec beside the defaults' own
+    assert m["codecs"] == [codec]
+    assert set(overall) == {"questions", FULL, WINDOW, DEFAULTS, DEFAULTS_16, codec}
+    # every setting is compared with 16-bit on the same resampled questions: 16-bit itself by 0 points
+    # (undefined, nan, when window only and full context score alike, as random weights may)
+    ref = overall[DEFAULTS_16]["delta"]
+    assert ref == 0.0 or ref != ref
+    assert {"delta", "delta_lo", "delta_hi"} <= set(overall[codec])
+    assert f"| {codec} |" in result["markdown"]
     assert sum(m["table"][t]["questions"] for t in m["tasks"]) == 3
     for name in (FULL, WINDOW, DEFAULTS, DEFAULTS_16):
         assert overall[name]["choice"] in (0.0, 1 / 3, 2 / 3, 1.0)
