@@ -49,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="frames per second each session sends (default 16: more than one engine takes here)")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds of sustained load (default 15)")
     parser.add_argument("--quick", action="store_true", help="fewer repeats and a short load (a smoke test)")
+    from app.bench import runtime as _rt
+
+    _rt.add_plot_argument(parser)  # accepted by every bench; this one draws no plot
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of the one process and of each replica (--replica-cpus), the same for a "
                              "fair comparison (default 1)")

@@ -47,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hostile", default=",".join(HOSTILE), metavar="KINDS",
                         help=f"the hostile clients to run, comma-separated (default all: {','.join(HOSTILE)})")
     parser.add_argument("--quick", action="store_true", help="a few questions (a smoke test)")
+    from app.bench import runtime as _rt
+
+    _rt.add_plot_argument(parser)  # accepted by every bench; this one draws no plot
 
 
 # --------------------------------------------------------------------------- the server

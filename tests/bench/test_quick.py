@@ -195,3 +195,41 @@ def test_asr_word_error_rate():
     assert word_errors(["a", "b", "c"], ["a", "x", "c", "d"]) == 2
     assert wer("Turn the lights on.", "turn the light on") == 0.25
     assert wer("hello", "") == 1.0
+
+
+def test_question_quick(tmp_path):
+    """The window cache and the concatenated caches answer the same questions side by side; the
+    window's KV is held once (its items are views of the cache)."""
+    result = _run("question", tmp_path)
+    rows = result["metrics"]["rows"]
+    assert rows and all(r["item_views"] for r in rows)
+    for r in rows:
+        assert r["window_held"] <= r["window_tokens"] and r["bank_chunks"] >= 1
+        assert r["window_items_bytes"] <= r["window_cache_bytes"]  # views: no second copy of the window
+        for path in ("concatenated", "window_cache"):
+            assert 0 < r[f"{path}_probe_s"] <= r[f"{path}_total_s"]
+
+
+def test_paraphrase_quick(tmp_path):
+    """Window only, in-model, hybrid and the default on the same paraphrased questions, with intervals."""
+    result = _run("paraphrase", tmp_path)
+    m = result["metrics"]
+    settings = {s["setting"]: s for s in m["settings"]}
+    assert {"full context", "local window only", "default"} <= set(settings)
+    assert any(name.startswith("in-model top_k") for name in settings)
+    assert any(name.startswith("hybrid top_k") for name in settings)
+    for s in settings.values():
+        assert s["questions"] == m["questions"] > 0
+        assert 0.0 <= s["hit"] <= 1.0 and s["choice_lo"] <= s["choice"] <= s["choice_hi"]
+    assert settings["full context"]["hit"] == 1.0  # everything is in a full context
+
+
+def test_serve_quick(tmp_path):
+    """A healthy session's answers alone and under the hostile clients, through a real livesight serve."""
+    result = _run("serve", tmp_path)
+    m = result["metrics"]
+    assert m["median_alone_s"] > 0 and m["median_loaded_s"] > 0
+    assert m["ratio"] == pytest.approx(m["median_loaded_s"] / m["median_alone_s"])
+    assert m["ratio_ci95"][0] <= m["ratio"] <= m["ratio_ci95"][1]
+    assert m["goal_met"] == (m["ratio"] <= 2.0)
+    assert m["hostile"]["texts"] > 0 and m["hostile"]["bombs"] > 0  # the hostile clients really ran
