@@ -341,10 +341,11 @@ class SessionManager:
         if os.path.isdir(path) and any(os.scandir(path)):
             raise ConfigError(f"memory_dir {memory_dir!r} is not empty; choose a new or empty directory")
 
-    def close_session(self, sid: str, *, reason: str = "closed") -> None:
+    def close_session(self, sid: str, *, reason: str = "closed", save: bool = True) -> None:
         """Close a session: its source stops, pending work is cancelled, a running answer is
-        cancelled, and its memory is freed (disk too unless it persists). Idempotent for ids
-        that are already closed."""
+        cancelled, and its memory is freed (disk too unless it persists; a persisted one is saved
+        first unless ``save`` is False: its owner saved it another way, or may no longer write it).
+        Idempotent for ids that are already closed."""
         with self._lock:
             entry = self._entries.pop(sid, None)
             if entry is not None:
@@ -363,7 +364,7 @@ class SessionManager:
         if entry.audio is not None:
             entry.audio.close()
         self.scheduler.cancel_key(sid)
-        if session is not None and session.config.persist and session.config.memory_dir is not None:
+        if save and session is not None and session.config.persist and session.config.memory_dir is not None:
             try:  # a persisted memory is left reopenable: the window's last frames and session.json
                 session.save()
                 logger.info("session %s: memory saved to %s", sid, session.config.memory_dir)

@@ -249,7 +249,7 @@ class ClusterSessionManager(SessionManager):
                     self.root.check(keyed.claim)  # an unchanged session learns of a take-over too
                 except StaleEpoch:  # another replica owns it now: this copy must stop
                     self._count("stale_refused")
-                    super().close_session(keyed.sid, reason="moved to another replica")
+                    super().close_session(keyed.sid, reason="moved to another replica", save=False)
                     self._forget(keyed)
                 except Exception:  # noqa: BLE001 - the root is unreachable now: try again next time
                     logger.exception("checking session %s on the memory root failed", keyed.key)
@@ -266,19 +266,20 @@ class ClusterSessionManager(SessionManager):
         self._openers.pop(keyed.sid, None)
         self.root.release(keyed.claim)
 
-    def close_session(self, sid: str, *, reason: str = "closed") -> None:
-        """As :meth:`SessionManager.close_session`; a keyed session is saved to the root first (unless
-        another replica took it over), so a reconnect anywhere finds it."""
+    def close_session(self, sid: str, *, reason: str = "closed", save: bool = True) -> None:
+        """As :meth:`SessionManager.close_session`; a keyed session is saved to the root first, committed
+        under its epoch (unless another replica took it over), so a reconnect anywhere finds it."""
         keyed = self._by_sid.get(sid)
         if keyed is None:
-            return super().close_session(sid, reason=reason)
+            return super().close_session(sid, reason=reason, save=save)
         with keyed.lock:
             try:
-                self._save_quietly(keyed, force=True)
+                if save:
+                    self._save_quietly(keyed, force=True)
             except StaleEpoch:
                 self._count("stale_refused")
                 reason = "moved to another replica"
-            super().close_session(sid, reason=reason)
+            super().close_session(sid, reason=reason, save=False)  # never an uncommitted save of a keyed session
             self._forget(keyed)
 
     def shutdown(self, timeout: float = 10.0) -> None:
