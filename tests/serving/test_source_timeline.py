@@ -75,6 +75,9 @@ def test_a_source_set_after_pushed_frames_never_goes_back(make_manager, bikes_pa
     m.set_source(sid, str(bikes_path), fps=4.0, realtime=False)  # bikes.mp4 starts at 0 s
     wait_for(lambda: m.source_progress(sid)["finished"], timeout=120)
     wait_for(lambda: m.scheduler.idle(), timeout=60)
+    # kept_history is the session's cached snapshot, refreshed at most every snapshot interval:
+    # wait until it has caught up with every frame processed
+    wait_for(lambda: m.stats(sid).get("frames", -1) >= m.stats(sid)["ingest"]["frames_processed"], timeout=30)
     history = [pts for pts, _ in m.kept_history(sid)]
     assert history == sorted(history), "stream time went back"
     assert history[-1] > 37.0 + 9.0  # bikes.mp4 is 10 s: it ran on after the pushed frames
