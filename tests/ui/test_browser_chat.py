@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.ui.browser import CHROMIUM, CHROMIUM_ARGS, chromium_problem, under_make, write_y4m_clip
+from tests.ui.browser import CHROMIUM_ARGS, write_y4m_clip
 
 from .conftest import launch_page, wait_until
 
@@ -33,16 +33,6 @@ WATCH_QUEUED_JS = """
   }).observe(document.body, {subtree: true, childList: true, characterData: true});
 }
 """
-
-
-@pytest.fixture(scope="module")
-def chromium_path() -> str:
-    problem = chromium_problem(try_install=True)
-    if problem:
-        if under_make():
-            pytest.fail(f"the browser test needs Chromium: {problem}")
-        pytest.skip(problem)
-    return CHROMIUM
 
 
 @pytest.fixture(scope="module")
