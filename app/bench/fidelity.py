@@ -189,23 +189,23 @@ def bootstrap(values: dict[str, Any], draws: int, seed: int, ref: str | None = N
     means = {k: v[idx].mean(axis=1) for k, v in nll.items()}
     den_pt = nll[WINDOW].mean() - nll[FULL].mean()
     den = means[WINDOW] - means[FULL]
+    def gain(row: dict[str, float], key: str, over: str, name: str) -> None:
+        """``row[key]`` (+ ``_lo``, ``_hi``): (NLL_over - NLL_name) / (NLL_window - NLL_full), point and
+        interval; draws whose denominator is 0 are left out. Retained is the gain over the window."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            draws_ = (means[over] - means[name]) / den
+        draws_ = draws_[np.isfinite(draws_)]
+        row[key] = float((nll[over].mean() - nll[name].mean()) / den_pt) if den_pt != 0 else float("nan")
+        row[key + "_lo"] = float(np.percentile(draws_, 2.5)) if draws_.size else float("nan")
+        row[key + "_hi"] = float(np.percentile(draws_, 97.5)) if draws_.size else float("nan")
+
     out: dict[str, dict[str, float]] = {}
     for name, v in nll.items():
         row = {"nll": float(v.mean()), "nll_lo": float(np.percentile(means[name], 2.5)),
                "nll_hi": float(np.percentile(means[name], 97.5))}
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = (means[WINDOW] - means[name]) / den
-        ratio = ratio[np.isfinite(ratio)]
-        row["retained"] = float((nll[WINDOW].mean() - v.mean()) / den_pt) if den_pt != 0 else float("nan")
-        row["retained_lo"] = float(np.percentile(ratio, 2.5)) if ratio.size else float("nan")
-        row["retained_hi"] = float(np.percentile(ratio, 97.5)) if ratio.size else float("nan")
+        gain(row, "retained", WINDOW, name)
         if ref is not None:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                delta = (means[ref] - means[name]) / den
-            delta = delta[np.isfinite(delta)]
-            row["delta"] = float((nll[ref].mean() - v.mean()) / den_pt) if den_pt != 0 else float("nan")
-            row["delta_lo"] = float(np.percentile(delta, 2.5)) if delta.size else float("nan")
-            row["delta_hi"] = float(np.percentile(delta, 97.5)) if delta.size else float("nan")
+            gain(row, "delta", ref, name)
         for key in (k for k in values if k != "nll"):  # choice, accuracy, hit...: proportions per question
             if name in values[key]:
                 a = np.asarray(values[key][name], dtype=np.float64)
