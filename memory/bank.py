@@ -17,6 +17,18 @@ files. Their bytes count in ``bytes_ram`` and under ``ram_budget_bytes`` (the ol
 dropped first when the budget is short; those chunks' keys are then read from the file's keys
 section alone).
 
+Compact rerank keys: once the rerank has told the bank its (layer, head) pairs and the model's
+un-rotation (:meth:`MemoryBank.set_rerank_form`, done by the first rerank), every chunk also gets a
+compact form (:class:`~compression.compact_keys.CompactKeys`:
+its pre-RoPE keys of those pairs, content tokens only, ``compact_keys_bits`` per channel), built
+from its float keys on append. A rerank scores candidates from it in one batched pass, without
+un-rotating and without touching disk (:meth:`MemoryBank.compact`); a chunk without one (appended
+before the first rerank, reopened from an older save, or dropped by the budget) gets it built from
+its stored keys on its first rerank (for a chunk on disk only the file's keys section is read).
+Compact forms count in ``bytes_ram`` and under ``ram_budget_bytes`` and are dropped last (oldest
+first), after whole RAM chunks spilled and resident packed keys went. ``save()`` writes them to
+``compact/<segment>.pt`` (only segments that changed) and ``open()`` restores them.
+
 Disk budget: before a chunk file is written, the bank makes room under ``disk_budget_bytes``.
 Past :data:`CONSOLIDATE_AT` of the budget, the oldest chunks are consolidated (requantized with
 ``consolidate_codec``; a run of neighbouring frame chunks of a static scene merged into one, see
@@ -28,6 +40,7 @@ Disk layout (``disk_dir``)::
     chunks/000000000042.kvc   one file per chunk (see memory.store), written atomically
     summaries.npy             float32 (N, S) summaries, rows in manifest chunk order (save())
     index.faiss               the faiss index (save())
+    compact/000042.pt         compact rerank keys of chunk ids [42 * 4096, 43 * 4096) (save())
     manifest.json             config, summary_dim, chunk metadata + sha256 per file (save(); written last)
 
 Thread safety: one lock guards all state. File reads, checksums and dequantization run
@@ -39,6 +52,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import heapq
+import io
 import json
 import logging
 import os
@@ -55,8 +69,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from compression.compact_keys import CompactKeys, CompactKeysError, as_pairs, encode_compact
 from compression.kvcodec import KVCodec, KVCodecError, PackedKeys, split_keys
-from memory.chunk import ChunkKeys, ChunkMeta, KVChunk, validate_chunk
+from memory.chunk import ChunkKeys, ChunkMeta, KVChunk, content_mask, validate_chunk
 from memory.config import BankConfig
 from memory.consolidate import can_merge, consolidation_level, mark_consolidated, merge_chunks
 from memory.errors import (
@@ -87,6 +102,11 @@ MANIFEST = "manifest.json"
 SUMMARIES = "summaries.npy"
 INDEX_FILE = "index.faiss"
 CHUNK_DIR = "chunks"
+COMPACT_DIR = "compact"
+#: Chunk ids per compact-keys file (``compact/<id // COMPACT_SEGMENT>.pt``): a save rewrites only
+#: the files whose chunks changed.
+COMPACT_SEGMENT = 4096
+COMPACT_FORMAT = "livesight.compact_segment"
 MANIFEST_FORMAT = 1
 #: Rows per block when streaming summaries to or from disk.
 _ROWS = 2048
@@ -138,6 +158,11 @@ class BankStats:
         consolidated: chunks consolidated (requantized, maybe merged) because of the disk budget.
         merged: chunks merged into a neighbour on consolidation (no longer separate chunks).
         deleted_budget: chunks deleted because of the disk budget.
+        chunks_compact: chunks with compact rerank keys in RAM.
+        bytes_compact: bytes of those compact keys (included in ``bytes_ram``).
+        key_reads_compact: rerank reads served by a compact form.
+        compact_built: compact forms built from stored keys on a rerank (they were missing).
+        compact_dropped: compact forms dropped because of the RAM budget.
         stream_s: stream time spanned by live chunks, seconds.
         bytes_per_hour: bytes per hour of that stream time, per tier: ``"ram"``, ``"disk"``,
             ``"resident_keys"`` (0 when no stream time is spanned).
@@ -164,6 +189,11 @@ class BankStats:
     consolidated: int = 0
     merged: int = 0
     deleted_budget: int = 0
+    chunks_compact: int = 0
+    bytes_compact: int = 0
+    key_reads_compact: int = 0
+    compact_built: int = 0
+    compact_dropped: int = 0
     stream_s: float = 0.0
     bytes_per_hour: dict[str, float] | None = None
 
@@ -182,6 +212,7 @@ def _remove_bank_files(directory: str, whole: bool) -> None:
         return
     root = Path(directory)
     shutil.rmtree(root / CHUNK_DIR, ignore_errors=True)
+    shutil.rmtree(root / COMPACT_DIR, ignore_errors=True)
     for name in (MANIFEST, SUMMARIES, INDEX_FILE):
         try:
             (root / name).unlink()
@@ -253,6 +284,15 @@ class MemoryBank:
         self._consolidated = 0
         self._merged = 0
         self._deleted_budget = 0
+        # compact rerank keys: chunk id -> CompactKeys, oldest first (the order they are dropped in)
+        self._compact: OrderedDict[int, CompactKeys] = OrderedDict()
+        self._compact_bytes = 0
+        self._form: tuple[Any, tuple[tuple[int, int], ...]] | None = None  # (un-rotation, pairs)
+        self._compact_dirty: set[int] = set()  # segments to rewrite on save()
+        self._compact_saved: dict[int, str] = {}  # segment -> sha256 of its file
+        self._key_reads_compact = 0
+        self._compact_built = 0
+        self._compact_dropped = 0
         self.recovered: dict[str, Any] | None = None  # set by open() when the manifest was damaged
 
     def _claim_dir(self, directory: Path) -> None:
@@ -354,6 +394,8 @@ class MemoryBank:
             positions=chunk.positions.detach().to("cpu").clone().contiguous(),
             summary=chunk.summary.detach().to("cpu", torch.float32).clone().contiguous(),
         )
+        form = self._form
+        compact = self._build_compact(meta, keys, stored.positions, form)
         with self._lock:
             self._check_open()
             if cid in self._metas:
@@ -364,6 +406,8 @@ class MemoryBank:
             heapq.heappush(self._expiry, (meta.t_end, cid))
             self._ram[cid] = stored
             self._ram_bytes += stored.nbytes
+            if compact is not None and self._form is form:
+                self._add_compact(cid, compact)
             self._account(cid, stored.n_elements, float(packed.bits_per_element()))
             self._newest_t_end = max(self._newest_t_end, meta.t_end)
             self._appended += 1
@@ -381,14 +425,14 @@ class MemoryBank:
         budget = self._config.ram_budget_bytes
         if budget is None:
             return
-        while self._ram_bytes + self._resident_bytes > budget and self._ram:
+        while self._ram_bytes + self._resident_bytes + self._compact_bytes > budget and self._ram:
             cid, stored = next(iter(self._ram.items()))
             if cid not in self._disk and not self._write_file(stored, durable=False):
                 continue  # it could not fit the disk budget and was deleted
             del self._ram[cid]
             self._ram_bytes -= stored.nbytes
             self._spills += 1
-            if self._config.resident_keys and cid in self._metas:
+            if self._config.resident_keys and cid in self._metas and cid not in self._compact:
                 upper, _ = split_keys(stored.packed, key_split_layer(stored.packed.shape[0]))
                 self._add_resident(cid, upper, stored.positions)
             log.debug("spilled chunk %d to disk (RAM tier now %d bytes)", cid, self._ram_bytes)
@@ -407,12 +451,126 @@ class MemoryBank:
             self._resident_bytes -= old[0].nbytes + tensor_nbytes(old[1])
 
     def _trim_resident(self) -> None:
-        """Drop the oldest resident keys while the RAM tier is over its budget."""
+        """Drop the oldest resident keys, then (once no whole chunk is left in RAM to spill) the oldest
+        compact keys, while the RAM tier is over its budget."""
         budget = self._config.ram_budget_bytes
         if budget is None:
             return
-        while self._ram_bytes + self._resident_bytes > budget and self._resident:
+        while self._ram_bytes + self._resident_bytes + self._compact_bytes > budget and self._resident:
             self._drop_resident(next(iter(self._resident)))
+        while self._ram_bytes + self._resident_bytes + self._compact_bytes > budget and self._compact and not self._ram:
+            self._drop_compact(next(iter(self._compact)))
+            self._compact_dropped += 1
+
+    # ------------------------------------------------------------------ compact rerank keys
+    def set_rerank_form(self, unrotate: Any, pairs: Sequence[tuple[int, int]]) -> None:
+        """Tell the bank what a rerank scores, so it keeps every chunk's compact form of it.
+
+        Args:
+            unrotate: ``(keys (L', H, T, D) float32 post-RoPE, positions (T,) or (3, T)) -> pre-RoPE
+                keys`` of the same shape: the model's own un-rotation (``VideoLLM.unrotate_keys``).
+            pairs: the (layer, KV head) pairs the rerank scores.
+
+        Compact forms of other pairs are dropped (they are rebuilt for the new pairs as chunks are
+        appended or reranked). A no-op but for the un-rotation when the pairs are the same.
+        """
+        pairs = as_pairs(pairs)
+        with self._lock:
+            self._check_open()
+            if self._form is not None and self._form[1] == pairs:
+                self._form = (unrotate, pairs)
+                return
+            self._form = (unrotate, pairs)
+            for cid in [c for c, ck in self._compact.items() if ck.pairs != pairs]:
+                self._drop_compact(cid)
+
+    @property
+    def rerank_pairs(self) -> tuple[tuple[int, int], ...] | None:
+        """The (layer, head) pairs compact forms are kept for (``None`` until :meth:`set_rerank_form`)."""
+        form = self._form
+        return None if form is None else form[1]
+
+    def _build_compact(self, meta: ChunkMeta, keys: torch.Tensor, positions: torch.Tensor,
+                       form: tuple[Any, tuple[tuple[int, int], ...]] | None,
+                       held: Sequence[int] | None = None) -> CompactKeys | None:
+        """The compact form of a chunk from float post-RoPE keys ``(L', H, T, D)`` whose rows are the
+        layers ``held`` (``None``: all layers, row = layer); ``None`` when off or impossible."""
+        bits = self._config.compact_keys_bits
+        if form is None or bits is None:
+            return None
+        unrotate, pairs = form
+        layers = sorted({layer for layer, _ in pairs})
+        n_layers, n_heads, n_tok, _ = keys.shape
+        row_of = {layer: i for i, layer in enumerate(range(n_layers) if held is None else held)}
+        if any(layer not in row_of for layer in layers) or max(h for _, h in pairs) >= n_heads:
+            log.debug("chunk %d: keys %s do not hold the rerank pairs", meta.chunk_id, tuple(keys.shape))
+            return None
+        mask = content_mask(meta, n_tok)
+        local = {layer: row_of[layer] for layer in layers}
+        rows = sorted(set(local.values()))
+        try:
+            with torch.no_grad():
+                pre = unrotate(keys[rows][:, :, mask].float(), positions[..., mask])  # (L'', H, T', D)
+                at = {r: i for i, r in enumerate(rows)}
+                li = torch.tensor([at[local[layer]] for layer, _ in pairs], dtype=torch.long)
+                hi = torch.tensor([h for _, h in pairs], dtype=torch.long)
+                return encode_compact(pre[li, hi], bits, pairs)
+        except (CompactKeysError, RuntimeError, ValueError, IndexError) as exc:
+            log.warning("chunk %d: no compact rerank keys (%s); its rerank reads the stored keys", meta.chunk_id, exc)
+            return None
+
+    def _add_compact(self, cid: int, compact: CompactKeys) -> None:
+        self._drop_compact(cid)
+        self._compact[cid] = compact
+        self._compact_bytes += compact.nbytes
+        self._compact_dirty.add(cid // COMPACT_SEGMENT)
+        self._drop_resident(cid)  # the compact form serves the rerank: no packed copy needed
+
+    def _drop_compact(self, cid: int) -> None:
+        old = self._compact.pop(cid, None)
+        if old is not None:
+            self._compact_bytes -= old.nbytes
+            self._compact_dirty.add(cid // COMPACT_SEGMENT)
+
+    def compact(self, chunk_id: int, *, build: bool = True) -> CompactKeys | None:
+        """The compact rerank keys of a live chunk for the pairs of :meth:`set_rerank_form`.
+
+        With ``build``, a chunk without one gets it now from its stored keys (RAM, resident keys,
+        or only the keys section of its file) and keeps it under the budget.
+
+        Returns:
+            the :class:`CompactKeys`, or ``None`` when compact keys are off, no form was set, or the
+            chunk's keys cannot give one (then read :meth:`keys` instead).
+
+        Raises:
+            ChunkNotFound: no live chunk has this id.
+            ChunkCorrupt: building needed its file, which is missing or fails its checksum.
+        """
+        with self._lock:
+            self._check_open()
+            if chunk_id not in self._metas:
+                raise ChunkNotFound(chunk_id)
+            form = self._form
+            got = self._compact.get(chunk_id)
+            if got is not None and form is not None and got.pairs == form[1]:
+                self._key_reads_compact += 1
+                return got
+            if form is None or self._config.compact_keys_bits is None or not build:
+                return None
+        layers = sorted({layer for layer, _ in form[1]})
+        try:
+            ck = self.keys(chunk_id, layers, dtype=torch.float32)
+        except InvalidQuery:
+            return None
+        compact = self._build_compact(ck.meta, ck.keys, ck.positions, form, held=layers)
+        if compact is None:
+            return None
+        with self._lock:
+            if chunk_id in self._metas and self._form is form:
+                self._add_compact(chunk_id, compact)
+                self._compact_built += 1
+                self._apply_budget()  # whole RAM chunks spill before any compact form goes
+        return compact
 
     def _chunk_path(self, cid: int) -> Path:
         return self._ensure_dir() / CHUNK_DIR / f"{cid:012d}.kvc"
@@ -575,11 +733,17 @@ class MemoryBank:
         if self._config.index == "flat":  # cheap to replace; HNSW/IVF keep the first chunk's summary
             self._index.remove([first])
             self._index.add(np.array([first], dtype=np.int64), stored.summary.numpy()[None, :])
-        if self._config.resident_keys and (first in self._resident or in_ram is not None):
+        compact = self._build_compact(stored.meta, merged.keys, stored.positions, self._form)
+        if compact is not None:
+            self._add_compact(first, compact)
+            self._trim_resident()
+        elif self._config.resident_keys and (first in self._resident or in_ram is not None):
+            self._drop_compact(first)
             upper, _ = split_keys(packed, key_split_layer(packed.shape[0]))
             self._add_resident(first, upper, stored.positions)
             self._trim_resident()
         else:
+            self._drop_compact(first)
             self._drop_resident(first)
         self._dirty = True
         log.debug("consolidated chunks %s into chunk %d (%d bytes)", [s.chunk_id for s in loaded], first, len(data))
@@ -606,6 +770,7 @@ class MemoryBank:
         if stored is not None:
             self._ram_bytes -= stored.nbytes
         self._drop_resident(cid)
+        self._drop_compact(cid)
         entry = self._disk.pop(cid, None)
         if entry is not None:
             self._disk_bytes -= entry.size
@@ -844,7 +1009,7 @@ class MemoryBank:
         """True bytes of stored chunks per tier: ``{"ram": ..., "disk": ...}`` (disk = file sizes;
         RAM includes the resident keys of chunks on disk)."""
         with self._lock:
-            return {"ram": self._ram_bytes + self._resident_bytes, "disk": self._disk_bytes}
+            return {"ram": self._ram_bytes + self._resident_bytes + self._compact_bytes, "disk": self._disk_bytes}
 
     def stats(self) -> BankStats:
         """A snapshot of the bank's counters (see :class:`BankStats`)."""
@@ -856,14 +1021,15 @@ class MemoryBank:
             hours = span / 3600.0
             per_hour = {
                 tier: (n / hours if hours > 0 else 0.0)
-                for tier, n in (("ram", self._ram_bytes + self._resident_bytes), ("disk", self._disk_bytes),
-                                ("resident_keys", self._resident_bytes))
+                for tier, n in (("ram", self._ram_bytes + self._resident_bytes + self._compact_bytes),
+                                ("disk", self._disk_bytes), ("resident_keys", self._resident_bytes),
+                                ("compact_keys", self._compact_bytes))
             }
             return BankStats(
                 chunks=len(self._metas),
                 chunks_ram=len(self._ram),
                 chunks_disk=len(self._disk),
-                bytes_ram=self._ram_bytes + self._resident_bytes,
+                bytes_ram=self._ram_bytes + self._resident_bytes + self._compact_bytes,
                 bytes_disk=self._disk_bytes,
                 index_bytes=self._index.nbytes if not self._closed else 0,
                 spills=self._spills,
@@ -881,6 +1047,11 @@ class MemoryBank:
                 consolidated=self._consolidated,
                 merged=self._merged,
                 deleted_budget=self._deleted_budget,
+                chunks_compact=len(self._compact),
+                bytes_compact=self._compact_bytes,
+                key_reads_compact=self._key_reads_compact,
+                compact_built=self._compact_built,
+                compact_dropped=self._compact_dropped,
                 stream_s=span,
                 bytes_per_hour=per_hour,
             )
@@ -906,6 +1077,7 @@ class MemoryBank:
                 self._index.write(index_tmp)
                 index_sha = _file_sha256(index_tmp)
                 os.replace(index_tmp, root / INDEX_FILE)
+                compact = self._save_compact(root)
                 # one flush of everything written so far (far cheaper than an fsync per chunk
                 # file), so the manifest, the commit point, never names data not yet on disk
                 os.sync()
@@ -916,6 +1088,7 @@ class MemoryBank:
                     "chunks": [self._chunk_record(cid) for cid in order],
                     "summaries": {"file": SUMMARIES, "sha256": summaries_sha, "ids": in_index},
                     "index": {"file": INDEX_FILE, "sha256": index_sha, **self._index.state()},
+                    "compact": compact,
                 }
                 atomic_write(root / MANIFEST, json.dumps(manifest).encode("utf-8"), durable=True)
             except OSError as exc:
@@ -923,6 +1096,68 @@ class MemoryBank:
             self._dirty = False
             log.info("saved memory bank: %d chunks to %s", len(order), root)
             return root
+
+    def _save_compact(self, root: Path) -> dict[str, Any]:
+        """Write the compact-keys segments that changed since the last save; returns the manifest's record."""
+        folder = root / COMPACT_DIR
+        if self._compact_dirty:
+            folder.mkdir(exist_ok=True)
+            groups: dict[int, list[int]] = {seg: [] for seg in self._compact_dirty}
+            for cid in self._compact:
+                seg = cid // COMPACT_SEGMENT
+                if seg in groups:
+                    groups[seg].append(cid)
+            for seg, ids in groups.items():
+                path = folder / f"{seg:06d}.pt"
+                if not ids:
+                    self._compact_saved.pop(seg, None)
+                    try:
+                        path.unlink()
+                    except FileNotFoundError:
+                        pass
+                    continue
+                buf = io.BytesIO()
+                torch.save({"format": COMPACT_FORMAT, "ids": ids, "states": [self._compact[c].state_dict() for c in ids]},
+                           buf)
+                data = buf.getvalue()
+                atomic_write(path, data)
+                self._compact_saved[seg] = hashlib.sha256(data).hexdigest()
+            self._compact_dirty.clear()
+        return {"dir": COMPACT_DIR, "segment": COMPACT_SEGMENT,
+                "segments": {str(seg): sha for seg, sha in sorted(self._compact_saved.items())}}
+
+    def _restore_compact(self, root: Path, record: Any) -> None:
+        """Load the saved compact forms of live chunks; a damaged segment is skipped (logged): its
+        chunks' compact forms are rebuilt from their keys on their next rerank."""
+        if not isinstance(record, dict) or record.get("segment") != COMPACT_SEGMENT:
+            return
+        segments = record.get("segments")
+        if not isinstance(segments, dict):
+            return
+        for name, sha in segments.items():
+            path = root / COMPACT_DIR / f"{int(name):06d}.pt"
+            try:
+                data = path.read_bytes()
+                if hashlib.sha256(data).hexdigest() != sha:
+                    raise ValueError("checksum mismatch")
+                obj = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+                if not isinstance(obj, dict) or obj.get("format") != COMPACT_FORMAT:
+                    raise ValueError("not a compact-keys segment")
+                items = [(int(cid), CompactKeys.from_state_dict(st)) for cid, st in zip(obj["ids"], obj["states"])]
+            except (OSError, ValueError, KeyError, TypeError, RuntimeError, CompactKeysError) as exc:
+                log.warning("compact rerank keys %s unusable (%s); they are rebuilt on use", path, exc)
+                continue
+            self._compact_saved[int(name)] = str(sha)
+            for cid, ck in items:
+                if cid in self._metas:
+                    self._compact[cid] = ck
+                    self._compact_bytes += ck.nbytes
+        if self._compact:
+            # the pairs of the restored forms; the un-rotation comes with the first rerank's set_rerank_form
+            pairs = next(iter(self._compact.values())).pairs
+            for cid in [c for c, ck in self._compact.items() if ck.pairs != pairs]:
+                self._drop_compact(cid)
+        self._trim_resident()
 
     def _chunk_record(self, cid: int) -> dict[str, Any]:
         entry = self._disk[cid]
@@ -1008,6 +1243,7 @@ class MemoryBank:
             raise BankCorrupt(f"{manifest_path} is malformed: {exc!r}") from None
         # a rebuilt index is written back by the next save() (close() of this persistent bank)
         bank._dirty = not bank._restore_index(root, manifest)
+        bank._restore_compact(root, manifest.get("compact"))
         log.info("opened memory bank %s: %d chunks", root, len(bank._metas))
         return bank
 
@@ -1157,6 +1393,8 @@ class MemoryBank:
                 self._ram.clear()
                 self._resident.clear()
                 self._resident_bytes = 0
+                self._compact.clear()
+                self._compact_bytes = 0
                 self._metas.clear()
                 self._order.clear()
                 self._expiry.clear()

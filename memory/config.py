@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from compression.compact_keys import COMPACT_BITS
 from compression.kvcodec import KVCodecConfig
 from memory.errors import BankConfigError
 from streaming.checks import check_bool, check_choice, check_int, check_number
@@ -53,6 +54,12 @@ class BankConfig:
         merge_token_similarity: value-vector cosine at or above which a token of a merged frame is
             folded into a kept one (see ``memory.consolidate``). [0, 1]
         merge_max_chunks: most chunks merged into one. [1, 4096]; 1 = never merge.
+        compact_keys_bits: bits of the compact rerank keys kept in RAM for every chunk (its
+            pre-RoPE keys of the rerank's (layer, head) pairs, content tokens only, quantized per
+            channel; :mod:`compression.compact_keys`): 8, 4 or 2; ``None`` = none (the rerank reads
+            the stored keys and un-rotates them per question). Built once the bank knows the rerank's
+            pairs and the model's un-rotation (:meth:`~memory.bank.MemoryBank.set_rerank_form`);
+            their bytes count in ``bytes_ram`` and under ``ram_budget_bytes`` (dropped last).
     """
 
     codec: KVCodecConfig = field(default_factory=KVCodecConfig)
@@ -76,6 +83,7 @@ class BankConfig:
     merge_similarity: float = 0.97
     merge_token_similarity: float = 0.95
     merge_max_chunks: int = 8
+    compact_keys_bits: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.codec, KVCodecConfig):
@@ -112,6 +120,8 @@ class BankConfig:
         check_number("BankConfig.merge_token_similarity", self.merge_token_similarity, low=0.0, high=1.0, low_inclusive=True,
                      error=BankConfigError)
         _check_int("merge_max_chunks", self.merge_max_chunks, 1, 4096)
+        if self.compact_keys_bits is not None:
+            check_choice("BankConfig.compact_keys_bits", self.compact_keys_bits, COMPACT_BITS, error=BankConfigError)
 
     @property
     def ivf_train_threshold(self) -> int:

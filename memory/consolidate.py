@@ -53,10 +53,13 @@ def summary_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def can_merge(chunks: Sequence[KVChunk]) -> bool:
-    """Whether chunks may be merged at all: frame chunks of one KV shape and position layout."""
+    """Whether chunks may be merged at all: frame chunks of one input (their evidence names it), one KV
+    shape and one position layout."""
     first = chunks[0]
+    source = first.meta.extra.get("source")
     return all(
         c.meta.kind == "frame"
+        and c.meta.extra.get("source") == source
         and c.keys.shape[:2] == first.keys.shape[:2]
         and c.keys.shape[3] == first.keys.shape[3]
         and c.positions.dim() == first.positions.dim()

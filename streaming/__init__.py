@@ -41,6 +41,9 @@ _EXPORTS = {
     "InvalidAudio": "streaming.errors",
     "AudioChunk": "streaming.audio",
     "AUDIO_RATE": "streaming.audio",
+    "source_label": "streaming.labels",
+    "HostPolicy": "streaming.hosts",
+    "HostNotAllowed": "streaming.hosts",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -31,6 +31,9 @@ class SourceCounters:
         reconnects: successful reconnections after an outage.
         gaps: one :class:`Gap` per outage that ended in a reconnection.
         reconnecting: True while an outage is in progress.
+        too_large: frames refused because their size (it may change mid-stream) exceeds the source's
+            ``max_pixels``; the decoder refuses them before allocating their pictures.
+        last_refusal: why the latest of those was refused (names the size and the limit).
     """
 
     received: int = 0
@@ -41,6 +44,8 @@ class SourceCounters:
     reconnects: int = 0
     gaps: list[Gap] = field(default_factory=list)
     reconnecting: bool = False
+    too_large: int = 0
+    last_refusal: str | None = None
 
 
 class FrameSource(ABC):

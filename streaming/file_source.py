@@ -84,6 +84,9 @@ class FileSource(FrameSource):
         max_consecutive_errors: bad packets in a row tolerated before :class:`CorruptStream`.
         options: extra FFmpeg demuxer options.
         audio: also decode the audio stream for :meth:`on_audio` consumers.
+        max_pixels: largest frame (width x height) decoded, checked on every frame (a file's frame
+            size may change mid-way): the decoder refuses larger ones without allocating them, and
+            they are counted in ``counters.too_large``; None: no limit.
 
     Raises:
         SourceNotFound: no such file.
@@ -97,7 +100,7 @@ class FileSource(FrameSource):
     def __init__(self, path: str | os.PathLike[str], *, realtime: bool = False, speed: float = 1.0,
                  open_timeout_s: float | None = 10.0, read_timeout_s: float | None = 10.0,
                  thread_type: str = "AUTO", max_consecutive_errors: int = 1000,
-                 options: dict[str, str] | None = None, audio: bool = False) -> None:
+                 options: dict[str, str] | None = None, audio: bool = False, max_pixels: int | None = None) -> None:
         name = os.fspath(path)
         super().__init__(name, live=bool(realtime))
         self.speed = check_number("speed", speed, low=0.0, high=100.0)
@@ -106,6 +109,7 @@ class FileSource(FrameSource):
         thread_type = check_thread_type(thread_type)
         self._max_errors = check_int("max_consecutive_errors", max_consecutive_errors, low=1, high=10**7)
         self.audio = check_bool("audio", audio)
+        self.max_pixels = check_int("max_pixels", max_pixels, low=1, high=2**31, allow_none=True)
         if not os.path.exists(name):
             raise SourceNotFound(f"{name}: no such file", name)
         if os.path.isdir(name):
@@ -123,7 +127,7 @@ class FileSource(FrameSource):
             self._container.close()
             raise
         self._decoder = PacketDecoder(self._container, self._stream, self.counters, name, self._max_errors,
-                                      audio=audio_decoder, audio_stream=audio_stream)
+                                      audio=audio_decoder, audio_stream=audio_stream, max_pixels=self.max_pixels)
         stream = self._stream
         start = float(stream.start_time * stream.time_base) if stream is not None and stream.start_time else 0.0
         self._clock = FrameClock(name, self._info.fps, start)

@@ -16,12 +16,16 @@ class Frame:
         pts: presentation time in seconds, from the stream's own timestamps.
         wall: wall-clock arrival time (``time.time()``) when the frame was decoded/received.
         rgb: pixels, shape ``(H, W, 3)``, dtype ``uint8``, RGB order; read-only.
+        label: the source it came from, as a person would name it (``webcam``, ``file bikes.mp4``,
+            ``rtsp://cam.example/live``: see :mod:`streaming.labels`); None when nobody said.
+            A session records it on what the frame becomes, so evidence names its source.
     """
 
     index: int
     pts: float
     wall: float
     rgb: np.ndarray = field(repr=False)
+    label: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.rgb, np.ndarray) or self.rgb.dtype != np.uint8 or self.rgb.ndim != 3 or self.rgb.shape[2] != 3:

@@ -7,24 +7,39 @@ address it resolves to must pass. The default denies link-local networks (169.25
 which hold the metadata addresses) and the IPv6 metadata address, and allows the rest; an operator
 narrows it with an allow list (``livesight serve --source-hosts cams.example.com,10.0.0.0/8``).
 
-Limits: FFmpeg resolves the host again when it connects, so a DNS name that changes its answer in
-between (rebinding) is not caught here; an HTTP redirect is followed by FFmpeg without a new check.
-An allow list of addresses (not names) and a resolver the operator trusts close both.
+The policy holds for the address FFmpeg actually connects to: :class:`~streaming.url_source.URLSource`
+resolves the name once (:meth:`HostPolicy.check` returns every address it checked, a
+:class:`CheckedHost`) and, for ``http``, ``rtsp`` and ``rtmp``, hands FFmpeg the URL with the checked
+address in place of the name (``Host:`` keeps the name for HTTP), so a second resolution cannot
+rebind it. For TLS schemes (``https``, ``rtsps``, ``rtmps``) the name stays in the URL (the server's
+certificate and SNI need it) and the certificate is verified against the system's CA bundle: a name
+rebound to another host then fails the handshake, since that host has no certificate for it. HTTP
+redirects are not followed by FFmpeg (``max_redirects=0``): the source reads the ``Location`` itself,
+checks its host against this policy, and follows it (at most a few hops) or refuses it with
+:class:`HostNotAllowed`.
+
+Limits: an HLS playlist's segment URLs that name another host are fetched by FFmpeg without a check
+(relative segment URLs stay on the checked address); RTSP servers' own redirects are followed by FFmpeg.
+An allow list of addresses (not names) narrows both.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from streaming.errors import SourceError
 
-__all__ = ["DEFAULT_DENY", "HostNotAllowed", "HostPolicy", "parse_hosts"]
+__all__ = ["DEFAULT_DENY", "CheckedHost", "HostNotAllowed", "HostPolicy", "Resolver", "parse_hosts"]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+#: A name resolver with :func:`socket.getaddrinfo`'s signature and result (``(family, type, proto,
+#: canonname, sockaddr)`` tuples); tests and operators with their own DNS pass one in.
+Resolver = Callable[..., list]
 
 #: Networks no pulled URL may reach unless the operator allows them by name: link-local (the cloud
 #: metadata services live there) and the IPv6 metadata address of AWS.
@@ -71,6 +86,20 @@ def parse_hosts(text: str | Iterable[str] | None) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
+class CheckedHost:
+    """A URL's host as the policy checked it.
+
+    Attributes:
+        host: the host name (or address) the URL names, lower case.
+        addresses: every address it resolved to, in the resolver's order, all allowed; connect to
+            one of these (not to the name again) for the check to hold.
+    """
+
+    host: str
+    addresses: tuple[Address, ...]
+
+
+@dataclass(frozen=True)
 class HostPolicy:
     """Hosts server-pulled URLs may reach.
 
@@ -109,9 +138,20 @@ class HostPolicy:
                 return True
         return False
 
-    def check(self, url: str, *, name: str | None = None, resolve=socket.getaddrinfo) -> None:
-        """Refuse ``url`` when its host is not allowed. Resolves the host name (blocking: call it off
-        an event loop). A URL without a network host (a local file) passes.
+    def check(self, url: str, *, name: str | None = None, resolve: Resolver = socket.getaddrinfo
+              ) -> CheckedHost | None:
+        """Refuse ``url`` when its host is not allowed. Resolves the host name once (blocking: call it
+        off an event loop) and checks every address it resolves to.
+
+        Args:
+            url: the URL.
+            name: how messages name it (a redacted URL).
+            resolve: the name resolver, :func:`socket.getaddrinfo` by default (``resolve(host, None,
+                type=socket.SOCK_STREAM)``).
+
+        Returns:
+            the host and the addresses checked (connect to one of them), or None for a URL without a
+            network host (a local file), which passes.
 
         Raises:
             HostNotAllowed: naming the host and why.
@@ -125,7 +165,7 @@ class HostPolicy:
         except ValueError:
             raise HostNotAllowed(f"{shown}: the URL's host cannot be read", shown) from None
         if not host:
-            return
+            return None
         host = host.lower().rstrip(".")
         named = self._allowed_by_name(host)
         literal = _network(host)
@@ -136,13 +176,22 @@ class HostPolicy:
                 infos = resolve(host, None, type=socket.SOCK_STREAM)
             except (socket.gaierror, UnicodeError, OSError):
                 raise SourceUnreachable(f"{shown}: the host name does not resolve", shown) from None
-            addresses = sorted({ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos}, key=str)
+            try:
+                found = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+            except (ValueError, TypeError, IndexError):
+                raise SourceUnreachable(f"{shown}: the host name resolves to something that is not an address",
+                                        shown) from None
+            addresses = list(dict.fromkeys(found))
+            if not addresses:
+                raise SourceUnreachable(f"{shown}: the host name does not resolve", shown)
         if self.allow and not named and not all(self._in(a, self.allow) for a in addresses):
             raise HostNotAllowed(f"{shown}: host {host} is not in this server's allowed source hosts "
                                  "(livesight serve --source-hosts)", shown)
-        if named:
-            return
-        for address in addresses:
-            if self._in(address, self.deny):
-                raise HostNotAllowed(f"{shown}: host {host} ({address}) is in a network this server does not "
-                                     "pull from (link-local and cloud metadata addresses are denied)", shown)
+        if not named:
+            for address in addresses:
+                if self._in(address, self.deny):
+                    raise HostNotAllowed(f"{shown}: host {host} ({address}) is in a network this server does not "
+                                         f"pull from (denied: {', '.join(self.deny)}; by default the link-local and cloud "
+                                         "metadata addresses; livesight serve --source-hosts)",
+                                         shown)
+        return CheckedHost(host, tuple(addresses))

@@ -227,6 +227,12 @@ class PacketDecoder:
     ``max_consecutive_errors`` errors in a row without a frame (video frames, or audio for an
     audio-only input) raise :class:`CorruptStream`.
 
+    With ``max_pixels``, every frame over it is refused: the decoder itself refuses pictures of more
+    than twice that (FFmpeg's own ``max_pixels``: it never allocates them), so a stream whose frame
+    size grows mid-way cannot make it take gigabytes, and a decoded frame over the exact limit is
+    dropped. Each refused frame is counted in ``counters.too_large`` with the reason in
+    ``counters.last_refusal`` (naming the size); the frames before and after it go on.
+
     Args:
         container: an open input container.
         stream: its video stream (thread type already set), or None for an audio-only input.
@@ -234,13 +240,22 @@ class PacketDecoder:
         name: the source's name for messages.
         max_consecutive_errors: errors in a row tolerated before giving up.
         audio: the decoder of the audio stream to demux beside the video, or None.
+        max_pixels: largest picture (width x height) decoded; None: no limit.
     """
 
     def __init__(self, container: av.container.InputContainer, stream: av.video.stream.VideoStream | None,
                  counters: SourceCounters, name: str, max_consecutive_errors: int,
-                 audio: AudioDecoder | None = None, audio_stream: av.audio.stream.AudioStream | None = None) -> None:
+                 audio: AudioDecoder | None = None, audio_stream: av.audio.stream.AudioStream | None = None,
+                 max_pixels: int | None = None) -> None:
         if stream is None and audio is None:
             raise ValueError("PacketDecoder needs a video stream, an audio decoder, or both")
+        self._max_pixels = max_pixels
+        if stream is not None and max_pixels is not None:
+            # read when the decoder opens (on the first packet): FFmpeg then refuses larger pictures itself,
+            # before allocating them. It counts the width padded to its stride alignment, so it gets twice
+            # the limit (a frame at the limit must decode); each decoded frame is checked exactly below.
+            stream.codec_context.options = {**dict(stream.codec_context.options or {}),
+                                            "max_pixels": str(2 * max_pixels)}
         self._container = container
         self._stream = stream
         self._audio = audio if audio_stream is not None else None
@@ -288,9 +303,16 @@ class PacketDecoder:
         try:
             frames = packet.decode()
         except av.error.FFmpegError as exc:
+            if self._oversized():
+                return []
             if not flagged:
                 self._error("decode", exc)
             return []
+        if self._max_pixels is not None and any(f.width * f.height > self._max_pixels for f in frames):
+            for f in frames:
+                if f.width * f.height > self._max_pixels:
+                    self._refuse(f.width, f.height)
+            frames = [f for f in frames if f.width * f.height <= self._max_pixels]
         if frames:
             self._consecutive = 0
         for frame in frames:
@@ -298,6 +320,26 @@ class PacketDecoder:
             if frame.is_corrupt:
                 self._counters.corrupt_frames += 1
         return frames
+
+    def _oversized(self) -> bool:
+        """After a decode error: whether the stream's pictures became larger than ``max_pixels`` (the
+        decoder refused them; its context holds the new size). Counts the refusal."""
+        if self._max_pixels is None or self._stream is None:
+            return False
+        ctx = self._stream.codec_context
+        width, height = int(ctx.width or 0), int(ctx.height or 0)
+        if width * height <= self._max_pixels:
+            return False
+        self._refuse(width, height)
+        return True
+
+    def _refuse(self, width: int, height: int) -> None:
+        self._counters.too_large += 1
+        message = (f"{self._name}: a frame of {width}x{height} = {width * height} pixels exceeds max_pixels="
+                   f"{self._max_pixels}: the frame is refused (the stream's frame size changed)")
+        if self._counters.last_refusal != message:
+            log.warning("%s", message)
+        self._counters.last_refusal = message
 
     def flush_audio(self) -> None:
         """The session ends early (an outage): move what the audio decoder holds to :attr:`audio_ready`."""

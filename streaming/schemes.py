@@ -16,6 +16,12 @@ DEFAULT_ALLOWED_SCHEMES: frozenset[str] = frozenset({"rtsp", "rtsps", "rtmp", "h
 ALWAYS_LIVE_SCHEMES: frozenset[str] = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "udp", "rtp", "srt"})
 
 
+def is_webcam_spec(spec: str) -> bool:
+    """True for ``webcam:N``, ``webcam:/dev/videoN`` and ``/dev/videoN``."""
+    text = spec.strip()
+    return text.lower().startswith("webcam:") or text.startswith("/dev/video")
+
+
 def scheme_of(spec: str) -> str:
     """The lower-case scheme of ``spec``; ``"file"`` for local paths (including ``C:\\...``)."""
     scheme = urlsplit(spec).scheme.lower()

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import http.client
 import logging
+import os
+import socket
+import ssl
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import av
 import numpy as np
@@ -17,6 +23,7 @@ from streaming.checks import check_bool, check_int, check_number, check_timeout
 from streaming.errors import CorruptStream, SourceError, SourceTimeout, SourceUnreachable
 from streaming.file_source import check_thread_type
 from streaming.frame import Frame
+from streaming.hosts import CheckedHost, HostNotAllowed, HostPolicy, Resolver
 from streaming.info import Gap, SourceInfo
 from streaming.pyav_io import (
     PacketDecoder,
@@ -76,6 +83,98 @@ def default_options(scheme: str) -> dict[str, str]:
     if scheme in PROTOCOL_WHITELIST:
         out["protocol_whitelist"] = PROTOCOL_WHITELIST[scheme]
     return out
+
+
+#: Redirects a pulled HTTP(S) source follows, each target checked against the host policy.
+MAX_REDIRECTS = 5
+#: Schemes whose connection FFmpeg makes to the checked address itself (the URL names the address).
+PINNED_SCHEMES = frozenset({"http", "rtsp", "rtmp"})
+#: Schemes over TLS: the URL keeps the name (certificate, SNI) and the certificate is verified.
+TLS_SCHEMES = frozenset({"https", "rtsps", "rtmps"})
+
+
+@functools.lru_cache(maxsize=1)
+def ca_bundle() -> str | None:
+    """The system's CA bundle file (for FFmpeg's ``ca_file``), or None when none is found."""
+    paths = ssl.get_default_verify_paths()
+    for path in (paths.cafile, paths.openssl_cafile, "/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt",
+                 "/etc/ssl/cert.pem"):
+        if path and os.path.isfile(path):
+            return path
+    return None
+
+
+def _netloc(parts, host: str) -> str:
+    """``parts``' netloc with ``host`` in place of its host (user info and port kept)."""
+    shown = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        shown = f"{shown}:{parts.port}"
+    user = parts.netloc.rpartition("@")[0]
+    return f"{user}@{shown}" if user else shown
+
+
+def pinned(url: str, scheme: str, checked: CheckedHost | None) -> tuple[str, dict[str, str]]:
+    """The URL FFmpeg opens for ``url`` whose host the policy checked, and the options that go with it.
+
+    ``http``, ``rtsp``, ``rtmp``: the first checked address replaces the name (HTTP keeps the name in
+    ``Host:``), so FFmpeg resolves nothing. TLS schemes keep the name and verify the certificate
+    (``tls_verify``, the system's ``ca_file``). HTTP(S) follows no redirect itself (``max_redirects=0``).
+    """
+    options: dict[str, str] = {}
+    if scheme in ("http", "https"):
+        options["max_redirects"] = "0"
+    if checked is None:
+        return url, options
+    parts = urlsplit(url)
+    if scheme in PINNED_SCHEMES and checked.addresses:
+        address = str(checked.addresses[0])
+        if scheme == "http":
+            host = f"[{checked.host}]" if ":" in checked.host else checked.host
+            options["headers"] = f"Host: {host}{'' if parts.port is None else f':{parts.port}'}\r\n"
+        url = urlunsplit((parts.scheme, _netloc(parts, address), parts.path, parts.query, parts.fragment))
+    elif scheme in TLS_SCHEMES:
+        bundle = ca_bundle()
+        if bundle is not None:
+            options.update(tls_verify="1", ca_file=bundle)
+        else:
+            log.warning("no CA bundle found: TLS certificates of pulled sources are not verified")
+    return url, options
+
+
+def redirect_target(url: str, checked: CheckedHost | None, timeout_s: float | None) -> str | None:
+    """Where an HTTP(S) server redirects a GET of ``url`` (``Location``, made absolute), or None when it
+    answers otherwise. Connects to the checked address (never resolves the name again) and reads the
+    status line and headers only."""
+    parts = urlsplit(url)
+    https = parts.scheme.lower() == "https"
+    port = parts.port or (443 if https else 80)
+    address = str(checked.addresses[0]) if checked is not None and checked.addresses else parts.hostname
+    host = parts.hostname or ""
+    header = (f"[{host}]" if ":" in host else host) + ("" if parts.port is None else f":{parts.port}")
+    try:
+        sock = socket.create_connection((address, port), timeout=timeout_s or 10.0)
+        if https:  # only the Location is read, and it is checked like any URL: no verification needed
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            sock = ctx.wrap_socket(sock, server_hostname=host or None)
+        conn = http.client.HTTPConnection(address, port, timeout=timeout_s or 10.0)
+        conn.sock = sock
+        try:
+            conn.putrequest("GET", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""), skip_host=True,
+                            skip_accept_encoding=True)
+            conn.putheader("Host", header)
+            conn.putheader("Connection", "close")
+            conn.endheaders()
+            response = conn.getresponse()
+            status, location = response.status, response.getheader("Location")
+        finally:
+            conn.close()
+    except (OSError, http.client.HTTPException, ValueError):
+        return None
+    if 300 <= status < 400 and location:
+        return urljoin(url, location.strip())
+    return None
 
 
 class LiveTimeline:
@@ -178,12 +277,21 @@ class URLSource(FrameSource):
             clock (shared offsets across reconnects); an audio-only stream is then valid and
             reconnects like a video one. Bad audio packets are skipped and counted in
             :meth:`audio_stats`; audio that stops leaves the video going.
+        host_policy: the hosts this source may reach (a server pulling URLs its clients name), checked
+            at every connection, reconnections and redirects included: the host is resolved once with
+            ``resolve``, every address checked, and FFmpeg connects to a checked address (see
+            :mod:`streaming.hosts`). None: no check, and FFmpeg resolves and follows redirects itself.
+        resolve: the name resolver the policy uses (:func:`socket.getaddrinfo`'s signature).
+        max_pixels: largest frame (width x height) decoded, checked on every frame (the stream's
+            frame size may change mid-way): larger ones are refused by the decoder without being
+            allocated and counted in ``counters.too_large``; None: no limit.
 
     Raises:
         SchemeNotAllowed: the scheme is not admitted (checked before any network access).
         SourceUnreachable: refused connection, or no answer within ``open_timeout_s``.
         SourceNotFound / AccessDenied: the server answered 404 / 401 or 403.
         NotAVideo / AudioOnly: the stream has no video (and, with ``audio``, no audio either).
+        HostNotAllowed: the host (or a redirect's) is not allowed by ``host_policy``.
     """
 
     kind = "url"
@@ -193,7 +301,8 @@ class URLSource(FrameSource):
                  read_timeout_s: float | None = 10.0, reconnect: bool = True, backoff_initial_s: float = 0.5,
                  backoff_max_s: float = 30.0, max_reconnects: int | None = None, live: bool | None = None,
                  options: dict[str, str] | None = None, thread_type: str = "SLICE",
-                 max_consecutive_errors: int = 1000, audio: bool = False) -> None:
+                 max_consecutive_errors: int = 1000, audio: bool = False, host_policy: HostPolicy | None = None,
+                 resolve: Resolver = socket.getaddrinfo, max_pixels: int | None = None) -> None:
         if not isinstance(url, str) or not url.strip():
             raise ValueError(f"url must be a non-empty string; got {url!r}")
         name = redact(url)
@@ -210,6 +319,13 @@ class URLSource(FrameSource):
         self._thread_type = check_thread_type(thread_type)
         self._max_errors = check_int("max_consecutive_errors", max_consecutive_errors, low=1, high=10**7)
         self.audio = check_bool("audio", audio)
+        self.max_pixels = check_int("max_pixels", max_pixels, low=1, high=2**31, allow_none=True)
+        if host_policy is not None and not isinstance(host_policy, HostPolicy):
+            raise ValueError(f"host_policy must be a streaming.hosts.HostPolicy; got {type(host_policy).__name__}")
+        if not callable(resolve):
+            raise ValueError(f"resolve must be a callable like socket.getaddrinfo; got {type(resolve).__name__}")
+        self.host_policy = host_policy
+        self._resolve = resolve
         self._network = self.scheme != "file"
         self._target = url if self._network else local_path(url)
         self._options = {**default_options(self.scheme), **(options or {})}
@@ -226,11 +342,45 @@ class URLSource(FrameSource):
     def info(self) -> SourceInfo:
         return self._info
 
+    def _open(self) -> av.container.InputContainer:
+        """The container of a new session: with a host policy, the host resolved and checked, FFmpeg
+        pointed at a checked address, and redirects followed only to allowed hosts."""
+        if self.host_policy is None or not self._network:
+            return open_input(self._target, name=self.name, options=self._options,
+                              open_timeout_s=self.open_timeout_s, read_timeout_s=self.read_timeout_s,
+                              network=self._network)
+        url, shown = self._target, self.name
+        for hop in range(MAX_REDIRECTS + 1):
+            checked = self.host_policy.check(url, name=shown, resolve=self._resolve)
+            scheme = urlsplit(url).scheme.lower()
+            target, pins = pinned(url, scheme, checked)
+            options = {**self._options, **pins}
+            if "headers" in pins and "headers" in self._options:  # the caller's own headers follow Host
+                options["headers"] = pins["headers"] + self._options["headers"]
+            try:
+                return open_input(target, name=self.name, options=options,
+                                  open_timeout_s=self.open_timeout_s, read_timeout_s=self.read_timeout_s,
+                                  network=True)
+            except SourceError:
+                if scheme not in ("http", "https"):
+                    raise
+                location = redirect_target(url, checked, self.open_timeout_s)
+                if location is None:
+                    raise
+            moved = redact(location)
+            if hop == MAX_REDIRECTS:
+                raise SourceUnreachable(f"{self.name}: more than {MAX_REDIRECTS} redirects (the last to {moved})",
+                                        self.name)
+            if urlsplit(location).scheme.lower() not in ("http", "https"):
+                raise HostNotAllowed(f"{self.name}: redirected to {moved}, which is not an http(s) URL: refused by "
+                                     "this server's source host policy", self.name)
+            log.info("%s: redirected to %s", self.name, moved)
+            url, shown = location, f"{self.name}: redirected to {moved}"
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
     def _connect(self) -> SourceInfo:
         """Open a new session (container + decoder). Caller holds ``_io_lock`` after the first."""
-        container = open_input(self._target, name=self.name, options=self._options,
-                               open_timeout_s=self.open_timeout_s, read_timeout_s=self.read_timeout_s,
-                               network=self._network)
+        container = self._open()
         try:
             stream, audio_stream = pick_streams(container, self.name, audio=self.audio)
             if stream is not None:
@@ -243,7 +393,7 @@ class URLSource(FrameSource):
             raise
         self._container = container
         self._decoder = PacketDecoder(container, stream, self.counters, self.name, self._max_errors,
-                                      audio=audio_decoder, audio_stream=audio_stream)
+                                      audio=audio_decoder, audio_stream=audio_stream, max_pixels=self.max_pixels)
         return info
 
     def _audio_clock(self, raw: float) -> float:

@@ -73,7 +73,8 @@ def pick_evidence(evidence: Sequence[Evidence], max_cards: int = MAX_EVIDENCE_CA
 
 def evidence_html(evidence: Sequence[Evidence], max_cards: int = MAX_EVIDENCE_CARDS) -> str:
     """The moments an answer relied on: one card per evidence item (thumbnail + time range; words
-    heard in the audio, with "heard at", for speech).
+    heard in the audio, with "heard at", for speech), each naming the input it came from (``webcam``,
+    ``file bikes.mp4``, ...) when the session knows it.
 
     Memory chunks come first in time order with their retrieval score; the recent window is
     the last card. Returns ``""`` for no evidence.
@@ -87,6 +88,8 @@ def evidence_html(evidence: Sequence[Evidence], max_cards: int = MAX_EVIDENCE_CA
             where = "memory" + (f" · score {ev.score:.2f}" if ev.score is not None else "")
         else:
             where = "recent window"
+        origin = (f'<small class="ls-src" title="{esc(ev.input_source)}">{esc(_clip(ev.input_source, 48))}</small><br>'
+                  if ev.input_source else "")
         lead = ""
         if ev.kind == "speech" and ev.text:
             pic = f'<div class="ls-thumb ls-note ls-speech">🎙 “{esc(_clip(ev.text, 80))}”</div>'
@@ -99,7 +102,8 @@ def evidence_html(evidence: Sequence[Evidence], max_cards: int = MAX_EVIDENCE_CA
             pic = f'<div class="ls-thumb ls-note">{esc(ev.kind)}</div>'
         cards.append(
             f'<figure class="ls-ev ls-ev-{esc(ev.source)}">{pic}'
-            f'<figcaption>{esc(lead)}<b class="ls-ts">{esc(span)}</b><br><small>{esc(where)}</small></figcaption></figure>'
+            f'<figcaption>{esc(lead)}<b class="ls-ts">{esc(span)}</b><br>{origin}<small>{esc(where)}</small>'
+            '</figcaption></figure>'
         )
     more = len(evidence) - max_cards
     extra = f'<span class="ls-more">+{more} more</span>' if more > 0 else ""

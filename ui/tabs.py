@@ -20,6 +20,7 @@ import numpy as np
 
 from app.engine.types import Alert, SessionError
 from streaming.frame import Frame
+from streaming.labels import WEBCAM
 
 logger = logging.getLogger(__name__)
 
@@ -95,16 +96,24 @@ class TabRegistry:
         self._lock = threading.RLock()
         self._by_hash: dict[str, str] = {}
         self._tabs: dict[str, Tab] = {}
+        self._hash_locks: dict[str, threading.Lock] = {}  # session_hash -> that tab's lookup lock
 
     # ---- lookup -----------------------------------------------------------------------------------
     def _alive(self, sid: str | None) -> bool:
-        if not sid or sid not in self._tabs:
-            return False
-        try:
+        with self._lock:
+            if not sid or sid not in self._tabs:
+                return False
+        try:  # outside the registry's lock: a manager call may be a remote one (the page under --ray)
             self.manager.session_config(sid)
         except SessionError:  # UnknownSession: closed or expired by the manager
             return False
         return True
+
+    def _tab_lock(self, session_hash: str | None) -> threading.Lock:
+        """The lock one tab's lookups and creations hold (one tab's requests never make two sessions;
+        other tabs are not held up by its manager calls)."""
+        with self._lock:
+            return self._hash_locks.setdefault(session_hash or "", threading.Lock())
 
     def resolve(self, sid: str | None, session_hash: str | None, *, create: bool = True) -> str | None:
         """The open session of this tab: the State's ``sid`` if still open, else the one
@@ -113,18 +122,21 @@ class TabRegistry:
         Raises:
             app.serving.errors.SessionLimit: the server holds its maximum number of sessions.
         """
-        with self._lock:
+        with self._tab_lock(session_hash):
             if self._alive(sid):
-                if session_hash and self._by_hash.get(session_hash) != sid:
-                    self._by_hash[session_hash] = sid
+                with self._lock:
+                    if session_hash and self._by_hash.get(session_hash) != sid:
+                        self._by_hash[session_hash] = sid
                 return sid
-            known = self._by_hash.get(session_hash) if session_hash else None
+            with self._lock:
+                known = self._by_hash.get(session_hash) if session_hash else None
             if self._alive(known):
                 return known
-            if known is not None:
-                self._forget(known)
-            if sid is not None and sid in self._tabs:
-                self._forget(sid)
+            with self._lock:
+                if known is not None:
+                    self._forget(known)
+                if sid is not None and sid in self._tabs:
+                    self._forget(sid)
             if not create:
                 return None
             return self._create(session_hash, self.overrides)
@@ -134,17 +146,19 @@ class TabRegistry:
         sid = self.manager.create_session(overrides or None, owner=owner)
         tab = Tab(sid, session_hash)
         tab.unsubscribe = self.manager.subscribe(sid, lambda event, _tab=tab: self._on_event(_tab, event))
-        self._tabs[sid] = tab
-        if session_hash:
-            self._by_hash[session_hash] = sid
+        with self._lock:
+            self._tabs[sid] = tab
+            if session_hash:
+                self._by_hash[session_hash] = sid
         logger.info("page session %s created for %s", sid, session_hash)
         return sid
 
     def reset(self, sid: str | None, session_hash: str | None, overrides: dict | None = None) -> str:
         """Close this tab's session and open a fresh one with ``overrides`` (validated by the manager
         first: bad settings leave the old session as it was). Returns the new session id."""
-        with self._lock:
-            old = {sid, self._by_hash.get(session_hash) if session_hash else None} - {None}
+        with self._tab_lock(session_hash):
+            with self._lock:
+                old = {sid, self._by_hash.get(session_hash) if session_hash else None} - {None}
             new = self._create(session_hash, {**self.overrides, **(overrides or {})})
         for stale in old - {new}:
             self.close(stale)
@@ -186,6 +200,7 @@ class TabRegistry:
             return
         with self._lock:
             sid = self._by_hash.get(session_hash)
+            self._hash_locks.pop(session_hash, None)
         if sid:
             logger.info("page session %s: tab %s left", sid, session_hash)
             self.close(sid)
@@ -345,7 +360,7 @@ class TabRegistry:
                 tab.sent_at.clear()
             pts = tab.webcam_pts(now)
             index = tab.frames_sent + tab.frames_refused
-        frame = Frame(index=index, pts=pts, wall=time.time(), rgb=np.ascontiguousarray(arr))
+        frame = Frame(index=index, pts=pts, wall=time.time(), rgb=np.ascontiguousarray(arr), label=WEBCAM)
         accepted = self.manager.submit_frame(tab.sid, frame)
         with self._lock:
             if accepted:

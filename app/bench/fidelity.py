@@ -55,6 +55,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--codecs", default=DEFAULT_CODECS,
                         help="memory KV codecs BITS:GROUP:VALUEMODE compared at top_k 8 (default: 16/8/4/2 bits at "
                              "group 32, groups 64 and 128 at 4 and 2 bits, token values at 4 bits)")
+    parser.add_argument("--levers", action=argparse.BooleanOptionalAction, default=None,
+                        help="rows for the retrieval levers of issue 17 (calibrated heads, second probe, score gap, "
+                             "all together, and the session's default retrieval) beside top_k 8 (default on; off with --quick)")
+    parser.add_argument("--probe-tokens", type=int, default=6, help="second probe's answer tokens (default 6)")
+    parser.add_argument("--score-gap", type=float, default=0.6, help="the score gap rows' gap (default 0.6)")
+    parser.add_argument("--gap-top-k", type=int, default=16, help="top_k of the score gap rows (default 16)")
     parser.add_argument("--generate", action=argparse.BooleanOptionalAction, default=True,
                         help="also generate greedy answers for the generated-answer accuracy (default on)")
     parser.add_argument("--max-new-tokens", type=int, default=8, help="answer length limit (default 8)")
@@ -104,13 +110,35 @@ def codec_name(codec: tuple[int, int, str]) -> str:
     return f"KV {bits}-bit, group {group}, {mode} values (top_k {BASE_TOP_K})"
 
 
+#: Retrieval settings the levers of issue 17 added; the rows pin them to today's unless named.
+LEVER_FIELDS = ("retrieval_heads", "retrieval_probe_tokens", "retrieval_score_gap")
+DEFAULT_RETRIEVAL = "default retrieval"
+
+
 def _session_config(window: int, codec: tuple[int, int, str], max_new: int):
+    from app.bench.paraphrase import TODAY
     from app.engine.config import SessionConfig
 
     bits, group, mode = codec
     return SessionConfig(window_tokens=window, kv_bits=bits, kv_group_size=group, kv_value_mode=mode,
                          top_k=BASE_TOP_K, rerank=True, rerank_candidates=BASE_CANDIDATES, max_new_tokens=max_new,
-                         dialog_max_tokens=0, drop="off")
+                         dialog_max_tokens=0, drop="off", **TODAY)
+
+
+def _lever_retrieval(args: argparse.Namespace) -> list[tuple[str, int, dict[str, Any]]]:
+    """The lever rows (each beside ``top_k 8``, today's hybrid + neighbours) and the session's default retrieval."""
+    from app.bench import runtime
+    from app.bench.paraphrase import TODAY_ROW, lever_rows
+    from app.engine.config import SessionConfig
+
+    rows = lever_rows(int(runtime.check_range("probe_tokens", args.probe_tokens, 1, 64)),
+                      float(runtime.check_range("score_gap", args.score_gap, 0.0, 0.999)),
+                      int(runtime.check_range("gap_top_k", args.gap_top_k, 1, 4096)))
+    out = [(name, k, changes) for name, k, changes in rows if name != TODAY_ROW]
+    dflt = SessionConfig()
+    fields = ("text_retrieval", "text_candidates", "retrieval_neighbours", "retrieval_budget_tokens") + LEVER_FIELDS
+    out.append((DEFAULT_RETRIEVAL, dflt.top_k, {f: getattr(dflt, f) for f in fields}))
+    return out
 
 
 def _ingest(backend, config, stream) -> Any:
@@ -255,6 +283,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         args.sentences = 1
         args.max_new_tokens = min(args.max_new_tokens, 4)
         args.bootstrap = min(args.bootstrap, 200)
+    args.levers = (not args.quick) if getattr(args, "levers", None) is None else bool(args.levers)
     streams_n = int(runtime.check_range("streams", args.streams, 1, 100))
     events = int(runtime.check_range("events", args.events, 2, 2000))
     sentences = int(runtime.check_range("sentences", args.sentences, 1, 64))
@@ -270,6 +299,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     retrieval += [(f"top_k {BASE_TOP_K}, rerank {c}", BASE_TOP_K, {"rerank_candidates": c})
                   for c in candidates if c != BASE_CANDIDATES]
     retrieval.append((f"top_k {BASE_TOP_K}, rerank off", BASE_TOP_K, {"rerank": False}))
+    if getattr(args, "levers", False):
+        retrieval += _lever_retrieval(args)
     names = [FULL] + [r[0] for r in retrieval] + [codec_name(c) for c in codecs[1:]]
     load0 = runtime.load_average()
     t_start = time.perf_counter()
@@ -334,11 +365,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "kv_shape": f"{backend.spec.num_layers} layers x {backend.spec.num_kv_heads} KV heads x {backend.spec.head_dim} dims",
         "wall_s": time.perf_counter() - t_start,
     }
-    options: dict[str, Any] = {"quick": True, "threads": args.threads} if args.quick else {
+    options: dict[str, Any] = {"quick": True, "threads": args.threads, "levers": args.levers} if args.quick else {
         "threads": args.threads, "model": args.model, "streams": streams_n, "events": events,
         "sentences": sentences, "answer_scoring": scoring, "needles": needles_n,
         "window": window, "top_ks": args.top_ks, "candidates": args.candidates, "codecs": args.codecs,
         "no_generate": not args.generate, "max_new_tokens": max_new, "bootstrap": draws, "seed": args.seed}
+    if not args.quick:
+        options.update({"no_levers": True} if not args.levers else {
+            "probe_tokens": args.probe_tokens, "score_gap": args.score_gap, "gap_top_k": args.gap_top_k})
     return {"title": "Fidelity: answer log-likelihood and fidelity retained (full context vs window vs retrieval vs KV codecs)",
             "command": common.format_command("fidelity", [], options), "params": options, "metrics": metrics,
             "records": records, "markdown": _markdown(metrics, args, backend.spec.random_weights)}
@@ -419,4 +453,12 @@ def _markdown(m: dict[str, Any], args: argparse.Namespace, random_weights: bool)
         "its own memory chunk), dropping acts on a frame's vision tokens and `chunk_frames` groups frames, and the "
         "SmolLM2 text weights cannot see frames.",
     ]
+    levers = [r for r in m["settings"] if r["setting"].startswith(("+ ", "all levers")) or
+              r["setting"] == DEFAULT_RETRIEVAL]
+    if levers:
+        lines.append(f"- Retrieval levers (issue 17) beside *top_k {BASE_TOP_K}* (today's hybrid + neighbours, "
+                     f"fidelity retained {100 * ref['retained']:.0f}%, needle in context {100 * ref['hit_rate']:.0f}%): "
+                     + "; ".join(f"{r['setting']}: retained {100 * r['retained']:.0f}% ({100 * r['delta']:+.1f} points "
+                                 f"paired, [{100 * r['delta_lo']:.1f}, {100 * r['delta_hi']:.1f}]), needle in context "
+                                 f"{100 * r['hit_rate']:.0f}%" for r in levers) + ".")
     return "\n".join(lines)

@@ -12,8 +12,13 @@ side by side:
 * **in-model** (today's retrieval: summaries + late-interaction rerank) at each ``--top-ks``;
 * **hybrid** (the text path's sentence-embedder ranking fused with the in-model one, no neighbours)
   at each ``--top-ks``;
+* **the levers of issue 17** (``--levers``, on unless ``--quick``): *hybrid + neighbours (before the
+  levers)* at top 8, then each lever alone on top of it (calibrated rerank heads; the second probe of
+  ``--probe-tokens``; the score gap ``--score-gap`` at top ``--gap-top-k``) and all together;
 * **default**: the session's default retrieval settings (:class:`~app.engine.config.SessionConfig`),
   the window held at ``--window``.
+
+Rows whose effective settings are the same are measured once per question (and share the figures).
 
 Per question and setting the answer is chosen by option log-likelihood
 (:meth:`Session.score_options`, the expected answer against three same-kind options): *NLL* of the
@@ -47,6 +52,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--events", type=int, default=160, help="notes per stream, one every 4 s (default 160)")
     parser.add_argument("--window", type=int, default=512, help="local window in tokens (default 512)")
     parser.add_argument("--top-ks", default="4,8,16", help="top-k values of the in-model and hybrid rows (default 4,8,16)")
+    parser.add_argument("--levers", action=argparse.BooleanOptionalAction, default=None,
+                        help="rows for the calibrated heads, the second probe and the score gap, each alone and "
+                             "together (default on; off with --quick)")
+    parser.add_argument("--probe-tokens", type=int, default=6, help="second probe's answer tokens (default 6)")
+    parser.add_argument("--score-gap", type=float, default=0.6, help="the score gap row's gap (default 0.6)")
+    parser.add_argument("--gap-top-k", type=int, default=16, help="top_k of the score gap rows (default 16)")
     parser.add_argument("--latency", type=int, default=4, metavar="N",
                         help="time the first answer token of in-model top 8 and the default on the first N questions "
                              "of each stream (default 4; 0 = none)")
@@ -64,13 +75,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _rt.add_plot_argument(parser)  # accepted by every bench; this one draws no plot
 
 
-def settings(top_ks: list[int]) -> list[tuple[str, int | None, dict[str, Any]]]:
+#: Today's retrieval before the levers of issue 17 (the rows every lever is compared with pin these).
+TODAY = {"retrieval_heads": "upper", "retrieval_probe_tokens": 0, "retrieval_score_gap": None}
+TODAY_ROW = "hybrid + neighbours (before the levers)"
+
+
+def lever_rows(probe_tokens: int, score_gap: float, gap_top_k: int) -> list[tuple[str, int | None, dict[str, Any]]]:
+    """The rows of the in-model levers, each alone on top of today's hybrid + neighbours and all together:
+    ``[(name, top_k or None for the config's, SessionConfig changes)]``."""
+    heads = {"retrieval_heads": "auto"}
+    probe = {"retrieval_probe_tokens": probe_tokens}
+    gap = {"retrieval_score_gap": score_gap}
+    return [
+        (TODAY_ROW, 8, dict(TODAY)),
+        ("+ calibrated heads", 8, {**TODAY, **heads}),
+        (f"+ second probe ({probe_tokens} tokens)", 8, {**TODAY, **probe}),
+        (f"+ score gap {score_gap:g}, top_k {gap_top_k}", gap_top_k, {**TODAY, **gap}),
+        (f"all levers (top_k {gap_top_k})", gap_top_k, {**heads, **probe, **gap}),
+    ]
+
+
+def settings(top_ks: list[int], levers: list | None = None) -> list[tuple[str, int | None, dict[str, Any]]]:
     """``[(name, top_k or None for the config's, SessionConfig changes)]`` of the retrieval rows."""
-    in_model = {"text_retrieval": False, "retrieval_neighbours": 0, "retrieval_budget_tokens": None}
-    hybrid = {"text_retrieval": True, "retrieval_neighbours": 0, "retrieval_budget_tokens": None}
+    in_model = {"text_retrieval": False, "retrieval_neighbours": 0, "retrieval_budget_tokens": None, **TODAY}
+    hybrid = {"text_retrieval": True, "retrieval_neighbours": 0, "retrieval_budget_tokens": None, **TODAY}
     rows: list[tuple[str, int | None, dict[str, Any]]] = [(WINDOW, 0, {})]
     rows += [(f"in-model top_k {k}", k, in_model) for k in top_ks]
     rows += [(f"hybrid top_k {k}", k, hybrid) for k in top_ks]
+    rows += list(levers or [])
     rows.append((DEFAULT, None, {}))
     return rows
 
@@ -111,6 +143,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.quick:
         args.model, args.events, args.window, args.styles, args.top_ks = "tiny-smolvlm", 80, 64, styles[0]["name"], "2,4"
         args.bootstrap = min(args.bootstrap, 200)
+    args.levers = (not args.quick) if getattr(args, "levers", None) is None else bool(args.levers)
     names = [s["name"] for s in styles]
     chosen = names if args.styles == "all" else [x.strip() for x in str(args.styles).split(",") if x.strip()]
     unknown = [x for x in chosen if x not in names]
@@ -120,8 +153,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     window = int(runtime.check_range("window", args.window, 16, 100_000))
     draws = int(runtime.check_range("bootstrap", args.bootstrap, 10, 100_000))
     top_ks = sorted(set(runtime.parse_ints("top_ks", args.top_ks, 1, 4096)))
-    rows = settings(top_ks)
-    latency_rows = [r for r in rows if r[0] in (LATENCY_REF, DEFAULT)]
+    levers = None
+    if args.levers:
+        levers = lever_rows(int(runtime.check_range("probe_tokens", args.probe_tokens, 1, 64)),
+                            float(runtime.check_range("score_gap", args.score_gap, 0.0, 0.999)),
+                            int(runtime.check_range("gap_top_k", args.gap_top_k, 1, 4096)))
+    rows = settings(top_ks, levers)
+    latency_rows = [r for r in rows if r[0] == LATENCY_REF or r[0] == DEFAULT or r in (levers or [])]
     latency_n = int(runtime.check_range("latency", args.latency, 0, 10_000))
     base = SessionConfig(window_tokens=window, dialog_max_tokens=0, drop="off")
     load0 = runtime.load_average()
@@ -147,11 +185,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for pts, text in stream.events:
                     session.ingest_text(pts, text)
                 for q_index, (rec, q) in enumerate(zip(recs, stream.needles)):
+                    done: dict[tuple, str] = {}  # rows with the same effective settings are measured once
                     for setting, k, changes in rows:
-                        use_config(session, base.updated(**changes))
+                        config = base.updated(**changes)
+                        key = (config.top_k if k is None else k, repr(config))
+                        if key in done:
+                            rec["results"][setting] = dict(rec["results"][done[key]])
+                            continue
+                        done[key] = setting
+                        use_config(session, config)
                         rec["results"][setting] = measure(session, q, k)
+                    timed: dict[tuple, str] = {}
                     for setting, k, changes in (latency_rows if q_index < latency_n else []):
-                        use_config(session, base.updated(**changes))
+                        config = base.updated(**changes)
+                        key = (config.top_k if k is None else k, repr(config))
+                        if key in timed:
+                            rec["latency"][setting] = dict(rec["latency"][timed[key]])
+                            continue
+                        timed[key] = setting
+                        use_config(session, config)
                         rec["latency"][setting] = first_token(session, q, k)
                 use_config(session, base)
             records.extend(recs)
@@ -166,6 +218,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     return _report(args, records, rows, chosen, events, window, draws, top_ks, latency_n, base, load0, t_start,
                    backend.spec.random_weights)
+
+
+def _derive_default(records, rows, base) -> str | None:
+    """Reporting checkpoints measured under other defaults: the *default* row becomes the measured row whose
+    settings equal today's defaults (the same effective settings give the same measurement, as the
+    measuring loop shares them); ``None`` (the default row as measured) when no row matches."""
+    keys = {}
+    for setting, k, changes in rows:
+        config = base.updated(**changes)
+        keys.setdefault((config.top_k if k is None else k, repr(config)), setting)
+    match = keys.get((base.top_k, repr(base)))
+    if match is None or match == DEFAULT:
+        return None
+    for rec in records:
+        rec["results"][DEFAULT] = dict(rec["results"][match])
+        if match in rec["latency"]:
+            rec["latency"][DEFAULT] = dict(rec["latency"][match])
+    return match
 
 
 def _read_checkpoints(paths: str, events: int, window: int, top_ks: list[int]) -> tuple[list, bool, Any]:
@@ -197,6 +267,7 @@ def _report(args, records, rows, chosen, events, window, draws, top_ks, latency_
     """The bench's result (table, metrics, markdown) from its per-question records."""
     from app.bench import common, runtime
 
+    derived = _derive_default(records, rows, base) if args.from_checkpoints else None
     order = [FULL] + [r[0] for r in rows]
     values: dict[str, dict[str, list[float]]] = {"nll": {}, "choice": {}, "hit": {}}
     for setting in order:
@@ -219,20 +290,27 @@ def _report(args, records, rows, chosen, events, window, draws, top_ks, latency_
                       "median_context_tokens": common.median([x["context_tokens"] for x in lat]) if lat else None})
     defaults = {f: getattr(base, f) for f in ("top_k", "text_retrieval", "embedder", "text_candidates",
                                               "retrieval_neighbours", "retrieval_budget_tokens", "rerank_candidates",
-                                              "kv_bits")}
+                                              "kv_bits", "retrieval_heads", "retrieval_probe_tokens",
+                                              "retrieval_score_gap")}
+    lever_names = [r[0] for r in rows if r[0] == TODAY_ROW or r[0].startswith(("+ ", "all levers"))]
     by = {r["setting"]: r for r in table}
     ratio = None
     if by[DEFAULT]["median_first_token_s"] and by.get(LATENCY_REF, {}).get("median_first_token_s"):
         ratio = by[DEFAULT]["median_first_token_s"] / by[LATENCY_REF]["median_first_token_s"]
     metrics = {"questions": len(records), "styles": chosen, "events_per_stream": events, "window_tokens": window,
                "defaults": defaults, "bootstrap_draws": draws, "settings": table, "first_token_ratio": ratio,
+               "levers": lever_names,
                "load_avg_start": load0, "load_avg_end": runtime.load_average(),
                "wall_s": time.perf_counter() - t_start}
-    options: dict[str, Any] = {"quick": True, "threads": args.threads} if args.quick else {
+    options: dict[str, Any] = {"quick": True, "threads": args.threads, "levers": args.levers} if args.quick else {
         "threads": args.threads, "model": args.model, "styles": args.styles, "events": events, "window": window,
         "top_ks": args.top_ks, "latency": latency_n, "bootstrap": draws, "seed": args.seed}
+    if not args.quick:
+        options.update({"no_levers": True} if not args.levers else {
+            "probe_tokens": args.probe_tokens, "score_gap": args.score_gap, "gap_top_k": args.gap_top_k})
     if args.from_checkpoints:
         options["from_checkpoints"] = args.from_checkpoints
+        metrics["default_from"] = derived
     return {"title": "Paraphrase: needle in context and fidelity retained when questions use other words",
             "command": common.format_command("paraphrase", [], options), "params": options, "metrics": metrics,
             "records": records, "markdown": _markdown(metrics, args, random_weights)}
@@ -255,7 +333,10 @@ def _markdown(m: dict[str, Any], args: argparse.Namespace, random_weights: bool)
         f"{m['window_tokens']} tokens. Default retrieval: top_k {d['top_k']}, text path "
         f"{'on (' + d['embedder'] + ')' if d['text_retrieval'] else 'off'}, {d['text_candidates']} text candidates, "
         f"{d['retrieval_neighbours']} neighbour(s) each side of the best hits with text, token budget "
-        f"{d['retrieval_budget_tokens'] or 'none'}, memory KV {d['kv_bits']}-bit. Load average "
+        f"{d['retrieval_budget_tokens'] or 'none'}, rerank heads {d['retrieval_heads']}, second probe "
+        f"{d['retrieval_probe_tokens'] or 'off'}{' tokens' if d['retrieval_probe_tokens'] else ''}, score gap "
+        f"{d['retrieval_score_gap'] if d['retrieval_score_gap'] is not None else 'off'}, memory KV {d['kv_bits']}-bit. "
+        f"Load average "
         f"{m['load_avg_start']} at the start, {m['load_avg_end']} at the end.",
         "",
         "| setting | needle in context | facts / order | choice accuracy | fidelity retained | memory chunks | "
@@ -283,4 +364,29 @@ def _markdown(m: dict[str, Any], args: argparse.Namespace, random_weights: bool)
         f"({100 * dflt['retained']:.0f}%); first-token time within 1.5x of in-model top 8: "
         + (f"**{'met' if ratio <= 1.5 else 'not met'}** ({ratio:.2f}x)." if ratio else "not measured."),
     ]
+    if m.get("default_from"):
+        lines.append(f"- The *default* row is the row *{m['default_from']}*, which was measured with exactly the "
+                     "session's default settings.")
+    lines += lever_lines(m)
     return "\n".join(lines)
+
+
+def lever_lines(m: dict[str, Any]) -> list[str]:
+    """How far each lever got: its needle in context, fidelity retained and first-token time beside the
+    row before the levers (hybrid + neighbours), in plain words."""
+    by = {r["setting"]: r for r in m["settings"]}
+    ref = by.get(TODAY_ROW)
+    names = [n for n in m.get("levers") or [] if n != TODAY_ROW and n in by]
+    if ref is None or not names:
+        return []
+    lat0 = by.get(LATENCY_REF, {}).get("median_first_token_s")
+    out = [f"- Levers (issue 17), each against *{TODAY_ROW}* (needle in context {100 * ref['hit']:.0f}%, fidelity "
+           f"retained {100 * ref['retained']:.0f}%):"]
+    for name in names:
+        r = by[name]
+        ft = r.get("median_first_token_s")
+        cost = f", first token {ft / lat0:.2f}x in-model top 8" if ft and lat0 else ""
+        out.append(f"  - {name}: needle in context {100 * r['hit']:.0f}% ({100 * (r['hit'] - ref['hit']):+.0f} "
+                   f"points), fidelity retained {100 * r['retained']:.0f}% ({100 * (r['retained'] - ref['retained']):+.0f} "
+                   f"points), {r['mean_memory_chunks']:.1f} memory chunks{cost}.")
+    return out

@@ -221,6 +221,48 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "markdown": _markdown(rows, model, k, max_new, repeat, malloc_fixed)}
 
 
+def goal_lines(rows: list[dict]) -> list[str]:
+    """The no-copy goal: what a question adds to RSS must not grow with the window.
+
+    A question's peak extra RSS holds things that do not depend on the window (the retrieved chunks'
+    KV, the question's activations and logits, the rerank's keys) plus, if the window's KV were
+    copied, that copy. So the goal is read on the growth across windows: the window cache's peak extra
+    RSS may grow by at most a tenth of the growth of the window's KV from the smallest to the largest
+    window. With one window only, the peak itself must be under a tenth of the window's KV.
+    """
+    usable = [r for r in rows if r.get("window_cache_peak_extra_bytes") is not None]
+    if not usable:
+        return []
+
+    def kv(r: dict) -> float:
+        return r["kv_bytes_per_token"] * r["window_held"]
+
+    lines = ["", "| window tokens | window KV MB | window cache: peak extra RSS MB | share of the window's KV "
+             "| concatenated: peak extra RSS MB |", "|---:|---:|---:|---:|---:|"]
+    for r in usable:
+        peak = r["window_cache_peak_extra_bytes"]
+        lines.append(f"| {r['window_tokens']} | {kv(r) / 1e6:.1f} | {peak / 1e6:.1f} | {peak / kv(r):.0%} "
+                     f"| {_mb(r.get('concatenated_peak_extra_bytes'))} |")
+    lo, hi = usable[0], usable[-1]
+    if len(usable) > 1 and kv(hi) > kv(lo):
+        grow_peak = hi["window_cache_peak_extra_bytes"] - lo["window_cache_peak_extra_bytes"]
+        share = grow_peak / (kv(hi) - kv(lo))
+        met = share < 0.1
+        lines += ["", f"Goal, no copy of the window's KV per question (from {lo['window_tokens']} to "
+                      f"{hi['window_tokens']} window tokens a question's peak extra RSS grows by under a tenth of "
+                      f"what the window's KV grows by): grew {grow_peak / 1e6:+.1f} MB against "
+                      f"{(kv(hi) - kv(lo)) / 1e6:.1f} MB of window KV ({share:.0%}): "
+                      + ("**met**." if met else "**not met**.")
+                      + " What a question adds at every window size (retrieved chunks, activations, logits) "
+                        "does not depend on the window, so the small windows' share of their own KV is larger "
+                        "without any copy; the growth is what a copy would show."]
+    else:
+        peak = lo["window_cache_peak_extra_bytes"]
+        lines += ["", "Goal, no copy of the window's KV per question (one window: peak extra RSS under a tenth of "
+                      "its KV): " + ("**met**." if peak < 0.1 * kv(lo) else "**not met**.")]
+    return lines
+
+
 def _mb(x) -> str:
     return "n/a" if x is None else f"{x / 1e6:.1f}"
 
@@ -261,13 +303,5 @@ def _markdown(rows: list[dict], model: str, k: int, max_new: int, repeat: int, m
                       f"{growth['window cache']:.2f}x with the window cache and {growth['concatenated']:.2f}x with "
                       "concatenated caches; what still grows with the window cache is attention itself (the "
                       "question reads every window key), not a copy."]
-    verdicts = []
-    for r in rows:
-        window_kv = r["kv_bytes_per_token"] * r["window_held"]
-        peak = r["window_cache_peak_extra_bytes"]
-        if peak is not None and window_kv:
-            verdicts.append(peak < 0.1 * window_kv)
-    if verdicts:
-        lines += ["", "Goal, no copy of the window's KV per question (a question's peak extra RSS under a tenth of "
-                      "the window's KV, every window): " + ("met." if all(verdicts) else "**not met**.")]
+    lines += goal_lines(rows)
     return "\n".join(lines)

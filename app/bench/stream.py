@@ -69,16 +69,27 @@ def _frames(clip: str, fps: float, side: int, seconds: float) -> tuple[list, lis
 
 
 def _ask(session, question: str, repeats: int) -> dict[str, Any]:
-    times, retrieval = [], []
+    """Answer ``repeats`` times (one token); medians of the first-token latency and of its parts.
+
+    ``retrieval_s`` is the session's own (question in -> chunks chosen: it includes the probe);
+    ``probe_s`` the probe prefill alone, ``search_s`` what retrieval adds to it (summary search,
+    rerank, fetch), ``answer_s`` the rest (the chunks written into the cache, the question's
+    prefill over them, the first token).
+    """
+    times, retrieval, probe = [], [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
         ans = session.answer(question, max_new_tokens=1)
         wall = time.perf_counter() - t0
         times.append(ans.usage["first_token_s"] if ans.usage.get("first_token_s") is not None else wall)
         retrieval.append(ans.usage.get("retrieval_s") or 0.0)
+        probe.append(ans.usage.get("probe_s") or 0.0)
     from app.bench import common
 
-    return {"first_token_s": common.median(times), "all_s": times, "retrieval_s": common.median(retrieval),
+    med = common.median
+    return {"first_token_s": med(times), "all_s": times, "retrieval_s": med(retrieval), "probe_s": med(probe),
+            "search_s": med([r - p for r, p in zip(retrieval, probe)]),
+            "answer_s": med([t - r for t, r in zip(times, retrieval)]),
             "context_tokens": ans.usage["context_tokens"], "retrieved_chunks": ans.usage["retrieved_chunks"]}
 
 
@@ -362,9 +373,12 @@ def add_days_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", type=int, default=256,
                         help="window tokens, small so memory is searched from the first minute (default 256)")
     parser.add_argument("--drop", default="feature", choices=DROP_CHOICES, metavar="MODE")
-    parser.add_argument("--kv-bits", type=int, default=2, choices=KV_BITS_CHOICES, metavar="BITS")
-    parser.add_argument("--kv-value-mode", default="ternary", help="value mode (default ternary)")
-    parser.add_argument("--kv-group-size", type=int, default=64)
+    parser.add_argument("--kv-bits", type=int, default=8, choices=KV_BITS_CHOICES, metavar="BITS",
+                        help="memory KV bits (default 8, the session's default)")
+    parser.add_argument("--kv-value-mode", default="channel", help="value mode (default channel, the session's default)")
+    parser.add_argument("--kv-group-size", type=int, default=128, help="codec group size (default 128, the session's)")
+    parser.add_argument("--rerank-compact-bits", default="4",
+                        help="bits of the compact rerank keys kept in RAM (8, 4, 2; 'off' = none; default 4)")
     parser.add_argument("--top-k", type=int, default=8)
     parser.add_argument("--ram-budget-mb", type=float, default=1024.0, help="memory RAM budget (default 1024 MiB)")
     parser.add_argument("--disk-budget-mb", type=float, default=2048.0, help="memory disk budget (default 2048 MiB)")
@@ -424,6 +438,8 @@ def run_days(args: argparse.Namespace) -> dict[str, Any]:
     distinct = runtime.decode_clip(runtime.clip_path(args.clip), 1.0, backend.spec.frame_size)
     backend.warm([f.rgb for f in distinct])
     codec = dict(kv_bits=args.kv_bits, kv_value_mode=args.kv_value_mode, kv_group_size=args.kv_group_size)
+    compact = str(args.rerank_compact_bits).strip().lower()
+    codec["rerank_compact_bits"] = None if compact in ("off", "none", "0") else int(compact)
     cfg = SessionConfig(window_tokens=args.window, drop=args.drop, top_k=args.top_k, ram_budget_mb=args.ram_budget_mb,
                         disk_budget_mb=args.disk_budget_mb, dialog_max_tokens=0, max_new_tokens=1, **codec)
 
@@ -468,6 +484,9 @@ def run_days(args: argparse.Namespace) -> dict[str, Any]:
                      "bytes_disk": st.bytes_disk, "bytes_per_hour": st.bytes_per_hour, "consolidated": st.consolidated,
                      "merged": st.merged, "deleted_budget": st.deleted_budget, "key_reads_disk": st.key_reads_disk,
                      "key_reads_ram": st.key_reads_ram, "disk_reads": st.disk_reads,
+                     "bytes_compact": st.bytes_compact, "chunks_compact": st.chunks_compact,
+                     "key_reads_compact": st.key_reads_compact, "compact_built": st.compact_built,
+                     "compact_dropped": st.compact_dropped,
                      "bits_per_element": st.bits_per_element, "oldest_s": bank.metas()[0].t_start if len(bank) else None}
             points.append(point)
             log.info("at %.2f h: first token %.3f s (retrieval %.3f s), %d chunks, RAM %.1f MiB, disk %.1f MiB, RSS %.2f GiB",
@@ -503,11 +522,34 @@ def run_days(args: argparse.Namespace) -> dict[str, Any]:
         "threads": args.threads, "model": args.model, "fps": args.fps, "hours": args.hours,
         "record_frames": args.record_frames, "live_frames": args.live_frames, "window": args.window, "drop": args.drop,
         "kv_bits": args.kv_bits, "kv_value_mode": args.kv_value_mode, "kv_group_size": args.kv_group_size,
+        "rerank_compact_bits": args.rerank_compact_bits,
         "top_k": args.top_k, "ram_budget_mb": args.ram_budget_mb, "disk_budget_mb": args.disk_budget_mb,
         "repeats": args.repeats}
     return {"title": "Stream for days: question latency, RSS and disk from 1 minute to 24 hours (recorded KV)",
             "command": common.format_command("stream-days", [], options), "params": options, "metrics": metrics,
             "plot": str(png), "markdown": _days_markdown(metrics, args, backend.spec, runtime.image_link(png, args))}
+
+
+def days_breakdown(m: dict[str, Any]) -> str:
+    """Where the first-token latency of the last checkpoint goes against the first one, part by part."""
+    pts = m.get("points") or []
+    if len(pts) < 2 or "probe_s" not in pts[0]:
+        return ""
+    a, b = pts[0], pts[-1]
+    parts = [(name, b[key] - a[key]) for name, key in (("the probe", "probe_s"),
+                                                       ("search + rerank + fetch", "search_s"),
+                                                       ("the answer's prefill", "answer_s"))]
+    total = b["first_token_s"] - a["first_token_s"]
+    text = ", ".join(f"{name} {d:+.3f} s" for name, d in parts)
+    full = next((p for p in pts if p["retrieved_chunks"] >= b["retrieved_chunks"] and p["bank_chunks"] >= 64), None)
+    line = (f"Where the difference goes ({b['hours']:g} h against {a['hours'] * 60:.0f} min, {total:+.3f} s): {text}. "
+            f"At {a['hours'] * 60:.0f} min the bank holds {a['bank_chunks']} chunks, so the rerank scores at most that many "
+            f"candidates and {a['retrieved_chunks']} chunks ({a['context_tokens']:,} context tokens) come back; at "
+            f"{b['hours']:g} h, {b['retrieved_chunks']} chunks ({b['context_tokens']:,} context tokens).")
+    if full is not None and full is not b and full["first_token_s"]:
+        line += (f" From {full['hours']:g} h on (the rerank at its full width, as many chunks retrieved) the latency at "
+                 f"{b['hours']:g} h is {b['first_token_s'] / full['first_token_s']:.2f}x that at {full['hours']:g} h.")
+    return line
 
 
 def _days_markdown(m: dict[str, Any], args: argparse.Namespace, spec, link: str) -> str:
@@ -517,26 +559,32 @@ def _days_markdown(m: dict[str, Any], args: argparse.Namespace, spec, link: str)
         f"`{args.drop}`) banked {m['recorded_chunks']} chunks in {m['record_s']:.0f} s; those chunks were replayed into "
         f"a live session's memory at {args.fps:g} chunks per second of stream time ({m['replayed_chunks']:,} chunks, "
         f"{m['replay_s']:.0f} s). Before each question {args.live_frames} frames were ingested live. Memory: "
-        f"{args.kv_bits}-bit keys per channel, values `{args.kv_value_mode}`, groups of {args.kv_group_size}; window "
+        f"{args.kv_bits}-bit keys per channel, values `{args.kv_value_mode}`, groups of {args.kv_group_size}; compact "
+        f"rerank keys in RAM: {args.rerank_compact_bits}"
+        + ("" if str(args.rerank_compact_bits).lower() in ("off", "none", "0") else "-bit") + "; window "
         f"{args.window} tokens (memory is searched from the first minute); top-k {args.top_k} with the rerank; RAM "
         f"budget {args.ram_budget_mb:g} MiB; disk budget {args.disk_budget_mb:g} MiB. Median of {args.repeats} "
         f"questions per checkpoint; {args.threads} torch thread(s); load average {m['load_avg_start']} at the start.",
         "",
-        "| stream | first token s | of which retrieval s | bank chunks | oldest kept | RAM tier MiB (resident keys) "
-        "| disk MiB | disk bytes / hour | consolidated / merged / deleted | rerank key reads RAM / disk | bits / element "
-        "| RSS GiB |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| stream | first token s | of which retrieval s | probe s | search + rerank + fetch s | answer prefill s "
+        "| chunks retrieved / context tokens | bank chunks | oldest kept | RAM tier MiB (compact keys / resident keys) "
+        "| disk MiB | disk bytes / hour | consolidated / merged / deleted | rerank reads compact / RAM / disk (built) "
+        "| bits / element | RSS GiB |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for p in m["points"]:
         h = p["hours"]
         label = f"{h * 60:.0f} min" if h < 1 else f"{h:g} h"
         oldest = "-" if p["oldest_s"] is None else f"{p['oldest_s'] / 3600:.2f} h"
         lines.append(
-            f"| {label} | {p['first_token_s']:.3f} | {p['retrieval_s']:.3f} | {p['bank_chunks']:,} | {oldest} | "
-            f"{p['bytes_ram'] / 2**20:.1f} ({p['bytes_resident_keys'] / 2**20:.1f}) | {p['bytes_disk'] / 2**20:.1f} | "
+            f"| {label} | {p['first_token_s']:.3f} | {p['retrieval_s']:.3f} | {p.get('probe_s', 0):.3f} | "
+            f"{p.get('search_s', 0):.3f} | {p.get('answer_s', 0):.3f} | {p['retrieved_chunks']} / {p['context_tokens']:,} | "
+            f"{p['bank_chunks']:,} | {oldest} | "
+            f"{p['bytes_ram'] / 2**20:.1f} ({p.get('bytes_compact', 0) / 2**20:.1f} / {p['bytes_resident_keys'] / 2**20:.1f}) "
+            f"| {p['bytes_disk'] / 2**20:.1f} | "
             f"{p['bytes_per_hour']['disk'] / 2**20:.1f} MiB | {p['consolidated']:,} / {p['merged']:,} / "
-            f"{p['deleted_budget']:,} | {p['key_reads_ram']:,} / {p['key_reads_disk']:,} | {p['bits_per_element']:.2f} | "
-            f"{p['rss_bytes'] / 2**30:.2f} |")
+            f"{p['deleted_budget']:,} | {p.get('key_reads_compact', 0):,} / {p['key_reads_ram']:,} / {p['key_reads_disk']:,} "
+            f"({p.get('compact_built', 0):,}) | {p['bits_per_element']:.2f} | {p['rss_bytes'] / 2**30:.2f} |")
     ratio = m["latency_ratio_last_vs_first"]
     goal = "met" if m["meets_latency_goal"] else "not met"
     lines += [
@@ -546,9 +594,15 @@ def _days_markdown(m: dict[str, Any], args: argparse.Namespace, spec, link: str)
         f"budget throughout: **{'yes' if m['disk_within_budget'] else 'no'}** (worst accounted "
         f"{m['worst_disk_bytes'] / 2**20:.1f} MiB, worst measured in the directory {m['worst_files_bytes'] / 2**20:.1f} MiB).",
         "",
-        "- *disk bytes / hour*: bytes of chunk files over the stream time the live chunks span (after deletion, the "
-        "span kept). *rerank key reads*: candidates whose upper-layer keys came from RAM (resident) or from a file's "
-        "keys section. *oldest kept*: stream time of the oldest chunk still in memory.",
+        days_breakdown(m),
+        "",
+        "- *of which retrieval*: question in -> chunks chosen, the probe included; it splits into *probe* (the "
+        "question's prefill over sink + window) and *search + rerank + fetch*; *answer prefill*: the chosen chunks "
+        "written into the cache, the question prefilled over them and the first token. *disk bytes / hour*: bytes of "
+        "chunk files over the stream time the live chunks span (after deletion, the span kept). *rerank reads*: "
+        "candidates scored from their compact form in RAM, from packed keys in RAM (a RAM chunk or resident keys), "
+        "or from a file's keys section; *built*: compact forms built on a rerank (chunks banked before the first "
+        "question). *oldest kept*: stream time of the oldest chunk still in memory.",
         "- Replayed chunks repeat the recorded ones, so neighbouring chunks are as alike as the clip's frames are.",
         "",
         f"![latency and memory vs stream length]({link})",

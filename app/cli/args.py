@@ -38,6 +38,17 @@ def add_session_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--rerank-candidates", type=int, default=None, metavar="N",
                    help="summary-search candidates the rerank scores (fewer make the rerank cheaper; "
                         "`livesight bench recall` measures what it costs in recall)")
+    g.add_argument("--retrieval-heads", default=None, metavar="auto|upper|FILE",
+                   help="the (layer, head) pairs the rerank scores with: auto (the model's shipped calibration, "
+                        "else the upper half), upper, or a file from `livesight calibrate-retrieval`")
+    g.add_argument("--retrieval-probe-tokens", type=int, default=None, metavar="N",
+                   help="a second probe: the model's first N answer tokens rank memory again (0 = off, the default)")
+    g.add_argument("--retrieval-score-gap", type=float, default=None, metavar="GAP",
+                   help="adaptive k: hits stop below (1 - GAP) times the best fused score, top-k at most "
+                        "(default off)")
+    g.add_argument("--rerank-compact-bits", default=None, choices=["8", "4", "2", "off"], metavar="BITS",
+                   help="bits of the compact pre-RoPE rerank keys kept in RAM for every chunk (8, 4, 2; off: "
+                        "the rerank reads each candidate's stored keys; default 4)")
     g.add_argument("--max-new-tokens", type=int, default=None, help="answer length limit")
     g.add_argument("--system-prompt", default=None)
     g.add_argument("--drop", default=None, choices=DROP_CHOICES, metavar="MODE", help="token drop mode: %(choices)s")
@@ -107,7 +118,8 @@ _FIELDS = {
     "kv_outlier_channels": "kv_outlier_channels", "disk_budget_mb": "disk_budget_mb",
     "retention": "retention_s", "index": "index", "rerank_candidates": "rerank_candidates",
     "embedder": "embedder", "text_candidates": "text_candidates", "retrieval_neighbours": "retrieval_neighbours",
-    "retrieval_budget_tokens": "retrieval_budget_tokens",
+    "retrieval_budget_tokens": "retrieval_budget_tokens", "retrieval_heads": "retrieval_heads",
+    "retrieval_probe_tokens": "retrieval_probe_tokens", "retrieval_score_gap": "retrieval_score_gap",
 }
 
 
@@ -120,6 +132,9 @@ def session_overrides(args: argparse.Namespace) -> dict:
         out["vision"] = args.vision == "on"
     if getattr(args, "text_retrieval", None) is not None:
         out["text_retrieval"] = args.text_retrieval == "on"
+    compact = getattr(args, "rerank_compact_bits", None)
+    if compact is not None:
+        out["rerank_compact_bits"] = None if compact == "off" else int(compact)
     return out
 
 

@@ -100,18 +100,23 @@ class TimedQuestion:
 
 
 def format_evidence(evidence) -> str:
+    """One line of an answer's evidence: each moment's time range, what and where it is, and the video
+    input it came from (``from file bikes.mp4``) when known; notes and speech are named by their kind."""
     from app.engine.timefmt import format_timestamp
+    from streaming.labels import NOTE, SPEECH
 
     parts = []
     for e in evidence:
         span = format_timestamp(e.t_start)
         if e.t_start != e.t_end:
             span += f"-{format_timestamp(e.t_end)}"
+        # a note's or speech's own label adds nothing to its kind: only video inputs are named
+        origin = f" from {e.input_source}" if e.input_source and e.input_source not in (NOTE, SPEECH) else ""
         if e.source == "memory":
             what = f" \"{e.text}\"" if e.kind in ("text", "speech") and e.text else ""
-            parts.append(f"{span} ({e.kind}{what}, memory, score {e.score:.2f})")
+            parts.append(f"{span} ({e.kind}{what}, memory, score {e.score:.2f}){origin}")
         else:
-            parts.append(f"{span} (recent window)")
+            parts.append(f"{span} (recent window){origin}")
     return "; ".join(parts) if parts else "(none)"
 
 
@@ -466,6 +471,7 @@ def _watch_and_ask(backend, config, source, questions, texts, args, out, asr=Non
     from app.engine.speech.transcriber import Transcriber
     from app.engine.timefmt import format_timestamp
     from streaming import Sampler, SamplerConfig, open_source
+    from streaming.labels import source_label
 
     src = open_source(source, realtime=args.realtime, audio=asr is not None)
     info = src.info
@@ -490,6 +496,7 @@ def _watch_and_ask(backend, config, source, questions, texts, args, out, asr=Non
     stops = _StopRequests()
     try:
         with Session(backend, config) as session, Sampler(src, sampling) as sampler, stops:
+            session.set_input_source(source_label(source))  # evidence names where each moment was seen
             saver = _Saver(session, args.save_every, out) if config.memory_dir is not None else None
             timeline = _Timeline(session, texts, [q for q in questions if q.at is not None], out, transcriber)
             out.write(_describe_source(source, sampler.info, asr, config.vision) + "\n")

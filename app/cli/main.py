@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "app.cli.bench",
     "app.cli.samples",
     "app.cli.eval",
+    "app.cli.calibrate",
 )
 
 

@@ -79,6 +79,12 @@ def add_parser(sub) -> None:
                    help="conversation items one session may hold before response.create (default 64)")
     g.add_argument("--max-messages-per-s", type=float, default=200.0, metavar="N",
                    help="messages read from one connection per second (default 200)")
+    g.add_argument("--max-pending-texts", type=int, default=16, metavar="N",
+                   help="text events one session may have waiting for the model; more are refused with "
+                        "rate_limited and not kept (default 16)")
+    g.add_argument("--prefill-piece-tokens", type=int, default=64, metavar="N",
+                   help="long text and speech events are prefilled in pieces of N tokens, other sessions' work "
+                        "running between them (fairness; default 64; 0 = in one piece)")
     g.add_argument("--save-interval", type=float, default=10.0, metavar="SECONDS",
                    help="seconds between saves of a changing session that persists (memory_dir + persist, or every "
                         "session on a cluster's memory root): the most a crash loses besides the window (default 10)")
@@ -87,8 +93,9 @@ def add_parser(sub) -> None:
                         "(its oldest memory is consolidated, then deleted; default: only per-session budgets)")
     c = p.add_argument_group("cluster (Ray Serve; pip install livesight[ray], docs/cluster.md)")
     c.add_argument("--ray", action="store_true",
-                   help="serve the websocket API through Ray Serve: --replicas engines (each a model and its sessions), "
-                        "each session pinned to one, memories on --memory-root; the page is not served")
+                   help="serve the websocket API and the page (at /page on --ws-port; --port is not used) through Ray "
+                        "Serve: --replicas engines (each a model and its sessions), each session pinned to one, "
+                        "memories on --memory-root")
     c.add_argument("--replicas", type=int, default=1, metavar="N", help="engines to deploy (default 1)")
     c.add_argument("--ray-address", metavar="auto|ADDR", default=None,
                    help="join an existing Ray cluster (auto, HOST:PORT or ray://HOST:PORT; default: start a local Ray "
@@ -164,11 +171,13 @@ def run(args: argparse.Namespace) -> int:
             source_stall_s=args.source_stall_s,
             memory_budget_gb=args.memory_budget_gb,
             save_interval_s=args.save_interval,
+            max_pending_texts=args.max_pending_texts,
+            prefill_piece_tokens=args.prefill_piece_tokens or None,
         )
         opts = ServeOptions(model=args.model, device=args.device, dtype=args.dtype,
                             quantization=weight_quantization(args), fallback_model=None if args.no_fallback else FALLBACK_MODEL,
                             offline=args.offline, host=args.host, port=args.port, ws_port=args.ws_port,
-                            token=token, ui=not args.no_ui and not args.ray, manager=manager,
+                            token=token, ui=not args.no_ui, manager=manager,
                             max_source_opens=args.max_source_opens, auth_max_failures=args.auth_max_failures,
                             auth_block_s=args.auth_block_s,
                             connection_limits=dict(send_queue_bytes=int(args.send_queue_mb * 2**20),
@@ -222,7 +231,7 @@ def run_ray(args: argparse.Namespace, opts) -> int:
 
     root = args.memory_root or os.path.join(os.path.expanduser("~"), ".cache", "livesight", "cluster")
     cluster = ClusterConfig(memory_root=root, replicas=args.replicas, ray_address=args.ray_address,
-                            replica_cpus=args.replica_cpus, save_interval_s=args.save_interval,
+                            replica_cpus=args.replica_cpus,
                             session_header=args.session_header)
     ServerConfig(host=opts.host, port=opts.ws_port, token=opts.token)  # beyond loopback a token is required
     check_listen(opts.host, opts.ws_port)
@@ -235,7 +244,9 @@ def run_ray(args: argparse.Namespace, opts) -> int:
         print(f"note: memories are kept in {root} (this machine only; pass --memory-root for a cluster)",
               file=sys.stderr)
     try:
-        return run_cluster(cluster, opts)
+        from ui.page import mount
+
+        return run_cluster(cluster, opts, page_mount=mount)
     except ClusterError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -12,6 +12,7 @@ from typing import Any
 
 # The mode lists are declared by the packages that implement them; they are re-exported here for the
 # page and the CLI.
+from compression.compact_keys import COMPACT_BITS
 from compression.droppers import DROP_MODES, DropConfig
 from compression.kvcodec import KV_BITS, VALUE_MODES, KVCodecConfig
 from memory.config import INDEX_KINDS, BankConfig
@@ -74,6 +75,19 @@ class SessionConfig:
             speech) that come along, for questions about what happened around a moment (0 = none). [0, 8]
         retrieval_budget_tokens: the most memory tokens a question attends to, hits and neighbours together
             (``None`` = top_k hits plus their neighbours, unbounded). [1, 1_000_000]
+        retrieval_heads: the (layer, KV head) pairs the in-model rerank scores with: "auto" (the model's
+            calibrated pairs when shipped, app/engine/backends/data/retrieval_heads/<model>.json, else every
+            head of the upper half of the layers), "upper" (the upper half always) or the path of a file
+            written by ``livesight calibrate-retrieval``.
+        retrieval_probe_tokens: a second probe: the model's own first answer tokens (greedy, over sink,
+            window and dialog) as a second query, fused with the question's; costs that many decode steps
+            per question (0 = off). [0, 64]
+        retrieval_score_gap: adaptive k: hits stop at the first whose fused score is below (1 - gap) times
+            the best hit's (top_k stays the most; ``None`` = always top_k hits). (0, 1)
+        rerank_compact_bits: the rerank scores every chunk from a compact form kept in RAM (its pre-RoPE
+            keys of the scored heads, content tokens only, this many bits per channel: 8, 4 or 2), so no
+            candidate is read from disk or un-rotated per question; its RAM counts in ``ram_budget_mb``
+            (``None`` = off: the rerank reads the stored keys).
     """
 
     window_tokens: int = 1024
@@ -107,6 +121,10 @@ class SessionConfig:
     text_candidates: int = 32
     retrieval_neighbours: int = 1
     retrieval_budget_tokens: int | None = None
+    retrieval_heads: str = "auto"
+    retrieval_probe_tokens: int = 0
+    retrieval_score_gap: float | None = None
+    rerank_compact_bits: int | None = 4
 
     def __post_init__(self) -> None:
         err = {"error": ConfigError}
@@ -150,6 +168,15 @@ class SessionConfig:
         check_int("retrieval_neighbours", self.retrieval_neighbours, low=0, high=8, **err)
         check_int("retrieval_budget_tokens", self.retrieval_budget_tokens, low=1, high=1_000_000, allow_none=True,
                   **err)
+        if (not isinstance(self.retrieval_heads, str) or not self.retrieval_heads.strip()
+                or len(self.retrieval_heads) > 4096):
+            raise ConfigError(f"retrieval_heads must be 'auto', 'upper' or the path of a calibration file; "
+                              f"got {self.retrieval_heads!r}")
+        check_int("retrieval_probe_tokens", self.retrieval_probe_tokens, low=0, high=64, **err)
+        if self.rerank_compact_bits is not None:
+            check_choice("rerank_compact_bits", self.rerank_compact_bits, COMPACT_BITS, **err)
+        check_number("retrieval_score_gap", self.retrieval_score_gap, low=0.0, high=1.0, allow_none=True,
+                     high_inclusive=False, **err)
 
     @property
     def ram_budget_bytes(self) -> int | None:
@@ -191,4 +218,5 @@ class SessionConfig:
             retention_s=self.retention_s,
             index=self.index,
             persist=self.persist,
+            compact_keys_bits=self.rerank_compact_bits,
         )

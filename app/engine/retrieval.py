@@ -8,7 +8,9 @@
    a chunk's score is the mean over layers, heads and question tokens of the best-matching chunk
    token's attention logit. One strong token (a name, a number, an object) is enough to surface
    a chunk, which a mean over all its tokens washes out. Only the keys of those layers are
-   dequantized (:meth:`memory.MemoryBank.keys`); values and lower layers stay packed.
+   dequantized (:meth:`memory.MemoryBank.keys`); values and lower layers stay packed. Where the
+   bank keeps a chunk's compact rerank keys (pre-RoPE, a few bits per channel, in RAM), those are
+   scored instead: nothing un-rotated, no disk read (:func:`rerank_scores`).
 3. **Fetch**: only the final ``k`` chunks are dequantized whole (:meth:`memory.MemoryBank.get`).
 
 Scoring is batched: candidates' content tokens are concatenated along the token axis with
@@ -18,25 +20,31 @@ block holds about :data:`CPU_BLOCK_BYTES` of keys: one call over every candidate
 their keys through memory several times, which is much slower than blocks that fit a cache.
 
 The rerank finds needles (a chunk with one telling fact among many alike) that the candidate
-stage alone ranks too low; ``livesight bench recall`` measures both stages side by side.
+stage alone ranks too low; ``livesight bench recall`` measures both stages side by side. Which
+(layer, KV head) pairs it averages over is calibrated per model (:mod:`app.engine.retrieval_heads`,
+``livesight calibrate-retrieval``); without a calibration, every head of the upper half.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
 from memory.chunk import content_mask
 
-__all__ = ["Retriever", "content_mask", "fetch", "fuse", "kv_ranking", "late_interaction_scores", "rerank_layers", "retrieve",
-           "select"]
+__all__ = ["Expansion", "Retriever", "content_mask", "expansion_probe", "fetch", "fuse", "kv_ranking",
+           "late_interaction_scores", "late_interaction_table", "rerank_layers", "rerank_pairs", "rerank_scores",
+           "retrieve", "select"]
 
 logger = logging.getLogger(__name__)
 
 #: Weight of the text path's ranking in the fusion (the in-model path's is 1).
 TEXT_WEIGHT = 1.0
+#: Weight of each second-probe ranking (the model's own first answer tokens) in the fusion.
+PROBE_WEIGHT = 0.5
 #: Hits whose neighbours in time may come along (the best hits with text; see :func:`select`).
 NEIGHBOUR_HITS = 4
 
@@ -65,9 +73,9 @@ def _blocks(sizes: Sequence[int], limit: int | None) -> list[range]:
     return out
 
 
-def late_interaction_scores(backend, query_tokens: torch.Tensor, keysets: Sequence, *,
-                            block_bytes: int | None = -1) -> list[float]:
-    """Score chunks against a question, batched over chunks.
+def late_interaction_table(backend, query_tokens: torch.Tensor, keysets: Sequence, *,
+                           block_bytes: int | None = -1) -> torch.Tensor:
+    """Each (layer, KV head) pair's late-interaction score of each chunk, batched over chunks.
 
     Args:
         query_tokens: ``(L, Tq, H * D)`` pre-RoPE per-token queries of the question's content, all layers.
@@ -77,11 +85,19 @@ def late_interaction_scores(backend, query_tokens: torch.Tensor, keysets: Sequen
             call; default :data:`CPU_BLOCK_BYTES` on the CPU, one call elsewhere.
 
     Returns:
-        one score per chunk: mean over layers, heads and query tokens of max over content tokens of
-        ``q . k / sqrt(D)``.
+        ``(chunks, L', H)`` float32: per pair, the mean over query tokens of the max over the chunk's
+        content tokens of ``q . k / sqrt(D)`` (the calibration's material, :mod:`app.engine.retrieval_heads`).
     """
+    spec = backend.spec
+    h = spec.num_kv_heads
     if not keysets:
-        return []
+        return torch.zeros(0, 0, h)
+    return torch.cat([best.mean(dim=2).permute(2, 0, 1) for best in _best_blocks(backend, query_tokens, keysets,
+                                                                                   block_bytes)], dim=0)
+
+
+def _best_blocks(backend, query_tokens: torch.Tensor, keysets: Sequence, block_bytes: int | None):
+    """Per block of chunks: ``(L', H, Tq, chunks)`` scaled best-match logits (see :func:`late_interaction_table`)."""
     spec = backend.spec
     layers = list(keysets[0].layers)
     if any(list(ks.layers) != layers for ks in keysets):
@@ -95,28 +111,115 @@ def late_interaction_scores(backend, query_tokens: torch.Tensor, keysets: Sequen
     if block_bytes == -1:
         block_bytes = CPU_BLOCK_BYTES if keysets[0].keys.device.type == "cpu" else None
     per_token = len(layers) * h * d * 4
-    scores: list[float] = []
     for block in _blocks([n * per_token for n in lengths], block_bytes):
         keys = torch.cat([keysets[i].keys[:, :, masks[i]].float() for i in block], dim=2)  # (L', H, N, D)
         positions = torch.cat([keysets[i].positions[..., masks[i]] for i in block], dim=-1)  # (N,) or (3, N)
         keys = backend.unrotate_keys(keys, positions)
         att = torch.einsum("lqhd,lhkd->lhqk", q, keys)  # (L', H, Tq, N)
         best = torch.stack([seg.amax(dim=-1) for seg in att.split([lengths[i] for i in block], dim=-1)], dim=-1)
-        scores.extend((best * scale).mean(dim=(0, 1, 2)).tolist())  # (chunks,)
+        yield best * scale  # (L', H, Tq, chunks)
+
+
+def late_interaction_scores(backend, query_tokens: torch.Tensor, keysets: Sequence, *,
+                            block_bytes: int | None = -1, head_mask: torch.Tensor | None = None) -> list[float]:
+    """Score chunks against a question, batched over chunks.
+
+    Args:
+        query_tokens: ``(L, Tq, H * D)`` pre-RoPE per-token queries of the question's content, all layers.
+        keysets: :class:`memory.ChunkKeys` items, all of the same ``layers``: keys ``(L', H, T, D)``
+            (post-RoPE) with positions ``(T,)`` or ``(3, T)``.
+        block_bytes: float32 key bytes per un-rotate + einsum call; ``None`` = all chunks in one
+            call; default :data:`CPU_BLOCK_BYTES` on the CPU, one call elsewhere.
+        head_mask: ``(L', H)`` 0/1 weights of the (layer, KV head) pairs that count (calibrated heads,
+            :class:`app.engine.retrieval_heads.RetrievalHeads`); ``None`` = every head of those layers.
+
+    Returns:
+        one score per chunk: mean over the chosen (layer, head) pairs and query tokens of max over
+        content tokens of ``q . k / sqrt(D)``.
+    """
+    if not keysets:
+        return []
+    if head_mask is not None and tuple(head_mask.shape) != (len(keysets[0].layers), backend.spec.num_kv_heads):
+        raise ValueError(f"late_interaction_scores: head_mask {tuple(head_mask.shape)} does not match "
+                         f"{len(keysets[0].layers)} layers x {backend.spec.num_kv_heads} KV heads")
+    scores: list[float] = []
+    for best in _best_blocks(backend, query_tokens, keysets, block_bytes):
+        if head_mask is None:
+            scores.extend(best.mean(dim=(0, 1, 2)).tolist())  # (chunks,)
+        else:
+            w = head_mask.to(best.dtype)[:, :, None]  # (L', H, 1)
+            scores.extend(((best.mean(dim=2) * w).sum(dim=(0, 1)) / w.sum()).tolist())
     return scores
 
 
+def rerank_pairs(layers: Sequence[int], num_kv_heads: int, head_mask: torch.Tensor | None = None) -> list[tuple[int, int]]:
+    """The (layer, KV head) pairs a rerank scores: every head of ``layers``, or those ``head_mask`` ``(L', H)`` keeps."""
+    return [(int(layer), h) for i, layer in enumerate(layers) for h in range(num_kv_heads)
+            if head_mask is None or bool(head_mask[i, h])]
+
+
+def rerank_scores(backend, bank, query_tokens: torch.Tensor, ids: Sequence[int], layers: Sequence[int], *,
+                  head_mask: torch.Tensor | None = None, dtype=None) -> list[tuple[int, float]]:
+    """Late-interaction scores ``[(chunk_id, score)]`` of the chunks ``ids`` (in that order), the same score
+    as :func:`late_interaction_scores` over ``layers`` and ``head_mask``.
+
+    Chunks whose compact rerank keys the bank keeps (:meth:`memory.MemoryBank.compact`: pre-RoPE keys of
+    the scored pairs in RAM, built on first use when missing) are scored from them in one batched pass
+    (:func:`compression.compact_keys.compact_scores`), with nothing un-rotated and no disk read; the
+    others (compact keys off, or keys that cannot give one) from their stored keys
+    (:meth:`memory.MemoryBank.keys`, un-rotated here). A chunk that is corrupt or that retention deleted
+    meanwhile is skipped.
+
+    Args:
+        query_tokens: ``(L, Tq, H * D)`` pre-RoPE per-token queries of the question's content, all layers.
+        layers: the layers scored; ``head_mask``: ``(len(layers), H)`` 0/1, ``None`` = every head.
+    """
+    from compression.compact_keys import compact_scores
+    from memory import ChunkCorrupt, ChunkNotFound
+
+    spec = backend.spec
+    layers = [int(i) for i in layers]
+    pairs = rerank_pairs(layers, spec.num_kv_heads, head_mask)
+    use_compact = bool(pairs) and getattr(bank.config, "compact_keys_bits", None) is not None
+    if use_compact:
+        bank.set_rerank_form(backend.unrotate_keys, pairs)
+    compact, full, order = [], [], []
+    for cid in ids:
+        try:
+            ck = bank.compact(cid) if use_compact else None
+            if ck is not None:
+                compact.append((cid, ck))
+            else:
+                full.append(bank.keys(cid, layers, dtype=dtype))
+            order.append(cid)
+        except (ChunkCorrupt, ChunkNotFound) as exc:  # the bank logged and marked a corrupt one
+            logger.debug("rerank skips chunk %d: %s", cid, exc)
+    score: dict[int, float] = {}
+    if compact:
+        h, d = spec.num_kv_heads, spec.head_dim
+        q = query_tokens.detach().to("cpu", torch.float32)
+        q = q.view(q.shape[0], q.shape[1], h, d)
+        li = torch.tensor([layer for layer, _ in pairs], dtype=torch.long)
+        hi = torch.tensor([head for _, head in pairs], dtype=torch.long)
+        values = compact_scores(q[li, :, hi], [ck for _, ck in compact])  # query (P, Tq, D)
+        score.update((cid, float(v)) for (cid, _), v in zip(compact, values))
+    if full:
+        values = late_interaction_scores(backend, query_tokens, full, head_mask=head_mask)
+        score.update((ks.chunk_id, float(v)) for ks, v in zip(full, values))
+    return [(cid, score[cid]) for cid in order]
+
+
 def kv_ranking(backend, bank, probe, candidates: int, *, rerank: bool, extra: Sequence[int] = (),
-               dtype=None) -> list[tuple[int, float]]:
+               dtype=None, heads=None) -> list[tuple[int, float]]:
     """The in-model ranking: ``[(chunk_id, score)]`` best first over the summary stage's top
     ``candidates`` plus the chunks ``extra`` (e.g. the text path's hits), which the rerank scores too.
 
     With ``rerank`` (and the probe's query tokens) the score is the late-interaction score, else the
     summary inner product (``extra`` chunks the summary stage did not find are then left out).
-    A chunk that is corrupt or that retention deleted meanwhile is skipped.
+    ``heads``: the (layer, KV head) pairs the rerank uses (:class:`app.engine.retrieval_heads.RetrievalHeads`;
+    ``None`` = every head of :func:`rerank_layers`). A chunk that is corrupt or that retention deleted
+    meanwhile is skipped.
     """
-    from memory import ChunkCorrupt, ChunkNotFound
-
     hits = bank.search(probe.query_summary, candidates)
     tokens = probe.query_tokens
     if not rerank or tokens is None or tokens.shape[1] == 0:
@@ -125,16 +228,10 @@ def kv_ranking(backend, bank, probe, candidates: int, *, rerank: bool, extra: Se
     for cid in extra:
         if cid not in ids and cid in bank:
             ids.append(cid)
-    layers = rerank_layers(backend.spec.num_layers)
-    keysets = []
-    for cid in ids:
-        try:
-            keysets.append(bank.keys(cid, layers, dtype=dtype))
-        except (ChunkCorrupt, ChunkNotFound) as exc:  # the bank logged and marked a corrupt one
-            logger.debug("rerank skips chunk %d: %s", cid, exc)
-    scores = late_interaction_scores(backend, tokens, keysets)
-    order = sorted(range(len(keysets)), key=lambda j: scores[j], reverse=True)
-    return [(keysets[j].chunk_id, float(scores[j])) for j in order]
+    layers = rerank_layers(backend.spec.num_layers) if heads is None else list(heads.layers)
+    mask = None if heads is None or heads.all_heads else heads.mask_tensor()
+    scored = rerank_scores(backend, bank, tokens, ids, layers, head_mask=mask, dtype=dtype)
+    return sorted(scored, key=lambda item: item[1], reverse=True)
 
 
 def fuse(rankings: Sequence[Sequence[int]], weights: Sequence[float] | None = None, *,
@@ -160,7 +257,8 @@ def fuse(rankings: Sequence[Sequence[int]], weights: Sequence[float] | None = No
 
 
 def select(ranked: Sequence[int], metas, k: int, *, neighbours: int = 0, budget_tokens: int | None = None,
-           neighbour_hits: int | None = None, neighbours_of=None) -> list[int]:
+           neighbour_hits: int | None = None, neighbours_of=None, scores: Sequence[float] | None = None,
+           score_gap: float | None = None) -> list[int]:
     """Which chunks a question gets: the top ``k`` of ``ranked`` (chunk ids, best first), then the
     ``neighbours`` chunks just before and after each of the first ``neighbour_hits`` hits (all hits
     when ``None``) in time, the best hits' neighbours first, all within ``budget_tokens``.
@@ -170,6 +268,10 @@ def select(ranked: Sequence[int], metas, k: int, *, neighbours: int = 0, budget_
         budget_tokens: the most memory tokens the question may attend to (``None`` = no limit); a hit
             that does not fit is passed over for a smaller one after it; the first hit always comes.
         neighbours_of: ``meta -> bool``: the hits whose neighbours may come (``None`` = every hit).
+        scores: ``ranked``'s scores (same order, best first; positive, e.g. fused reciprocal-rank scores),
+            for ``score_gap``.
+        score_gap: adaptive k: hits stop at the first whose score is below ``(1 - score_gap)`` times the
+            best's (``None`` = no cut: ``k`` hits); the first hit always comes, ``k`` stays the most.
 
     Returns:
         chosen chunk ids (hits first, then neighbours), without duplicates.
@@ -189,8 +291,13 @@ def select(ranked: Sequence[int], metas, k: int, *, neighbours: int = 0, budget_
         used += n
         return True
 
-    for cid in ranked:
+    if score_gap is not None and scores is not None and len(scores) != len(ranked):
+        raise ValueError(f"select: {len(ranked)} ranked chunks but {len(scores)} scores")
+    floor = None if score_gap is None or not scores else (1.0 - float(score_gap)) * float(scores[0])
+    for i, cid in enumerate(ranked):
         if len(chosen) >= k:
+            break
+        if floor is not None and chosen and float(scores[i]) < floor:
             break
         take(cid)
     if neighbours > 0:
@@ -205,7 +312,70 @@ def select(ranked: Sequence[int], metas, k: int, *, neighbours: int = 0, budget_
     return chosen
 
 
-def retrieve(backend, bank, probe, k: int, *, candidates: int, rerank: bool, dtype=None) -> list:
+@dataclass(frozen=True)
+class Expansion:
+    """The second probe: the model's own first answer tokens to the question, as a query.
+
+    Attributes:
+        text: those tokens' text (the text path embeds it after the question).
+        probe: a :class:`PrefillResult`-like record: ``query_summary`` ``(L * H * D,)`` (the mean of the
+            tokens' summaries) and ``query_tokens`` ``(L, n, H * D)`` (their pre-RoPE queries).
+        tokens: how many answer tokens were made (it stops early at an end-of-turn token).
+    """
+
+    text: str
+    probe: object
+    tokens: int
+
+
+@dataclass(frozen=True)
+class _ExpansionProbe:
+    query_summary: torch.Tensor
+    query_tokens: torch.Tensor
+
+
+def expansion_probe(backend, cache, probe, question_seg, n_tokens: int) -> Expansion | None:
+    """Greedy-decode the first ``n_tokens`` answer tokens after the question's probe prefill, over
+    what ``cache`` holds (sink, window, dialog and the question: no memory yet), keeping each token's
+    per-layer queries; the cache is rewound to where it was afterwards, whatever happens.
+
+    Args:
+        cache: the window cache the probe ``probe`` (a :class:`PrefillResult` with logits) was written into.
+        question_seg: the question's :class:`SegmentInput` (its ``next_position`` is the answer's first).
+
+    Returns:
+        the :class:`Expansion`, or ``None`` when the model ends its turn at once.
+    """
+    from app.engine.backends.types import SegmentInput
+
+    if n_tokens <= 0 or probe.logits is None:
+        return None
+    mark = cache.get_seq_length()
+    next_id = int(torch.argmax(probe.logits[-1]).item())
+    pos = question_seg.next_position
+    ids: list[int] = []
+    summaries, queries = [], []
+    try:
+        while len(ids) < n_tokens and not backend.is_stop_token(next_id):
+            ids.append(next_id)
+            tok = torch.tensor([next_id], dtype=torch.long)
+            seg = SegmentInput(backend.embed_ids(tok), backend.text_positions(pos, 1), pos + 1, tok,
+                               torch.ones(1, dtype=torch.bool))
+            res, _ = backend.prefill(seg, (), cache=cache, logits_to_keep=1, want_query_tokens=True)
+            summaries.append(res.query_summary)
+            queries.append(res.query_tokens)
+            next_id = int(torch.argmax(res.logits[-1]).item())
+            pos += 1
+    finally:
+        cache.rewind(mark)
+    if not ids:
+        return None
+    text = backend.tokenizer.decode(ids, skip_special_tokens=True).strip()
+    summary = torch.stack(summaries).mean(dim=0)
+    return Expansion(text, _ExpansionProbe(summary, torch.cat(queries, dim=1)), len(ids))
+
+
+def retrieve(backend, bank, probe, k: int, *, candidates: int, rerank: bool, dtype=None, heads=None) -> list:
     """Top ``k`` chunks for the question ``probe`` (a :class:`PrefillResult` with query tokens), in
     time order, by the in-model path alone (summaries, then the late-interaction rerank).
 
@@ -218,7 +388,7 @@ def retrieve(backend, bank, probe, k: int, *, candidates: int, rerank: bool, dty
     tokens = probe.query_tokens
     if not rerank or tokens is None or tokens.shape[1] == 0 or len(bank) <= k:
         return bank.retrieve(probe.query_summary, k, dtype=dtype)
-    ranked = kv_ranking(backend, bank, probe, max(k, candidates), rerank=True, dtype=dtype)
+    ranked = kv_ranking(backend, bank, probe, max(k, candidates), rerank=True, dtype=dtype, heads=heads)
     return fetch(bank, ranked, k, dtype=dtype)
 
 
@@ -256,9 +426,16 @@ class Retriever:
       (:class:`memory.text_index.TextIndex`, embedder ``config.embedder``); its hits are reranked
       by the in-model path too, and the two rankings are fused (:func:`fuse`), so a question in
       other words finds its note while frames keep their in-model ranking;
-    * **selection** (:func:`select`): the top ``k`` fused hits, then the chunks just before and after
-      the best hits that carry text (``config.retrieval_neighbours``; :data:`NEIGHBOUR_HITS` of them),
-      within ``config.retrieval_budget_tokens``.
+    * **calibrated heads** (``config.retrieval_heads``): the rerank scores with the (layer, KV head)
+      pairs a calibration chose for the model (:mod:`app.engine.retrieval_heads`), else every head of
+      the upper half of the layers;
+    * **second probe** (``config.retrieval_probe_tokens`` > 0): the model's own first answer tokens
+      (:func:`expansion_probe`, over sink + window + dialog) rank the chunks again, in-model and, with
+      the question before them, on the text path; both rankings join the fusion at :data:`PROBE_WEIGHT`;
+    * **selection** (:func:`select`): the top ``k`` fused hits (fewer when ``config.retrieval_score_gap``
+      cuts the hits whose fused score falls below ``1 - gap`` of the best's), then the chunks just before
+      and after the best hits that carry text (``config.retrieval_neighbours``; :data:`NEIGHBOUR_HITS` of
+      them), within ``config.retrieval_budget_tokens``.
 
     Args:
         config: the session's :class:`~app.engine.config.SessionConfig`, or a zero-argument callable
@@ -283,6 +460,7 @@ class Retriever:
         self._embedder = None
         self._pending: list[tuple[int, str]] = []
         self._text_failed: str | None = None
+        self._heads_failed: str | None = None
         self._questions: dict[str, object] = {}  # question text -> its embedding (repeated and rephrased asks)
         self.stats = {"text_indexed": 0, "text_hits": 0, "questions": 0}
         for meta in bank.metas():  # a reopened memory: its texts are indexed again
@@ -355,34 +533,77 @@ class Retriever:
             self._questions[question] = query
         return self._index.search(query, n, live=lambda cid: cid in self.bank)
 
-    def retrieve(self, question: str, probe, k: int) -> list:
+    def heads(self):
+        """The (layer, KV head) pairs the rerank uses now (``config.retrieval_heads``;
+        :func:`app.engine.retrieval_heads.heads_for`).
+
+        Raises:
+            RetrievalHeadsError: the setting names a file that cannot be used (the shipped file of
+                ``"auto"`` that cannot be used is logged once and the upper half used instead).
+        """
+        from app.engine.retrieval_heads import RetrievalHeadsError, heads_for, upper_half
+
+        setting = getattr(self.config, "retrieval_heads", "upper")
+        try:
+            return heads_for(self.backend.spec, setting)
+        except RetrievalHeadsError as exc:
+            if setting != "auto":
+                raise
+            if self._heads_failed != str(exc):
+                self._heads_failed = str(exc)
+                logger.warning("calibrated retrieval heads not used: %s", exc)
+            return upper_half(self.backend.spec.num_layers, self.backend.spec.num_kv_heads)
+
+    def retrieve(self, question: str, probe, k: int, *, expand: Callable[[int], Expansion | None] | None = None) -> list:
         """The chunks a question attends to, in time order (:class:`memory.Retrieved` items).
 
         Args:
             question: the question's text (the text path embeds it).
             probe: the question's probe prefill (:class:`PrefillResult`: summary and query tokens).
-            k: the number of hits (neighbours come on top, within the token budget).
+            k: the number of hits at most (neighbours come on top, within the token budget).
+            expand: ``n -> Expansion``: the model's first ``n`` answer tokens as a second probe
+                (:func:`expansion_probe` over the session's cache); used when
+                ``config.retrieval_probe_tokens`` > 0.
         """
         cfg = self.config
         dtype = self.backend.dtype
         if k <= 0 or len(self.bank) == 0:
             return []
         self.stats["questions"] += 1
+        heads = self.heads()
         text = self.text_ranking(question, cfg.text_candidates) if self._text_on() else []
         neighbours = int(getattr(cfg, "retrieval_neighbours", 0))
         budget = getattr(cfg, "retrieval_budget_tokens", None)
-        if not text and neighbours == 0 and budget is None:
+        gap = getattr(cfg, "retrieval_score_gap", None)
+        n_probe = int(getattr(cfg, "retrieval_probe_tokens", 0))
+        second = expand(n_probe) if expand is not None and n_probe > 0 and cfg.rerank else None
+        if not text and neighbours == 0 and budget is None and gap is None and second is None:
             return retrieve(self.backend, self.bank, probe, k, candidates=cfg.rerank_candidates, rerank=cfg.rerank,
-                            dtype=dtype)
-        kv = kv_ranking(self.backend, self.bank, probe, max(k, cfg.rerank_candidates), rerank=cfg.rerank,
-                        extra=[cid for cid, _ in text], dtype=dtype)
+                            dtype=dtype, heads=heads)
+        candidates = max(k, cfg.rerank_candidates)
+        extra = [cid for cid, _ in text]
+        kv = kv_ranking(self.backend, self.bank, probe, candidates, rerank=cfg.rerank, extra=extra, dtype=dtype,
+                        heads=heads)
+        rankings, weights = [[cid for cid, _ in kv]], [1.0]
         if text:
-            fused = fuse([[cid for cid, _ in kv], [cid for cid, _ in text]], [1.0, TEXT_WEIGHT])
+            rankings.append([cid for cid, _ in text])
+            weights.append(TEXT_WEIGHT)
             self.stats["text_hits"] += 1
-        else:
-            fused = kv
+        if second is not None:
+            self.stats["second_probes"] = self.stats.get("second_probes", 0) + 1
+            kv2 = kv_ranking(self.backend, self.bank, second.probe, candidates, rerank=True, extra=extra,
+                             dtype=dtype, heads=heads)
+            rankings.append([cid for cid, _ in kv2])
+            weights.append(PROBE_WEIGHT)
+            if text and second.text:
+                text2 = self.text_ranking(f"{question.strip()} {second.text}", cfg.text_candidates)
+                rankings.append([cid for cid, _ in text2])
+                weights.append(PROBE_WEIGHT)
+        # one ranking alone keeps its own scores unless the gap needs positive, rank-fused ones
+        fused = kv if len(rankings) == 1 and gap is None else fuse(rankings, weights)
         chosen = select([cid for cid, _ in fused], self.bank.metas(), k, neighbours=neighbours,
-                        budget_tokens=budget, neighbour_hits=NEIGHBOUR_HITS, neighbours_of=_has_text)
+                        budget_tokens=budget, neighbour_hits=NEIGHBOUR_HITS, neighbours_of=_has_text,
+                        scores=[sc for _, sc in fused], score_gap=gap)
         score = dict(fused)
         return fetch(self.bank, [(cid, score.get(cid, 0.0)) for cid in chosen], len(chosen), dtype=dtype)
 

@@ -44,8 +44,8 @@ import torch
 from app.engine.backends.base import VideoLLM
 from app.engine.backends.types import KVSegment, PrefillResult, SegmentInput
 from app.engine.config import SessionConfig
-from app.engine.persistence import SavedSession, check_compatible, read_session_file, write_session_file
-from app.engine.retrieval import Retriever
+from app.engine.persistence import SavedRule, SavedSession, check_compatible, read_session_file, write_session_file
+from app.engine.retrieval import Retriever, expansion_probe
 from app.engine.timefmt import format_timestamp
 from app.engine.types import (
     Alert,
@@ -181,12 +181,41 @@ class Session:
             self._retriever.added(chunk)
             self._counters["chunks"] += 1
 
-    def _prefill_into_window(self, seg, kind: str, pts: float, **extra) -> int:
-        """Prefill ``seg`` over the sink and the window, after moving what no longer fits into the bank."""
+    #: The input frames come from now (see :meth:`set_input_source`); None until told.
+    _input_source: str | None = None
+
+    def set_input_source(self, label: str | None) -> None:
+        """Name the input the next frames come from (``webcam``, ``file bikes.mp4``, ``rtsp://cam/live``:
+        see :func:`streaming.labels.source_label`); every frame ingested after it, and the memory it
+        becomes, carries the label, and evidence names it (``Evidence.input_source``). Notes are labelled
+        ``note`` and speech ``speech`` whatever this says. None: unnamed.
+
+        Raises:
+            SessionError: ``label`` is not a string.
+        """
+        from streaming.labels import clean_label
+
+        try:
+            label = clean_label(label)
+        except ValueError as exc:
+            raise SessionError(str(exc)) from None
+        with self._lock:
+            self._input_source = label
+
+    def _prefill_into_window(self, seg, kind: str, pts: float, *, piece_tokens: int | None = None,
+                             between: Callable[[], object] | None = None, **extra) -> int:
+        """Prefill ``seg`` over the sink and the window, after moving what no longer fits into the bank
+        (in pieces of ``piece_tokens`` tokens with ``between()`` called between them: :meth:`_prefill_pieces`).
+
+        The item is labelled with its input: ``note`` for a text event, ``speech`` for words heard, the
+        current input (:meth:`set_input_source`) for a frame step."""
+        from streaming.labels import NOTE, SPEECH
+
+        extra.setdefault("label", NOTE if kind == "text" else SPEECH if kind == "speech" else self._input_source)
         self._check_positions(seg.length)
         self._bank_chunks(self._window.make_room(seg.length))
         t0 = time.perf_counter()
-        res, _ = self.backend.prefill(seg, (), cache=self._window.cache, kv_view=self._window.views)
+        res = self._prefill_pieces(seg, piece_tokens, between)
         self._timing["prefill_s"] += time.perf_counter() - t0
         self._next_pos = seg.next_position
         weight = int(seg.content.sum()) if seg.content is not None and bool(seg.content.any()) else seg.length
@@ -275,20 +304,28 @@ class Session:
                                          pts_end=last.pts)
         return FrameResult(last.index, first.pts, True, n, kept, scene_change, attn)
 
-    def ingest_text(self, pts: float, text: str) -> int:
+    def ingest_text(self, pts: float, text: str, *, piece_tokens: int | None = None,
+                    between: Callable[[], object] | None = None) -> int:
         """A timed text event (subtitle, transcript line, note) enters the stream like a frame, read as
         ``"Note at MM:SS: <text>"``.
+
+        ``piece_tokens``: prefill it in pieces of at most this many tokens, calling ``between()``
+        after each but the last (a model worker's yield point, so other sessions' work runs between
+        the pieces of a long note); the KV and summaries are those of one prefill (up to float
+        rounding). None: one prefill.
 
         Returns the number of tokens prefilled.
         """
         text = _event_text(text, "a text event")
         pts = _event_time(pts, "a text event")
-        return self._ingest_event("text", pts, pts, text, NOTE_PREFIX)
+        return self._ingest_event("text", pts, pts, text, NOTE_PREFIX, piece_tokens=piece_tokens, between=between)
 
-    def ingest_speech(self, t_start: float, t_end: float, text: str) -> int:
+    def ingest_speech(self, t_start: float, t_end: float, text: str, *, piece_tokens: int | None = None,
+                      between: Callable[[], object] | None = None) -> int:
         """Words heard in the stream's audio from ``t_start`` to ``t_end`` (stream seconds) enter the stream
         like a note, read as ``"Heard at MM:SS: <text>"`` (MM:SS of ``t_start``), kind ``"speech"``: prefilled
         once, then a memory chunk of its own, retrieved like frames and notes, cited with its words.
+        ``piece_tokens`` and ``between`` as for :meth:`ingest_text`.
 
         Returns the number of tokens prefilled.
         """
@@ -297,9 +334,14 @@ class Session:
         t_end = _event_time(t_end, "a speech segment")
         if t_end < t_start:
             raise SessionError(f"a speech segment must end at or after its start; got {t_start} to {t_end}")
-        return self._ingest_event("speech", t_start, t_end, text, HEARD_PREFIX)
+        return self._ingest_event("speech", t_start, t_end, text, HEARD_PREFIX, piece_tokens=piece_tokens,
+                                  between=between)
 
-    def _ingest_event(self, kind: str, pts: float, pts_end: float, text: str, prefix: str) -> int:
+    def _ingest_event(self, kind: str, pts: float, pts_end: float, text: str, prefix: str, *,
+                      piece_tokens: int | None = None, between: Callable[[], object] | None = None) -> int:
+        if piece_tokens is not None and (isinstance(piece_tokens, bool) or not isinstance(piece_tokens, int)
+                                         or piece_tokens < 1):
+            raise SessionError(f"piece_tokens must be a positive integer or None; got {piece_tokens!r}")
         with self._lock:
             self._check_open()
             self.last_active = time.time()
@@ -310,8 +352,58 @@ class Session:
             self._last_pts = max(self._last_pts, pts_end)
             screen = self._screen() if not self.config.vision else {}
             self._prefill_into_window(seg, kind, pts, text=text, pts_end=pts_end if pts_end != pts else None,
-                                      **screen)
+                                      piece_tokens=piece_tokens, between=between, **screen)
             return seg.length
+
+    def _prefill_pieces(self, seg: SegmentInput, piece_tokens: int | None,
+                        between: Callable[[], object] | None) -> PrefillResult:
+        """Prefill ``seg`` into the window cache: at once, or in pieces of ``piece_tokens`` tokens with
+        ``between()`` called between them.
+
+        Each piece attends to what the cache holds (the sink, the window and the earlier pieces) and
+        causally to itself, which is what each of its tokens attends to in one prefill, so the cache
+        ends up with the same KV (up to float rounding). The result describes the whole segment: its
+        KV (a view of the cache, or a copy, as one prefill gives), the key and query summaries (the
+        pieces' means weighted by their content tokens, or by their lengths when ``seg`` has no
+        content), the last token's logits and the attention length. Time spent in ``between()``
+        (other sessions' work) is not counted as this session's prefill time.
+        """
+        from app.engine.backends.window_cache import WindowKVCache
+
+        cache, views = self._window.cache, self._window.views
+        if piece_tokens is None or seg.length <= piece_tokens:
+            return self.backend.prefill(seg, (), cache=cache, kv_view=views)[0]
+        if isinstance(cache, WindowKVCache):
+            cache.reserve(seg.length)  # room for every piece now: the buffer does not move between them
+        start = cache.get_seq_length()
+        has_content = seg.content is not None and bool(seg.content.any())
+        parts, weights, yielded = [], [], 0.0
+        for lo in range(0, seg.length, piece_tokens):
+            hi = min(lo + piece_tokens, seg.length)
+            if lo and between is not None:
+                t0 = time.perf_counter()
+                between()
+                yielded += time.perf_counter() - t0
+            piece = SegmentInput(
+                seg.embeds[lo:hi], seg.positions[..., lo:hi],
+                seg.next_position if hi == seg.length else int(seg.positions[..., hi].reshape(-1)[0]),
+                None if seg.token_ids is None else seg.token_ids[lo:hi],
+                None if seg.content is None else seg.content[lo:hi], seg.time_anchor)
+            res, _ = self.backend.prefill(piece, (), cache=cache, kv_view=views)
+            parts.append(res)
+            weights.append(int(piece.content.sum()) if has_content else piece.length)
+        self._timing["prefill_s"] -= yielded
+        total = float(sum(weights))
+        key_summary = sum(r.key_summary * (w / total) for r, w in zip(parts, weights) if w)
+        query_summary = sum(r.query_summary * (w / total) for r, w in zip(parts, weights) if w)
+        if views and isinstance(cache, WindowKVCache):
+            kv = cache.segment(start, start + seg.length, seg.positions)
+        else:
+            kv = KVSegment.concat([r.kv for r in parts])
+            kv.positions = seg.positions
+        last = parts[-1]
+        return PrefillResult(kv=kv, key_summary=key_summary, query_summary=query_summary, logits=last.logits,
+                             attention_length=last.attention_length)
 
     def _screen(self) -> dict:
         """The frame on screen (vision off) as window-item fields: its index and thumbnail."""
@@ -440,7 +532,10 @@ class Session:
             res, _ = self.backend.prefill(qseg, (), cache=cache, logits_to_keep=keep,
                                           want_query_tokens=probe_needed and self.config.rerank)
             probe_s = time.perf_counter() - t0
-            retrieved = self._retriever.retrieve(question.strip(), res, k) if probe_needed else []
+            # the second probe (the model's first answer tokens over this cache), when configured
+            retrieved = self._retriever.retrieve(
+                question.strip(), res, k, expand=lambda n: expansion_probe(self.backend, cache, res, qseg, n),
+            ) if probe_needed else []
             retrieved_at = time.perf_counter()
             if retrieved:
                 cache.rewind(local)
@@ -537,26 +632,31 @@ class Session:
                 frame_indices=tuple(r.chunk.meta.frame_indices),
                 text=r.chunk.meta.text,
                 thumbnail=r.chunk.meta.thumbnail,
+                input_source=(r.chunk.meta.extra or {}).get("source"),
             )
             for r in retrieved
         ]
         window = self._window.evidence()
         if not self.config.vision and self._on_screen is not None:
-            window = self._with_screen(window)
-        if window is not None:
-            out.append(window)
+            window = [*window[:-1], self._with_screen(window[-1] if window else None)]
+        out.extend(window)
         return tuple(out)
 
     def _with_screen(self, window: Evidence | None) -> Evidence:
-        """Vision off: the recent window's evidence reaches the latest frame and shows it."""
+        """Vision off: the recent window's (newest) evidence reaches the latest frame and shows it, and
+        names the frame's input too."""
         frame = self._on_screen
         screen = self._screen()
+        label = frame.label or self._input_source
         if window is None:
             return Evidence(t_start=frame.pts, t_end=frame.pts, source="window", kind="frame",
-                            frame_indices=(frame.index,), thumbnail=screen["thumbnail"])
+                            frame_indices=(frame.index,), thumbnail=screen["thumbnail"], input_source=label)
         indices = window.frame_indices if frame.index in window.frame_indices else (*window.frame_indices, frame.index)
-        return replace(window, t_end=max(window.t_end, frame.pts), frame_indices=indices,
-                       thumbnail=screen["thumbnail"])
+        labels = [x for x in (window.input_source or "").split(" + ") if x]
+        if label and label not in labels:
+            labels.append(label)
+        return replace(window, t_start=min(window.t_start, frame.pts), t_end=max(window.t_end, frame.pts),
+                       frame_indices=indices, thumbnail=screen["thumbnail"], input_source=" + ".join(labels) or None)
 
     # ---- watch rules ------------------------------------------------------------------------------
     def watch(self, rule: str) -> WatchRule:
@@ -634,9 +734,13 @@ class Session:
     def save(self) -> Path:
         """Save the memory so it can be reopened later (:meth:`open_memory`) without the video.
 
-        The window's items are copied into the bank (the session keeps streaming), then the bank
-        and ``session.json`` (model, positions, stream time) are written to ``memory_dir``.
+        The window's items are copied into the bank (the session keeps streaming), then the bank,
+        the dialog's turns (their KV exactly, ``dialog.safetensors``) and ``session.json`` (model,
+        positions, stream time, watch rules, the dialog file's checksum) are written to
+        ``memory_dir``, ``session.json`` last. Alerts already raised are not saved.
         """
+        from app.engine.dialog_store import write_dialog
+
         with self._lock:
             self._check_open()
             if self.config.memory_dir is None:
@@ -644,6 +748,7 @@ class Session:
             self.flush()
             self._bank_chunks(self._window.bank_all())
             path = Path(self._bank.save())
+            dialog = write_dialog(path, list(self._dialog), self._saved_dialog(path))
             write_session_file(path, SavedSession(
                 session_id=self.session_id,
                 model=self.spec.name,
@@ -654,6 +759,9 @@ class Session:
                 time_anchor=self._time_anchor,
                 counters=self._counters,
                 saved_at=time.time(),
+                dialog=dialog,
+                watch_rules=tuple(SavedRule(r.rule_id, r.text, self._watches.last_alert(r.rule_id))
+                                  for r in self._watches.rules()),
             ))
             return path
 
@@ -661,7 +769,12 @@ class Session:
     def open_memory(cls, backend: VideoLLM, directory: str | Path, config: SessionConfig | None = None) -> Session:
         """Reopen a memory saved by :meth:`save`; questions are answered from it without the video.
 
-        The model must have the same KV shape as the one that saved it.
+        The model must have the same KV shape as the one that saved it. The stream clock, the
+        watch rules (same ids) and the dialog come back with the memory, so the next question
+        attends to the earlier turns exactly as before the save (the oldest dropped past
+        ``dialog_max_tokens``). A missing or damaged dialog file costs the dialog only: a warning
+        is logged and the memory reopens without it. Memories saved before dialogs were kept
+        (``session.json`` version 1) reopen without one.
         """
         from memory import MemoryBank
 
@@ -674,7 +787,35 @@ class Session:
         session._next_pos = max(session._next_pos, saved.next_position)
         session._last_pts = saved.last_pts
         session._time_anchor = saved.time_anchor
+        session._restore_saved_state(directory, saved)
         return session
+
+    def _saved_dialog(self, directory: Path):
+        """The dialog record of this session's last save in ``directory`` (None: none, or another session's)."""
+        try:
+            saved = read_session_file(directory)
+        except SessionError:
+            return None
+        return saved.dialog if saved.session_id == self.session_id else None
+
+    def _restore_saved_state(self, directory: Path, saved: SavedSession) -> None:
+        """Reinstall a saved memory's watch rules and dialog turns (see :meth:`open_memory`)."""
+        from app.engine.dialog_store import read_dialog
+
+        for rule in saved.watch_rules:
+            try:
+                self._watches.restore(rule.rule_id, rule.text, rule.last_alert_pts)
+            except SessionError as exc:  # e.g. more rules than a session holds: keep the others
+                logger.warning("%s: watch rule %s not restored: %s", directory, rule.rule_id, exc)
+        if saved.dialog is None:
+            return
+        try:
+            turns = read_dialog(directory, saved.dialog, self.spec, saved.next_position)
+        except SessionError as exc:
+            logger.warning("%s: %s; reopening without the dialog (the memory is intact)", directory, exc)
+            return
+        for turn in turns:
+            self._remember_turn(turn)
 
     def close(self) -> None:
         """Free the session's memory (and its disk tier unless persistence is on)."""

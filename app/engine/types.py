@@ -56,6 +56,13 @@ class Evidence:
     ``"text"`` (a note), ``"speech"`` (words heard in the audio: ``text`` holds them, ``t_start`` and
     ``t_end`` the segment's time range) or, for a window holding several kinds, ``"mixed"``. With the
     session's vision off, a note's or speech's ``thumbnail`` is the frame on screen when it came.
+
+    ``input_source`` names the input the moment came from, as a person would (``webcam``,
+    ``websocket frames``, ``file bikes.mp4``, ``rtsp://cam/live``, ``note``, ``speech``: see
+    :mod:`streaming.labels`); None when the session was never told. A memory chunk comes from one input;
+    the recent window gives one item per video input it holds (split where the input changed), whose
+    ``input_source`` lists every input of that stretch, joined by ``" + "`` (``webcam + note``).
+    ``t_start <= t_end`` always.
     """
 
     t_start: float
@@ -67,6 +74,7 @@ class Evidence:
     frame_indices: tuple[int, ...] = ()
     text: str | None = None
     thumbnail: bytes | None = field(default=None, repr=False)
+    input_source: str | None = None
 
     def to_dict(self, with_thumbnail: bool = False) -> dict[str, Any]:
         d = asdict(self)

@@ -57,6 +57,21 @@ class WatchRules:
         self._rules[r.rule_id] = r
         return r
 
+    def restore(self, rule_id: str, text: str, last_alert_pts: float | None = None) -> WatchRule:
+        """Reinstall a rule saved with a memory under its own id (clients still know it by that id);
+        ``last_alert_pts`` keeps its minimum interval between alerts across the reopen."""
+        if len(self._rules) >= MAX_RULES:
+            raise SessionError(f"a session holds at most {MAX_RULES} watch rules")
+        r = WatchRule(rule_id, rule_text(text))
+        self._rules[r.rule_id] = r
+        if last_alert_pts is not None:
+            self._last_alert[r.rule_id] = float(last_alert_pts)
+        return r
+
+    def last_alert(self, rule_id: str) -> float | None:
+        """Stream time rule ``rule_id`` last fired (None: never)."""
+        return self._last_alert.get(rule_id)
+
     def remove(self, rule_id: str) -> bool:
         """Forget a rule; ``False`` when there was none with that id."""
         self._last_alert.pop(rule_id, None)

@@ -46,6 +46,8 @@ class WindowItem:
         thumbnail: JPEG bytes of the step's last frame (frames; or of the frame on screen, with vision off).
         banked: already copied into the memory bank by a save.
         pts_end: stream time of the step's last frame (steps of several frames), or a speech segment's end.
+        label: the input it came from (``webcam``, ``file bikes.mp4``, ``note``, ...; see
+            :mod:`streaming.labels`), kept in its chunk's ``meta.extra["source"]``; None when unknown.
     """
 
     kv: KVSegment
@@ -59,6 +61,7 @@ class WindowItem:
     thumbnail: bytes | None = None
     banked: bool = False
     pts_end: float | None = None
+    label: str | None = None
 
     @property
     def end(self) -> float:
@@ -80,13 +83,13 @@ def group_length(items: Sequence[WindowItem], i: int, chunk_frames: int) -> int:
     """How many items from ``items[i]`` make one memory chunk.
 
     A text or speech event is a chunk of its own; frames group up to ``chunk_frames``. A group never mixes
-    items already banked by a save with items that are not.
+    items already banked by a save with items that are not, nor frames of two inputs (labels).
     """
     head = items[i]
     n = 1
     if head.kind == "frame":
         while (n < chunk_frames and i + n < len(items) and items[i + n].kind == "frame"
-               and items[i + n].banked == head.banked):
+               and items[i + n].banked == head.banked and items[i + n].label == head.label):
             n += 1
     return n
 
@@ -95,7 +98,8 @@ def make_chunk(items: Sequence[WindowItem], chunk_id: int) -> KVChunk:
     """One memory chunk of consecutive window items: their KV joined, one summary, one time range.
 
     The summary is the mean pre-RoPE key over the items' content tokens, ``(L * H * D,)`` float32;
-    ``meta.extra["content"]`` holds the content tokens' ``[start, stop)`` ranges within the chunk.
+    ``meta.extra["content"]`` holds the content tokens' ``[start, stop)`` ranges within the chunk and
+    ``meta.extra["source"]`` the items' input label (when known; a chunk never mixes inputs).
     """
     from memory import ChunkMeta, KVChunk
 
@@ -107,6 +111,9 @@ def make_chunk(items: Sequence[WindowItem], chunk_id: int) -> KVChunk:
             idx = it.content.nonzero().flatten()
             ranges.append([offset + int(idx[0]), offset + int(idx[-1]) + 1])
         offset += it.kv.length
+    extra: dict = {"content": ranges} if ranges else {}
+    if items[0].label:
+        extra["source"] = items[0].label
     meta = ChunkMeta(
         chunk_id=chunk_id,
         t_start=items[0].pts,
@@ -116,7 +123,7 @@ def make_chunk(items: Sequence[WindowItem], chunk_id: int) -> KVChunk:
         frame_indices=tuple(it.frame_index for it in items if it.frame_index is not None),
         text="\n".join(it.text for it in items if it.text) or None,
         thumbnail=next((it.thumbnail for it in items if it.thumbnail), None),
-        extra={"content": ranges} if ranges else {},
+        extra=extra,
     )
     return KVChunk(meta=meta, keys=kv.keys, values=kv.values, positions=kv.positions, summary=summary.float())
 
@@ -244,20 +251,21 @@ class Window:
             i += len(group)
         return chunks
 
-    def evidence(self) -> Evidence | None:
-        """What the window covers, as evidence of an answer (``None`` when empty)."""
-        if not self._items:
-            return None
-        frames = tuple(it.frame_index for it in self._items if it.frame_index is not None)
-        thumb = next((it.thumbnail for it in reversed(self._items) if it.thumbnail), None)
-        kinds = {it.kind for it in self._items}
-        # the words heard and read in the window, as a memory chunk of notes or speech carries them
-        words = "\n".join(it.text for it in self._items if it.text and it.kind in ("text", "speech")) or None
-        return Evidence(
-            t_start=self._items[0].pts, t_end=self._items[-1].end, source="window",
-            kind=next(iter(kinds)) if len(kinds) == 1 else "mixed",
-            frame_indices=frames, thumbnail=thumb, text=words,
-        )
+    def evidence(self) -> list[Evidence]:
+        """What the window covers, as evidence of an answer: one item per stretch of one video input
+        (a new stretch starts where a frame's label differs from the stretch's frames'; notes and
+        speech stay in the stretch they came in), oldest first; ``[]`` when empty."""
+        stretches: list[list[WindowItem]] = []
+        video: str | None = None
+        for it in self._items:
+            if it.kind == "frame":
+                if stretches and any(o.kind == "frame" for o in stretches[-1]) and it.label != video:
+                    stretches.append([])
+                video = it.label
+            if not stretches:
+                stretches.append([])
+            stretches[-1].append(it)
+        return [_stretch_evidence(items) for items in stretches]
 
     def clear(self) -> None:
         """Drop every item and the cache (its buffer is freed)."""
@@ -265,3 +273,19 @@ class Window:
         self._tokens = 0
         self._cache = None
         self._views = False
+
+
+def _stretch_evidence(items: Sequence[WindowItem]) -> Evidence:
+    """Evidence of consecutive window items: their time range (earliest to latest: a note may carry an
+    earlier time than the frames around it), frames, newest thumbnail, words and input labels."""
+    frames = tuple(it.frame_index for it in items if it.frame_index is not None)
+    thumb = next((it.thumbnail for it in reversed(items) if it.thumbnail), None)
+    kinds = {it.kind for it in items}
+    # the words heard and read in the window, as a memory chunk of notes or speech carries them
+    words = "\n".join(it.text for it in items if it.text and it.kind in ("text", "speech")) or None
+    labels = list(dict.fromkeys(it.label for it in items if it.label))
+    return Evidence(
+        t_start=min(it.pts for it in items), t_end=max(it.end for it in items), source="window",
+        kind=next(iter(kinds)) if len(kinds) == 1 else "mixed",
+        frame_indices=frames, thumbnail=thumb, text=words, input_source=" + ".join(labels) or None,
+    )

@@ -18,6 +18,7 @@ __all__ = [
     "SessionLimit",
     "SpeechOff",
     "UnknownSession",
+    "WorkBacklog",
 ]
 
 
@@ -78,3 +79,10 @@ class SourceBusy(ManagerError):
     may try again once one has opened or failed."""
 
     code = "source_busy"
+
+
+class WorkBacklog(ManagerError):
+    """A session has ``max_pending_texts`` text events waiting for the model already; this one is
+    refused (not queued). The client should send more slowly, or wait for ``input_text.committed``."""
+
+    code = "rate_limited"

@@ -62,6 +62,20 @@ class ManagerConfig:
             refused with ``speech_off``; pulled sources are read without their sound).
         max_audio_message_s: seconds of audio one push (one websocket message, one page piece) may
             carry. (0, 10]
+        max_pending_texts: text events (``input_text.append``, the page's notes) one session may have
+            waiting for the model; one beyond it is refused at once (:class:`WorkBacklog`, error
+            ``rate_limited``) and not kept, so a client sending faster than the model reads cannot
+            queue unbounded work or memory. Words heard in a session's audio are bounded by its
+            transcriber's queue instead. [1, 100000]
+        prefill_piece_tokens: a text or speech event longer than this is prefilled in pieces of this
+            many tokens, and the model worker may run another session's pending work between them
+            (a 4000-character note is about 1000 tokens), so no session waits for a whole long note of
+            another; the KV is the same as one prefill's. None: one prefill. [8, 1_000_000]
+        short_request_tokens: an answer of at most this many tokens (``max_new_tokens``), or a text
+            or speech event of at most about this many (four characters a token), is a short request
+            for the model worker's fairness: the first seconds of its worker time count at a tenth
+            in its session's account, so short requests go ahead of sessions busy with long work;
+            longer ones are charged in full from their start. [0, 1_000_000]
     """
 
     max_sessions: int = 16
@@ -82,6 +96,9 @@ class ManagerConfig:
     source_hosts: HostPolicy = field(default_factory=HostPolicy)
     asr: Any = None
     max_audio_message_s: float = 10.0
+    max_pending_texts: int = 16
+    prefill_piece_tokens: int | None = 64
+    short_request_tokens: int = 64
 
     def __post_init__(self) -> None:
         check_int("max_sessions", self.max_sessions, low=1, high=10000, error=ConfigError)
@@ -110,6 +127,10 @@ class ManagerConfig:
             if not isinstance(self.asr, ASRConfig):
                 raise ConfigError(f"asr must be an ASRConfig or None (speech off); got {type(self.asr).__name__}")
         check_number("max_audio_message_s", self.max_audio_message_s, low=0, high=10, error=ConfigError)
+        check_int("max_pending_texts", self.max_pending_texts, low=1, high=100000, error=ConfigError)
+        check_int("prefill_piece_tokens", self.prefill_piece_tokens, low=8, high=1_000_000, allow_none=True,
+                  error=ConfigError)
+        check_int("short_request_tokens", self.short_request_tokens, low=0, high=1_000_000, error=ConfigError)
 
     @property
     def speech(self) -> bool:

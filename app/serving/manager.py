@@ -66,9 +66,10 @@ from app.serving.errors import (
     SessionLimit,
     SpeechOff,
     UnknownSession,
+    WorkBacklog,
 )
 from app.serving.limits import LIVE_FIELDS, FrameVerdict, ManagerConfig, RateLimiter
-from app.serving.scheduler import ALERT, ANSWER, CONTROL, Scheduler, SchedulerClosed
+from app.serving.scheduler import ALERT, ANSWER, CONTROL, Scheduler, SchedulerBacklog, SchedulerClosed
 from app.serving.session_audio import SessionAudio
 from app.serving.session_stats import SessionCounters, SnapshotCache, compose_stats
 from app.serving.source_runner import SourceRunner
@@ -390,8 +391,11 @@ class SessionManager:
             raise FrameTooLarge(f"frame of {frame.width}x{frame.height} exceeds max_frame_pixels="
                                 f"{self.config.max_frame_pixels}")
 
-    def offer_frame(self, sid: str, frame: Frame) -> FrameVerdict:
+    def offer_frame(self, sid: str, frame: Frame, *, label: str | None = None) -> FrameVerdict:
         """Queue a frame (non-blocking); see :class:`FrameVerdict`.
+
+        ``label`` names the input it comes from in evidence (``webcam``; see :mod:`streaming.labels`);
+        None keeps the frame's own ``label``, or ``websocket frames`` when it has none.
 
         Raises:
             UnknownSession, FrameTooLarge; InvalidRequest when ``frame`` is not a :class:`Frame`.
@@ -400,6 +404,15 @@ class SessionManager:
             raise InvalidRequest(f"a frame must be a streaming.Frame; got {type(frame).__name__}")
         entry = self._entry(sid)
         self.check_frame(frame)
+        if label is not None or frame.label is None:
+            from dataclasses import replace
+
+            from streaming.labels import PUSHED, clean_label
+
+            try:
+                frame = replace(frame, label=clean_label(label) or PUSHED)
+            except ValueError as exc:
+                raise InvalidRequest(str(exc)) from None
         with entry.lock:
             entry.counters.counts["frames_submitted"] += 1
             entry.touch()
@@ -410,7 +423,7 @@ class SessionManager:
         replaced = self._enqueue_frame(entry, frame, count_submit=False, return_replaced=True)
         return FrameVerdict(True, None, bool(replaced))
 
-    def submit_frame(self, sid: str, frame: Frame) -> bool:
+    def submit_frame(self, sid: str, frame: Frame, *, label: str | None = None) -> bool:
         """Queue a frame for the model (non-blocking, newest wins per session).
 
         Returns:
@@ -421,7 +434,7 @@ class SessionManager:
         Raises:
             UnknownSession, FrameTooLarge.
         """
-        return self.offer_frame(sid, frame).accepted
+        return self.offer_frame(sid, frame, label=label).accepted
 
     def _enqueue_frame(self, entry: _Entry, frame: Frame, *, count_submit: bool = True, return_replaced: bool = False):
         """Put a frame in the scheduler's slot of its session; returns its future (or ``replaced``)."""
@@ -447,6 +460,8 @@ class SessionManager:
         session = self._ensure(entry)
         lag = max(0.0, time.time() - frame.wall)
         try:
+            if frame.label is not None:
+                session.set_input_source(frame.label)  # frames of one session run in order: this frame's input
             result = session.ingest(frame, evaluate_watches=False)
         except Exception as exc:
             with entry.lock:
@@ -466,7 +481,7 @@ class SessionManager:
         if (result.scene_change or cfg.watch_on_every_frame) and session.rules():
             try:
                 self.scheduler.submit(ALERT, lambda: self._check_watches(entry), key=entry.sid,
-                                      coalesce=("watch", entry.sid))
+                                      coalesce=("watch", entry.sid), label="watch")
             except SchedulerClosed:
                 pass
         return result
@@ -492,19 +507,32 @@ class SessionManager:
 
     # ---- text, questions, watches --------------------------------------------------------------
     def submit_text(self, sid: str, pts: float, text: str) -> concurrent.futures.Future:
-        """Queue a timed text event (never dropped), at answer priority and in order with the session's
-        questions. The future gives the number of tokens prefilled.
+        """Queue a timed text event (never dropped once queued), at answer priority and in order with the
+        session's questions; a long one is prefilled in pieces (``prefill_piece_tokens``) between which
+        other sessions' work may run. The future gives the number of tokens prefilled.
 
         Raises:
             InvalidRequest: empty text or a bad stream time (at once; other failures go to the future).
+            WorkBacklog: ``max_pending_texts`` text events of the session wait already (at once; the
+                event is not kept).
         """
         entry = self._entry(sid)
         if not isinstance(text, str) or not text.strip():
             raise InvalidRequest("text must be a non-empty string")
         if isinstance(pts, bool) or not isinstance(pts, (int, float)) or not math.isfinite(pts) or pts < 0:
             raise InvalidRequest(f"pts must be a finite number of seconds >= 0; got {pts!r}")
-        return self._submit_event(entry, lambda session: session.ingest_text(float(pts), text),
-                                  done="texts", failed="text_errors")
+        return self._submit_event(entry, lambda session: session.ingest_text(float(pts), text, **self._pieces()),
+                                  done="texts", failed="text_errors", label="text",
+                                  limit=self.config.max_pending_texts, long=self._long_text(text))
+
+    def _long_text(self, text: str) -> bool:
+        """Whether a text event is long work for the scheduler (charged in full from its start): more
+        than about ``short_request_tokens`` tokens (four characters a token)."""
+        return len(text) > 4 * self.config.short_request_tokens
+
+    def _pieces(self) -> dict[str, Any]:
+        """How a long text or speech event is prefilled: in pieces, yielding the worker between them."""
+        return {"piece_tokens": self.config.prefill_piece_tokens, "between": self.scheduler.yield_point}
 
     # ---- audio and speech ------------------------------------------------------------------------
     @property
@@ -613,14 +641,22 @@ class SessionManager:
             if entry.audio is not None:
                 entry.audio.record_error()
 
-        return self._submit_event(entry, lambda session: session.ingest_speech(float(t0), float(t1), text),
-                                  done="speech_segments", failed="speech_errors", on_done=heard, on_failed=not_heard)
+        return self._submit_event(entry, lambda session: session.ingest_speech(float(t0), float(t1), text,
+                                                                               **self._pieces()),
+                                  done="speech_segments", failed="speech_errors", on_done=heard, on_failed=not_heard,
+                                  label="speech", long=self._long_text(text))
 
     def _submit_event(self, entry: _Entry, ingest: Callable[[Session], int], *, done: str, failed: str,
                       on_done: Callable[[int], None] | None = None,
-                      on_failed: Callable[[], None] | None = None) -> concurrent.futures.Future:
+                      on_failed: Callable[[], None] | None = None, label: str,
+                      limit: int | None = None, long: bool = False) -> concurrent.futures.Future:
         """Queue one timed event (a note or a speech segment) at answer priority, in order with the
-        session's questions (an event is short); ``done``/``failed`` name the counters it bumps."""
+        session's questions; ``done``/``failed`` name the counters it bumps, ``label`` its kind for the
+        scheduler, ``limit`` how many of that kind may wait (beyond it: :class:`WorkBacklog`)."""
+        if limit is not None:
+            waiting = self.scheduler.queued(entry.sid, label)
+            if waiting >= limit:  # refused before it counts as input (the scheduler checks again, atomically)
+                raise WorkBacklog(self._backlog_message(label, waiting, limit))
         with entry.lock:
             entry.inputs += 1
             entry.touch()
@@ -642,13 +678,22 @@ class SessionManager:
                 on_done(n)
             return n
 
-        return self._submit(entry, ANSWER, work)
+        return self._submit(entry, ANSWER, work, label=label, limit=limit, long=long)
 
-    def _submit(self, entry: _Entry, priority: int, fn: Callable[[], Any]) -> concurrent.futures.Future:
+    @staticmethod
+    def _backlog_message(label: str, waiting: int, limit: int) -> str:
+        what = "text events" if label == "text" else f"{label} events"
+        return (f"{waiting} {what} of this session are waiting for the model already (max_pending_texts={limit}); "
+                "this one is refused: send more slowly, or wait for input_text.committed")
+
+    def _submit(self, entry: _Entry, priority: int, fn: Callable[[], Any], *, label: str | None = None,
+                limit: int | None = None, long: bool = False) -> concurrent.futures.Future:
         try:
-            return self.scheduler.submit(priority, fn, key=entry.sid)
+            return self.scheduler.submit(priority, fn, key=entry.sid, label=label, limit=limit, long=long)
         except SchedulerClosed:
             raise ManagerError("the session manager is shut down") from None
+        except SchedulerBacklog as exc:
+            raise WorkBacklog(self._backlog_message(exc.label, exc.pending, limit or exc.pending)) from None
 
     def ask(self, sid: str, question: str, *, on_delta: Callable[[str], None] | None = None,
             max_new_tokens: int | None = None, top_k: int | None = None) -> concurrent.futures.Future:
@@ -684,6 +729,7 @@ class SessionManager:
             return cancel.is_set()
 
         def work() -> Answer:
+            waited = self.scheduler.current()
             try:
                 session = self._ensure(entry)
                 answer = session.answer(question, on_delta=on_delta, should_stop=stop_or_yield,
@@ -692,6 +738,10 @@ class SessionManager:
                 with entry.lock:
                     entry.counters.counts["answer_errors"] += 1
                 raise
+            if waited is not None:  # where the answer's time went on the shared worker (usage)
+                answer.usage.update(queued_s=round(waited.queued_s, 4), queued_behind=waited.behind,
+                                    queued_behind_own_s=waited.own_before_s,
+                                    yielded_s=round(self.scheduler.nested_s(), 4))
             with entry.lock:
                 entry.counters.counts["answers"] += 1
                 entry.touch()
@@ -704,7 +754,8 @@ class SessionManager:
                 raise ResponseInProgress(f"session {sid} is still answering; cancel it or wait for it to finish")
             entry.inputs += 1
             entry.touch()
-            future = self._submit(entry, ANSWER, work)
+            tokens = entry.config.max_new_tokens if max_new_tokens is None else max_new_tokens
+            future = self._submit(entry, ANSWER, work, label="answer", long=tokens > self.config.short_request_tokens)
             entry.answer = _AnswerJob(future, cancel)
         return future
 
@@ -770,7 +821,7 @@ class SessionManager:
 
     # ---- server-pulled sources -------------------------------------------------------------------
     def set_source(self, sid: str, spec: str, *, fps: float | None = 1.0, realtime: bool = True,
-                   allow_files: bool | None = None) -> Any:
+                   allow_files: bool | None = None, label: str | None = None) -> Any:
         """Make the server pull ``spec`` (RTSP/HTTP URL; a local file or webcam only when allowed)
         into the session; replaces a running source. Returns the source's ``SourceInfo``.
 
@@ -780,6 +831,9 @@ class SessionManager:
                 camera; newest wins when the model is slower). False: every sampled frame waits for
                 the model (nothing dropped).
             allow_files: admit local paths, ``file:`` URLs and webcams (None: ``allow_file_sources``).
+            label: how evidence names the source (an upload by the name the user gave it); None:
+                :func:`streaming.labels.source_label` of ``spec`` (``file bikes.mp4``, the URL
+                without credentials).
 
         With speech on, the source is opened with its sound track (``audio=True``): its audio goes to
         the session's transcriber, and a source with sound but no video (an audio-only file) is valid.
@@ -790,6 +844,7 @@ class SessionManager:
             InvalidRequest: ``fps`` out of range or an empty spec.
         """
         from streaming import Sampler, SamplerConfig, open_source
+        from streaming.labels import source_label
 
         entry = self._entry(sid)
         if fps is None:
@@ -801,10 +856,10 @@ class SessionManager:
             raise InvalidRequest("a source needs a non-empty URL or path")
         allow = self.config.allow_file_sources if allow_files is None else bool(allow_files)
         timeout = self.config.source_open_timeout_s
-        self._check_host(spec.strip())
-        try:
+        try:  # the host policy holds for the address FFmpeg connects to, redirects and reconnections included
             source = open_source(spec.strip(), allow_files=allow, realtime=bool(realtime),
-                                 open_timeout_s=timeout, read_timeout_s=timeout, audio=entry.audio is not None)
+                                 open_timeout_s=timeout, read_timeout_s=timeout, audio=entry.audio is not None,
+                                 host_policy=self.config.source_hosts, max_pixels=self.config.max_frame_pixels)
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from exc
         width, height = getattr(source.info, "width", None), getattr(source.info, "height", None)
@@ -829,7 +884,7 @@ class SessionManager:
         runner = SourceRunner(sampler, sid, emit=lambda event: self._emit(entry, event),
                               enqueue=lambda frame: self._enqueue_frame(entry, frame),
                               session_closed=lambda: entry.closed, paced=paced, blocking=not realtime,
-                              audio=audio, pts_base=base,
+                              audio=audio, pts_base=base, label=label or source_label(spec),
                               stall_after_s=max(self.config.source_stall_s, 2.0 / float(fps)))
         with entry.lock:
             if entry.closed:
@@ -843,21 +898,6 @@ class SessionManager:
         runner.start()
         logger.info("session %s pulls %s (%s)", sid, runner.name, "live" if source.live else "file")
         return runner.info
-
-    def _check_host(self, spec: str) -> None:
-        """Refuse a network URL whose host the server's :class:`~streaming.hosts.HostPolicy` does not
-        allow (before anything is opened). Local paths, ``file:`` URLs and webcams are governed by
-        ``allow_files`` instead."""
-        from streaming.factory import is_webcam_spec
-        from streaming.schemes import redact, scheme_of
-
-        try:
-            scheme = scheme_of(spec)
-        except ValueError:
-            return  # not a URL: open_source decides (a path, or an error naming the problem)
-        if scheme in ("", "file") or is_webcam_spec(spec):
-            return
-        self.config.source_hosts.check(spec, name=redact(spec))
 
     def stop_source(self, sid: str) -> bool:
         """Stop the session's server-pulled source (an ``input_source.ended`` event with reason
@@ -972,14 +1012,14 @@ class SessionManager:
                     # worker (it holds the session; readers never wait for the model)
                     try:
                         self.scheduler.submit(ALERT, lambda e=entry: self._catch_up_snapshot(e), key=entry.sid,
-                                              coalesce=("snapshot", entry.sid))
+                                              coalesce=("snapshot", entry.sid), label="snapshot")
                     except SchedulerClosed:
                         return
                 if self._save_due(entry, now):
                     entry.saved_at, entry.saved_inputs = now, entry.inputs
                     try:
                         self.scheduler.submit(ALERT, lambda e=entry: self._save_persisted(e), key=entry.sid,
-                                              coalesce=("save", entry.sid))
+                                              coalesce=("save", entry.sid), label="save")
                     except SchedulerClosed:
                         return
                 if entry.stats_dirty and now - entry.stats_sent_at >= self.config.stats_interval_s:

@@ -193,6 +193,21 @@ def load_speech_model(asr) -> None:
     load_model(asr)
 
 
+def load_text_embedder(session) -> None:
+    """Load the sentence embedder of text retrieval (``session.embedder``) now, when ``session`` has
+    ``text_retrieval`` on: otherwise its model would load inside the first text event whose chunk
+    leaves a window, on the model worker every session shares (seconds in which nobody is served).
+    A failure is logged; retrieval then runs without the text path, as it would have anyway."""
+    if not getattr(session, "text_retrieval", False):
+        return
+    from app.engine.text_embed import EmbedderError, load_embedder
+
+    try:
+        load_embedder(session.embedder).embed(["warm up"])
+    except EmbedderError as exc:
+        logger.warning("text retrieval will be off: %s", exc)
+
+
 def _interrupt(stop: threading.Event):
     """A SIGINT/SIGTERM handler: set ``stop`` and interrupt the main thread (also a page's blocking loop).
 
@@ -238,6 +253,7 @@ def run_server(opts: ServeOptions, *, page_launcher: PageLauncher | None = None,
                                                          speech=manager_config.asr is not None)
     if not vision and manager_config.default_session.vision:
         manager_config = manager_config.updated(default_session=manager_config.default_session.updated(vision=False))
+    load_text_embedder(manager_config.default_session)
     stop = stop or threading.Event()
     manager = SessionManager(backend, manager_config, model_notice=notice)
     server = WebSocketServer(manager, server_config)

@@ -64,7 +64,7 @@ ERROR_CODES = (
     "bad_image",             # image bytes (or base64) that do not decode
     "invalid_audio",         # pushed audio with a bad rate, an odd byte count, bad base64, no samples, or too long
     "speech_off",            # audio sent to a server whose speech recognition is off (livesight serve --asr off)
-    "rate_limited",          # frames over the per-session fps limit were dropped
+    "rate_limited",          # frames over the per-session fps limit were dropped, or a note over max_pending_texts refused
     "invalid_config",        # a session setting that is unknown, out of range, or fixed once input started
     "source_error",          # a server-pulled source failed (error.source_error names its class)
     "scheme_not_allowed",    # input_source.set with a scheme (or local file) the server does not admit

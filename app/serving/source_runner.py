@@ -43,9 +43,17 @@ class SourceRunner:
         stall_after_s: no frame for this long (while the source has not ended) sends
             ``input_source.stalled``; when frames come back, ``input_source.gap`` follows (with the
             gap's stream times) unless the source reported the outage itself (a reconnection).
+        label: how evidence names this source (``file bikes.mp4``, ``rtsp://cam/live``; see
+            :func:`streaming.labels.source_label`); every frame handed on carries it. None: the
+            label of the source's name.
 
     A file that ends well before the duration its header declares ends with ``input_source.ended``
     of reason ``truncated`` and a ``message`` saying where it stopped.
+
+    Frames the source refuses because their size grew past ``max_pixels`` mid-stream (the decoder
+    refuses them undecoded; the frames around them go on) are announced by
+    ``input_source.frame_refused`` ``{source, code: "frame_too_large", refused (so far), message}``, at
+    most once every :attr:`REFUSAL_EVERY_S` seconds while they go on.
 
     Events: ``input_source.stalled`` ``{source, pts (the last frame's), stalled_s, reconnecting}``;
     ``input_source.gap`` ``{source, gap: {start_wall, end_wall, duration_s, reason, attempts,
@@ -54,13 +62,18 @@ class SourceRunner:
 
     #: Seconds the end of a stream waits for the last speech to be transcribed.
     FLUSH_TIMEOUT_S = 60.0
+    #: Least seconds between two ``input_source.frame_refused`` events.
+    REFUSAL_EVERY_S = 1.0
 
     def __init__(self, sampler, sid: str, *, emit: Callable[[dict], None], enqueue: Callable[[Any], Any],
                  session_closed: Callable[[], bool], paced: bool, blocking: bool, audio=None,
-                 pts_base: float | None = None, stall_after_s: float = 5.0) -> None:
+                 pts_base: float | None = None, stall_after_s: float = 5.0, label: str | None = None) -> None:
+        from streaming.labels import clean_label, source_label
+
         self.sampler = sampler
         self.sid = sid
         self.name = sampler.source.name
+        self.label = clean_label(label) or source_label(self.name)
         self.info = sampler.info
         self.paced = paced
         self.blocking = blocking
@@ -77,6 +90,8 @@ class SourceRunner:
         self.pts_offset: float | None = None  # set at the first frame
         self.stall_after_s = float(stall_after_s)
         self.stalls = 0
+        self.refused = 0  # frames the source refused as too large (announced so far)
+        self._refused_at = 0.0
         self._stalled_since: float | None = None  # wall time the current stall began (last frame's arrival)
         self._stall_pts: float | None = None
         self._stop = threading.Event()
@@ -126,7 +141,7 @@ class SourceRunner:
         return {**stats, "pts": self.audio_pts, "refused": self.audio_errors}
 
     def progress(self) -> dict[str, Any]:
-        """``{"source", "pts", "duration_s", "fraction", "finished", "error", "frames", "live"}``
+        """``{"source", "label", "pts", "duration_s", "fraction", "finished", "error", "frames", "live"}``
         (``fraction`` None when the duration is unknown; ``pts`` follows the sound of a source without
         video)."""
         duration = self.info.duration_s
@@ -136,7 +151,7 @@ class SourceRunner:
         fraction = None
         if duration and rel is not None:
             fraction = 1.0 if self.finished and not self.error else max(0.0, min(1.0, rel / duration))
-        return {"source": self.name, "pts": pts, "duration_s": duration, "fraction": fraction,
+        return {"source": self.name, "label": self.label, "pts": pts, "duration_s": duration, "fraction": fraction,
                 "finished": self.finished, "error": self.error, "frames": self.frames, "live": self.info.live}
 
     def ingest_stats(self) -> dict[str, Any]:
@@ -159,6 +174,18 @@ class SourceRunner:
             self._emit({"type": "input_source.gap", "source": self.name, "gap": gap})
             sent = True
         return sent
+
+    def _check_refused(self, final: bool = False) -> None:
+        """Announce frames the source refused as too large since the last announcement (rate-limited;
+        ``final``: the source ended, say what is left)."""
+        counters = self.sampler.source.counters
+        count = counters.too_large
+        now = time.time()
+        if count <= self.refused or (not final and now - self._refused_at < self.REFUSAL_EVERY_S):
+            return
+        self.refused, self._refused_at = count, now
+        self._emit({"type": "input_source.frame_refused", "source": self.name, "code": "frame_too_large",
+                    "refused": count, "message": counters.last_refusal})
 
     def _check_stall(self, last_frame_at: float) -> None:
         """No frame came: once ``stall_after_s`` passed, say so (once per stall)."""
@@ -186,16 +213,14 @@ class SourceRunner:
             "attempts": 0, "start_pts": self._stall_pts, "end_pts": pts}})
 
     def _shift(self, frame):
-        """The frame on the session's timeline (see ``pts_base``)."""
+        """The frame on the session's timeline (see ``pts_base``), labelled with its source."""
         if self.pts_offset is None:
             base = self.pts_base
             self.pts_offset = max(0.0, base - frame.pts) if base is not None else 0.0
             if self.pts_offset:
                 logger.info("source %s of session %s starts at %.3f s of its own time: shifted by %.3f s to "
                             "continue the session's stream time", self.name, self.sid, frame.pts, self.pts_offset)
-        if self.pts_offset:
-            frame = dataclasses.replace(frame, pts=frame.pts + self.pts_offset)
-        return frame
+        return dataclasses.replace(frame, pts=frame.pts + (self.pts_offset or 0.0), label=self.label)
 
     def _run(self) -> None:
         from streaming.errors import SourceError
@@ -207,6 +232,7 @@ class SourceRunner:
         try:
             while not self._stop.is_set():
                 frame = self.sampler.poll(timeout=min(0.5, self.stall_after_s / 2))
+                self._check_refused()
                 if self._stalled_since is None:
                     self._check_gaps(None if frame is None else frame.pts + (self.pts_offset or 0.0))
                 if frame is None:
@@ -243,6 +269,7 @@ class SourceRunner:
                 "code": "internal_error", "source_error": type(exc).__name__, "message": str(exc)}})
         finally:
             self.sampler.close(join_timeout_s=0.5)
+            self._check_refused(final=True)
         if self.audio is not None and reason == "end of stream" and not self._stop.is_set() and not self._session_closed():
             try:  # the last words before the end are heard before the end is announced
                 self.audio.flush(timeout_s=self.FLUSH_TIMEOUT_S)

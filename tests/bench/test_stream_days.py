@@ -29,3 +29,8 @@ def test_stream_days_quick_keeps_disk_within_budget_and_retrieves(tmp_path: Path
     assert last["bank_chunks"] > points[0]["bank_chunks"]
     assert "stream-days" in result["command"] and (tmp_path / "plots" / "stream-days-quick.png").is_file()
     assert "within the" in result["markdown"]
+    # the compact rerank keys (the session's default) served the rerank, counted in the RAM tier
+    assert last["key_reads_compact"] > 0 and last["chunks_compact"] > 0 and last["bytes_ram"] >= last["bytes_compact"]
+    for p in points:  # the first-token latency split into its parts
+        assert p["probe_s"] + p["search_s"] + p["answer_s"] == pytest.approx(p["first_token_s"], abs=2e-3)
+    assert "Where the difference goes" in result["markdown"]

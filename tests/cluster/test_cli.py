@@ -1,5 +1,5 @@
-"""``livesight serve``: the token from a file (not the process list), and ``--ray``'s refusals before
-anything starts."""
+"""``livesight serve``: the token from a file (not the process list), ``--ray``'s refusals before
+anything starts, and where ``--ray`` serves the page."""
 
 from __future__ import annotations
 
@@ -55,3 +55,13 @@ def test_ray_refuses_bad_settings_before_starting(tmp_path, capsys):
                "--ws-port", "0"])
     assert rc == 2
     assert "token" in capsys.readouterr().err
+
+
+def test_the_page_under_ray_shares_the_proxy_port_and_asks_for_the_token_beyond_loopback():
+    from app.serving.cluster.page import page_auth, page_url
+
+    assert page_url("127.0.0.1", 8765) == "http://127.0.0.1:8765/page/"
+    assert page_url("::1", 8765) == "http://[::1]:8765/page/"
+    assert page_auth("127.0.0.1", "tok") is None  # loopback: as the single-process page
+    assert page_auth("0.0.0.0", "tok") == ("livesight", "tok")
+    assert page_auth("0.0.0.0", None) is None  # (the CLI refuses a non-loopback host without a token)

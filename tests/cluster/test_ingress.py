@@ -36,9 +36,10 @@ def ingress(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("ingress-root")
     engine = ReplicaEngine(
-        ClusterConfig(memory_root=str(root), save_interval_s=1.0),
+        ClusterConfig(memory_root=str(root)),
         ServeOptions(model="tiny-smolvlm", fallback_model=None, ui=False, token=TOKEN,
-                     manager=ManagerConfig(asr=None, max_sessions=2, default_session=SessionConfig(window_tokens=64))),
+                     manager=ManagerConfig(asr=None, max_sessions=2, save_interval_s=1.0,
+                                           default_session=SessionConfig(window_tokens=64))),
         {"replica": "local-test"})
     app = FastAPI()
 

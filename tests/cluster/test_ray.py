@@ -1,7 +1,7 @@
 """LiveSight on a real local Ray Serve cluster (ray.init(num_cpus=2), 127.0.0.1 only, tiny model, two
 replicas): sessions stay on their owner across frames, questions and reconnects; a killed replica's
 sessions reconnect, are reopened on another replica from the shared memory root and answer from
-what they saw before the crash; a write from the old epoch is refused.
+what they saw before the crash, with their dialog and watch rules; a write from the old epoch is refused.
 
 One module-scoped cluster; skipped only when Ray cannot start here (the reason is given).
 """
@@ -46,11 +46,10 @@ def cluster(tmp_path_factory):
     from app.serving.process import ServeOptions
 
     root = tmp_path_factory.mktemp("cluster-root")
-    cfg = ClusterConfig(memory_root=str(root), replicas=2, replica_cpus=1.0, num_cpus=2, save_interval_s=0.5,
-                        health_check_period_s=2.0)
+    cfg = ClusterConfig(memory_root=str(root), replicas=2, replica_cpus=1.0, num_cpus=2, health_check_period_s=2.0)
     port = free_port()
     opts = ServeOptions(model="tiny-smolvlm", fallback_model=None, ui=False, ws_port=port, port=free_port(),
-                        manager=ManagerConfig(asr=None, max_fps=100.0, max_sessions=4,
+                        manager=ManagerConfig(asr=None, max_fps=100.0, max_sessions=4, save_interval_s=0.5,
                                               default_session=SessionConfig(window_tokens=64, max_new_tokens=4)))
     try:
         started = init_ray(cfg)
@@ -183,7 +182,11 @@ def test_killed_replica_sessions_move_with_their_memory(cluster, frames):
             await c.frames(frames[13:16])
             await c.request({"type": "input_text.append", "text": f"note for {key}: the gate is open"},
                             "input_text.committed")
+            created = await c.request({"type": "watch.create", "rule": "is the gate open?"}, "watch.created")
+            cluster.setdefault("rules", {})[key] = created["rule"]
             st = await c.stats()
+            assert st["dialog_tokens"] > 0  # the question of the first test is a turn of the dialog
+            cluster.setdefault("dialog", {})[key] = st["dialog_tokens"]
             saves = st["cluster"]["saves"]
             deadline = time.monotonic() + 30
             while (await c.stats())["cluster"]["saves"] <= saves:  # wait for the next periodic save
@@ -208,6 +211,12 @@ def test_killed_replica_sessions_move_with_their_memory(cluster, frames):
             assert st["cluster"]["replica"] != victim, st["cluster"]
             assert st["cluster"]["restored_from"] is not None
             assert st["stream_time_s"] == pytest.approx(times[key])
+            # the conversation moved too: the same dialog turns, the watch rule under its own id
+            assert st["dialog_tokens"] == cluster["dialog"][key]
+            assert st["watch_rules"] == 1
+            rule = cluster["rules"][key]
+            deleted = await c.request({"type": "watch.delete", "rule_id": rule["rule_id"]}, "watch.deleted")
+            assert deleted["rule_id"] == rule["rule_id"]
             answer = await c.ask("is the gate open?")
             memory = [e for e in answer["evidence"] if e["source"] == "memory"]
             assert memory, f"{key}: no evidence from before the crash"

@@ -9,7 +9,7 @@ import torch
 
 from compression.kvcodec import KVCodecConfig
 from memory import BankConfigError, ChunkMeta, KVChunk, MemoryBank
-from memory.consolidate import consolidation_level, merge_chunks
+from memory.consolidate import can_merge, consolidation_level, merge_chunks
 from tests.memory._factory import D, H, L, S, config
 
 CODEC = KVCodecConfig(bits=8, group_size=4)
@@ -128,6 +128,19 @@ def test_merge_folds_duplicates_and_keeps_distinct_tokens():
     assert torch.equal(merged.keys[:, :, :T], a.keys)  # kept keys stay valid at their own positions
     assert torch.allclose(merged.values[:, :, 0], (a.values[:, :, 0] + b.values[:, :, 0]) / 2)
     assert merged.meta.extra["merged_from"] == [0, 1]
+
+
+def test_frames_of_two_inputs_are_never_merged():
+    """A merged chunk carries one input label in its evidence: frames of another input stay apart."""
+    import dataclasses
+
+    def labelled(chunk, source):
+        return dataclasses.replace(chunk, meta=dataclasses.replace(chunk.meta, extra={**chunk.meta.extra,
+                                                                                      "source": source}))
+
+    a, b = labelled(scene_chunk(0, 0), "file a.mp4"), labelled(scene_chunk(1, 0), "file a.mp4")
+    assert can_merge([a, b])
+    assert not can_merge([a, labelled(scene_chunk(1, 0), "webcam")])
 
 
 def test_budget_config_is_validated():

@@ -210,3 +210,13 @@ def test_command_line_session_options_map_onto_the_config():
     assert session_overrides(parser.parse_args([])) == {}
     with pytest.raises(ConfigError, match="rerank_candidates"):
         SessionConfig().updated(**session_overrides(parser.parse_args(["--rerank-candidates", "0"])))
+    # the compact rerank keys: a bit width, or off (the rerank reads each candidate's stored keys)
+    assert session_overrides(parser.parse_args(["--rerank-compact-bits", "off"])) == {"rerank_compact_bits": None}
+    assert SessionConfig().updated(**session_overrides(
+        parser.parse_args(["--rerank-compact-bits", "2"]))).rerank_compact_bits == 2
+    levers = session_overrides(parser.parse_args(["--retrieval-heads", "upper", "--retrieval-probe-tokens", "6",
+                                                  "--retrieval-score-gap", "0.6"]))
+    cfg = SessionConfig().updated(**levers)
+    assert (cfg.retrieval_heads, cfg.retrieval_probe_tokens, cfg.retrieval_score_gap) == ("upper", 6, 0.6)
+    with pytest.raises(ConfigError, match="retrieval_score_gap"):
+        SessionConfig().updated(**session_overrides(parser.parse_args(["--retrieval-score-gap", "1.5"])))

@@ -166,7 +166,15 @@ def test_a_long_task_yields_to_other_sessions_between_steps():
         sched.shutdown()
 
 
-def test_the_session_that_used_less_of_the_worker_goes_first(sched):
+def test_the_session_that_used_less_of_the_worker_goes_first():
+    sched = Scheduler(burst_weight=1.0)  # plain fair share: every second counts in full
+    try:
+        _less_used_first(sched)
+    finally:
+        sched.shutdown()
+
+
+def _less_used_first(sched):
     import time
 
     sched.submit(ANSWER, lambda: time.sleep(0.3), key="heavy").result(10)  # heavy has used 0.3 s
@@ -179,3 +187,32 @@ def test_the_session_that_used_less_of_the_worker_goes_first(sched):
         f.result(10)
     # the light session's task runs first although the heavy one's was queued first at a higher priority
     assert order == ["light", "heavy"]
+
+
+def test_short_tasks_are_charged_less_than_long_ones():
+    """Least attained service: a session of many short tasks goes ahead of one whose single long task
+    used less wall time in all, because only a task's first burst counts at the lower weight."""
+    import time
+
+    for weight, first in ((0.1, "short"), (1.0, "long")):
+        sched = Scheduler(burst_s=0.05, burst_weight=weight)
+        try:
+            sched.submit(ANSWER, lambda: time.sleep(0.3), key="long").result(10)
+            for _ in range(10):
+                sched.submit(ANSWER, lambda: time.sleep(0.04), key="short").result(10)  # 0.4 s in all
+            order: list[str] = []
+            gate = blocked(sched)
+            futures = [sched.submit(ANSWER, lambda o=order: o.append("long"), key="long"),
+                       sched.submit(ANSWER, lambda o=order: o.append("short"), key="short")]
+            gate.set()
+            for f in futures:
+                f.result(10)
+            assert order[0] == first, (weight, order)
+        finally:
+            sched.shutdown()
+
+
+@pytest.mark.parametrize("kw", [{"burst_s": -1}, {"burst_weight": 0}, {"burst_weight": 1.5}, {"burst_s": True}])
+def test_bad_burst_settings_are_refused_by_name(kw):
+    with pytest.raises(ValueError, match=next(iter(kw))):
+        Scheduler(**kw)

@@ -6,6 +6,7 @@ with numpy (a moving square, then a hard cut to a different scene).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -90,3 +91,29 @@ def chromium_problem(try_install: bool = True) -> str | None:
         tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
         return f"{CHROMIUM} is missing and apt-get install chromium failed: {tail}"
     return f"{CHROMIUM} is missing (apt-get install -y chromium; make test installs it)"
+
+
+@contextlib.contextmanager
+def open_tab(chromium_path: str, url: str, *, camera: Path, microphone: Path | None = None):
+    """A headless Chromium tab on the page at ``url``, its fake camera (and microphone) fed from files.
+
+    Waits until the page load created the tab's own session (shown in the header).
+
+    Yields:
+        ``(tab, session_id)``: the Playwright page and the session id its header shows.
+    """
+    from playwright.sync_api import sync_playwright
+
+    args = [*CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={camera}"]
+    if microphone is not None:
+        args.append(f"--use-file-for-fake-audio-capture={microphone}")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium_path, headless=True, args=args)
+        try:
+            tab = browser.new_page(viewport={"width": 1440, "height": 1000})
+            tab.goto(url, wait_until="domcontentloaded")
+            header = tab.locator("#ls-header code", has_text="sess_")
+            header.wait_for(timeout=30_000)
+            yield tab, header.inner_text().strip()
+        finally:
+            browser.close()

@@ -164,3 +164,14 @@ def test_speech_stats_cards_only_with_speech_on():
     assert cards["heard"][1] == "12 s" and "5 s of it speech" in cards["heard"][2]
     assert cards["transcripts"][1] == "3"
     assert cards["speech lag"][1] == "1.5 s (behind)" and "real-time factor 0.20" in cards["speech lag"][2]
+
+
+def test_evidence_cards_name_their_source_escaped():
+    cards = render.evidence_html([
+        Evidence(t_start=1, t_end=2, source="memory", score=0.5, input_source="file <b>bikes</b>.mp4"),
+        Evidence(t_start=9, t_end=10, source="window", kind="mixed", input_source="websocket frames + note"),
+        Evidence(t_start=11, t_end=11, source="window"),
+    ])
+    assert "file &lt;b&gt;bikes&lt;/b&gt;.mp4" in cards and "<b>bikes</b>" not in cards
+    assert "websocket frames + note" in cards
+    assert cards.count('class="ls-src"') == 2  # an item without a known source names none

@@ -6,5 +6,8 @@ epochs), ``manager`` (:class:`ClusterSessionManager`: sessions keyed by the clie
 saved to and reopened from the root), ``adapter`` (a Starlette websocket served by the
 websocket API's own handler), ``deployment`` (the Ray Serve deployment, its FastAPI ingress and
 ``run_cluster`` for ``livesight serve --ray``), ``registry`` (the replicas' health and load, for the
-CLI). Ray is imported only by ``deployment`` and ``registry``, inside functions.
+CLI), and the page under ``--ray``: ``page`` (its model-free Serve deployment at ``/page``),
+``remote_manager`` (:class:`RemoteManager`: the page's manager, each call routed by session key to
+the owner replica) and ``page_ops`` (:class:`PageSessions`: the replica's side). Ray is imported only
+by ``deployment``, ``registry`` and ``page``, inside functions.
 """

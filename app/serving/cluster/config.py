@@ -19,6 +19,9 @@ _HEADER_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 class ClusterConfig:
     """The deployment's settings.
 
+    How often sessions are saved to the memory root is the replicas' ``ManagerConfig.save_interval_s``
+    (``livesight serve --save-interval``), the one save interval of every persisted session.
+
     Attributes:
         memory_root: shared directory or fsspec URL of the sessions' memories (see
             :class:`~app.serving.cluster.storage.MemoryRoot`).
@@ -27,8 +30,6 @@ class ClusterConfig:
             ``ray://...``) joins an existing cluster.
         replica_cpus: Ray CPUs each replica reserves (also its torch threads, at least 1). (0, 256]
         num_cpus: CPUs of a local Ray (None: ``replicas * replica_cpus``, at least 1). [1, 4096]
-        save_interval_s: seconds between saves of a changing session to the root: the most a crash
-            loses. [0.2, 3600]
         session_header: the header that names a session and that Ray's router keys on. Browsers
             cannot set websocket headers: ``sec-websocket-protocol`` keys on the subprotocol instead.
         fetch_threads: parallel fetches/uploads of a URL root. [1, 64]
@@ -41,7 +42,6 @@ class ClusterConfig:
     ray_address: str | None = None
     replica_cpus: float = 1.0
     num_cpus: int | None = None
-    save_interval_s: float = 10.0
     session_header: str = DEFAULT_SESSION_HEADER
     fetch_threads: int = 8
     cache_dir: str | None = None
@@ -57,7 +57,6 @@ class ClusterConfig:
         check_number("replica_cpus", self.replica_cpus, low=0.0, high=256.0, **err)
         if self.num_cpus is not None:
             check_int("num_cpus", self.num_cpus, low=1, high=4096, **err)
-        check_number("save_interval_s", self.save_interval_s, low=0.2, high=3600.0, low_inclusive=True, **err)
         if not isinstance(self.session_header, str) or not _HEADER_RE.match(self.session_header):
             raise ClusterConfigError(f"session_header must be an HTTP header name (letters, digits, '-'); "
                                      f"got {self.session_header!r}")

@@ -9,6 +9,9 @@ Routes of the ingress (on ``http_options`` host and port):
   takes the session over from the memory root).
 - ``GET /healthz``: the replica that answered (any).
 - ``GET /session`` with the session header: the session's stats from its owner.
+- ``page_*`` handle methods (no HTTP route): the page's operations on its sessions, called by the
+  page deployment (:mod:`app.serving.cluster.page`, served at ``/page``) through a handle routed by
+  the session's key, so they reach the same owner as a websocket naming that key.
 
 Importing this module imports neither Ray nor FastAPI; :func:`build_app` does.
 """
@@ -18,6 +21,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from app.serving.cluster.config import EXTRA_REQUESTS, ClusterConfig
@@ -32,6 +36,9 @@ DEPLOYMENT_NAME = "LiveSightReplica"
 REPORT_INTERVAL_S = 2.0
 #: Seconds the proxy's router is given to learn of the replicas once they run.
 ROUTER_SETTLE_S = 3.0
+#: Requests one session may hold at once on its owner: a websocket holds one for its whole life; a
+#: page session a few (a streaming answer, a webcam frame, the stats tick, the event poll).
+REQUESTS_PER_SESSION = 4
 
 
 def replica_identity() -> dict[str, Any]:
@@ -51,15 +58,18 @@ def build_app(cluster: ClusterConfig, opts):
     from ray import serve
     from ray.serve.config import RequestRouterConfig
 
+    from app.serving.cluster.remote_manager import guarded
+
     app = FastAPI(title="LiveSight cluster")
     max_sessions = opts.manager.max_sessions
 
     @serve.deployment(
         name=DEPLOYMENT_NAME,
         num_replicas=cluster.replicas,
-        # an open websocket is one ongoing request for its whole life: a replica takes its sessions
-        # plus a few short requests (health, stats)
-        max_ongoing_requests=max_sessions + EXTRA_REQUESTS,
+        # an open websocket is one ongoing request for its whole life, a page session holds a few at
+        # once: a replica takes that for each of its sessions plus a few short requests (health,
+        # stats); the manager itself refuses sessions beyond max_sessions (session_limit)
+        max_ongoing_requests=max_sessions * REQUESTS_PER_SESSION + EXTRA_REQUESTS,
         ray_actor_options={"num_cpus": cluster.replica_cpus},
         request_router_config=RequestRouterConfig(request_router_class=ROUTER_CLASS,
                                                   request_router_kwargs={"num_fallback_replicas": 0}),
@@ -113,6 +123,32 @@ def build_app(cluster: ClusterConfig, opts):
         def check_health(self) -> None:
             self._engine.check_health()
 
+        # ---- the page's operations (handle calls routed by session key; see page_ops) -------------
+        def page_info(self):
+            return guarded(self._engine.pages.info)
+
+        def page_open(self, key: str, overrides: dict | None = None, owner: str | None = None):
+            return guarded(self._engine.pages.open, key, overrides, owner=owner)
+
+        def page_call(self, key: str, method: str, args: tuple = (), kwargs: dict | None = None):
+            return guarded(self._engine.pages.call, key, method, args, kwargs)
+
+        def page_events(self, key: str, after: int = 0):
+            return guarded(self._engine.pages.events, key, after)
+
+        def page_close(self, key: str, reason: str = "page closed"):
+            return guarded(self._engine.pages.close, key, reason)
+
+        def page_upload(self, key: str, upload_id: str | None, data: bytes):
+            return guarded(self._engine.pages.upload, key, upload_id, data)
+
+        def page_play_upload(self, key: str, upload_id: str, name: str, fps: float | None = 1.0,
+                             realtime: bool = True):
+            return guarded(self._engine.pages.play_upload, key, upload_id, name, fps=fps, realtime=realtime)
+
+        def page_ask(self, key: str, question: str, max_new_tokens: int | None = None):
+            yield from self._engine.pages.ask(key, question, max_new_tokens)
+
         def __del__(self) -> None:
             self._stop.set()
             if self._registry is not None:
@@ -125,20 +161,44 @@ def build_app(cluster: ClusterConfig, opts):
     return LiveSightReplica.bind(cluster, opts)
 
 
+def local_ray_env() -> None:
+    """Set the environment a local Ray must start with (before Ray is imported: it reads it once).
+
+    - ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``: every Ray port binds 127.0.0.1 (the node IP alone is
+      not enough).
+    - Ray token authentication (``RAY_AUTH_MODE=token`` with a fresh random ``RAY_AUTH_TOKEN`` for this
+      run), unless ``RAY_AUTH_MODE`` is set already: the one port Ray Serve 2.60 binds on all
+      interfaces, each replica's inter-deployment gRPC server (``[::]:0``, fixed in Ray's code), then
+      refuses every call without the token. Ray's own tools need ``RAY_AUTH_TOKEN`` to reach it.
+    """
+    if "ray" in sys.modules:
+        if os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") != "0":
+            logger.warning("Ray was imported before RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 was set: its ports may "
+                           "listen beyond 127.0.0.1")
+        if "RAY_AUTH_MODE" not in os.environ:
+            logger.warning("Ray was imported before its token authentication was set up: the replicas' gRPC "
+                           "ports accept calls without a token")
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        return
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    if "RAY_AUTH_MODE" not in os.environ:
+        import secrets
+
+        os.environ["RAY_AUTH_MODE"] = "token"
+        if not os.environ.get("RAY_AUTH_TOKEN") and not os.environ.get("RAY_AUTH_TOKEN_PATH"):
+            os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+
+
 def init_ray(cluster: ClusterConfig) -> bool:
-    """Start a local Ray bound to 127.0.0.1, or join ``cluster.ray_address``; True when this call started it.
+    """Start a local Ray bound to 127.0.0.1 (:func:`local_ray_env`), or join ``cluster.ray_address``;
+    True when this call started it.
 
     The router's session header (``RAY_SERVE_SESSION_ID_HEADER_KEY``) is set here for a local Ray; a
     cluster joined by address must have been started with it (docs/cluster.md).
     """
     os.environ["RAY_SERVE_SESSION_ID_HEADER_KEY"] = cluster.session_header
     if cluster.ray_address is None:
-        # Every Ray port on loopback only: with this set, Ray binds 127.0.0.1 (the node IP alone is not
-        # enough). Ray reads it once, when it is first imported, so it is set before the import.
-        if "ray" in sys.modules and os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") != "0":
-            logger.warning("Ray was imported before RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 was set: its ports may "
-                           "listen beyond 127.0.0.1")
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        local_ray_env()
     import ray
 
     if ray.is_initialized():
@@ -151,8 +211,11 @@ def init_ray(cluster: ClusterConfig) -> bool:
     return True
 
 
-def deploy(cluster: ClusterConfig, opts, *, host: str, port: int) -> None:
-    """Start Serve's proxy on ``host:port`` and deploy the replicas (waits until they are up)."""
+def deploy(cluster: ClusterConfig, opts, *, host: str, port: int, page_mount: Callable | None = None) -> None:
+    """Start Serve's proxy on ``host:port`` and deploy the replicas (returns at once; see
+    :func:`wait_replicas`). With ``opts.ui`` and a ``page_mount`` (``ui.page.mount``, handed in by
+    the caller: the serving layer does not import the page) the page is deployed as well
+    (:func:`deploy_page`)."""
     from ray import serve
 
     from app.serving.cluster.registry import ensure_registry
@@ -160,6 +223,42 @@ def deploy(cluster: ClusterConfig, opts, *, host: str, port: int) -> None:
     ensure_registry()
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_app(cluster, opts), name=APP_NAME, route_prefix="/", blocking=False)
+    if opts.ui and page_mount is not None:
+        deploy_page(opts, page_mount)
+
+
+def deploy_page(opts, page_mount: Callable) -> None:
+    """Deploy the Gradio page at ``/page`` of the proxy (one model-free replica; see
+    :mod:`app.serving.cluster.page`; ``page_mount`` as :func:`ui.page.mount`). Returns at once; the
+    page answers once a replica does."""
+    from ray import serve
+
+    from app.serving.cluster.page import PAGE_APP_NAME, PAGE_PREFIX, build_page_app
+
+    serve.run(build_page_app(opts, replica_app=APP_NAME, replica_deployment=DEPLOYMENT_NAME, mount=page_mount),
+              name=PAGE_APP_NAME,
+              route_prefix=PAGE_PREFIX, blocking=False)
+
+
+def page_running() -> bool:
+    """Whether Serve reports the page's replica RUNNING."""
+    from ray import serve
+
+    from app.serving.cluster.page import PAGE_APP_NAME, PAGE_DEPLOYMENT_NAME
+
+    app = serve.status().applications.get(PAGE_APP_NAME)
+    deployment = app.deployments.get(PAGE_DEPLOYMENT_NAME) if app is not None else None
+    return deployment is not None and int(deployment.replica_states.get("RUNNING", 0)) >= 1
+
+
+def wait_page(timeout: float = 120.0) -> bool:
+    """Wait until the page's replica runs; False when it did not within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if page_running():
+            return True
+        time.sleep(0.5)
+    return False
 
 
 def running_replicas() -> int:
@@ -203,9 +302,12 @@ def shutdown(started_ray: bool) -> None:
             ray.shutdown()
 
 
-def run_cluster(cluster: ClusterConfig, opts, *, out: TextIO = sys.stdout, stop: threading.Event | None = None) -> int:
+def run_cluster(cluster: ClusterConfig, opts, *, out: TextIO = sys.stdout, stop: threading.Event | None = None,
+                page_mount: Callable | None = None) -> int:
     """``livesight serve --ray``: deploy, print where each replica runs and how many sessions it holds
-    (again whenever that changes), serve until Ctrl-C, SIGTERM or ``stop``; returns an exit status."""
+    (again whenever that changes), serve until Ctrl-C, SIGTERM or ``stop``; returns an exit status.
+
+    ``page_mount``: :func:`ui.page.mount` to serve the page too (with ``opts.ui``)."""
     import signal
 
     from app.serving.cluster.registry import describe, find_registry, live_replicas
@@ -214,13 +316,21 @@ def run_cluster(cluster: ClusterConfig, opts, *, out: TextIO = sys.stdout, stop:
     started = init_ray(cluster)
     previous = None
     try:
-        deploy(cluster, opts, host=opts.host, port=opts.ws_port)
+        deploy(cluster, opts, host=opts.host, port=opts.ws_port, page_mount=page_mount)
         replicas = wait_replicas(cluster.replicas)
         host = f"[{opts.host}]" if ":" in opts.host else opts.host
         out.write(f"model: {opts.model}\nmemory root: {cluster.memory_root}\n")
         out.write(f"websocket API: ws://{host}:{opts.ws_port}/  (session id in the {cluster.session_header} header"
                   + ("; bearer token required" if opts.token else "") + ")\n")
-        out.write("page: not served with --ray (docs/cluster.md)\n")
+        if opts.ui and page_mount is not None:
+            from app.serving.cluster.page import page_auth, page_url
+
+            ok = wait_page()
+            out.write(f"page: {page_url(opts.host, opts.ws_port)}"
+                      + ("  (user livesight, the token as password)" if page_auth(opts.host, opts.token) else "")
+                      + ("" if ok else "  (not running yet: see the Ray logs)") + "\n")
+        else:
+            out.write("page: off (--no-ui)\n")
         shown = describe(replicas)
         for line in shown:
             out.write(line + "\n")

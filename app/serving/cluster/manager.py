@@ -4,10 +4,19 @@
 A connection names its session (``x-session-id``, the websocket subprotocol or ``?session=``);
 :meth:`ClusterSessionManager.open_keyed` takes the session over (a new epoch on the
 :class:`~app.serving.cluster.storage.MemoryRoot`) and, when the root holds a saved memory for it,
-reopens it with :meth:`Session.open_memory <app.engine.session.Session.open_memory>`: memory, dialog
-and stream clock survive a move between replicas. The session is saved to the root every
-``save_interval_s`` while it changes, and when it closes (disconnect, expiry, shutdown); what
-reached only the local window since the last save is what a crash loses.
+reopens it with :meth:`Session.open_memory <app.engine.session.Session.open_memory>`: memory, dialog,
+watch rules and stream clock survive a move between replicas. The session is saved to the root every
+``ManagerConfig.save_interval_s`` while it changes (the one save interval of every persisted
+session), and when it closes (disconnect, expiry, shutdown); what reached the session since the last
+save is what a crash loses.
+
+A server-pulled source (:meth:`set_source`) is recorded with the session (``source.json`` beside its
+memory) while it runs. The next owner restarts a live network source (RTSP, a live HTTP stream) with
+the same settings, under its own source policy, once the client is connected again
+(``input_source.started`` with ``resumed: true``, or ``input_source.error``). A file, a download or
+a webcam is not restarted: replaying a file from its start would put what the memory already holds
+in it a second time, and a webcam or a path names a different device or file on another machine;
+the client gets ``input_source.ended`` with reason ``"session moved"`` and sets it again if it wants.
 
 The websocket handler creates its session with ``create_session(None, owner=...)``: inside a
 connection the ingress prepared with :func:`prepared_session`, that call returns the prepared
@@ -18,21 +27,22 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import json
 import logging
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator
 
 from app.engine.session import Session
 from app.engine.types import SessionClosed
-from app.serving.cluster.errors import ClusterConfigError, StaleEpoch
-from app.serving.cluster.storage import Claim, MemoryRoot
+from app.serving.cluster.errors import StaleEpoch, StorageError
+from app.serving.cluster.storage import SOURCE_FILE, Claim, MemoryRoot
 from app.serving.errors import LiveUpdateRefused, SessionLimit, UnknownSession
 from app.serving.limits import LIVE_FIELDS, ManagerConfig
 from app.serving.manager import SessionManager
 from app.serving.scheduler import CONTROL, SchedulerClosed
-from streaming.checks import check_number
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +50,15 @@ logger = logging.getLogger(__name__)
 _PREPARED: contextvars.ContextVar[str | None] = contextvars.ContextVar("livesight_prepared_session", default=None)
 #: Settings the memory root decides for a keyed session; clients cannot change them.
 ROOT_FIELDS = frozenset({"memory_dir", "persist"})
+#: How often sessions are checked for a take-over elsewhere when periodic saves are off
+#: (``save_interval_s=None``): a zombie copy still learns that it lost its session.
+EPOCH_CHECK_S = 10.0
+#: Why a recorded source is not restarted after a move, by kind (see the module docstring).
+NOT_RESUMED = {
+    "file": "a file is not played again after the session moved (it would repeat what the memory holds); "
+            "set it again to play it from its start",
+    "device": "a webcam names another device on this replica's machine; set the source again",
+}
 
 
 @contextlib.contextmanager
@@ -63,6 +82,8 @@ class Keyed:
     signature: tuple | None = None  # what the last save saw (next position, chunks, rules)
     save_errors: int = 0
     last_error: str | None = None
+    source: dict | None = None  # the pulled source while it runs: {"spec", "fps", "realtime", "kind"}
+    resume: dict | None = None  # a source the previous owner recorded, restarted once the client is back
 
 
 class ClusterSessionManager(SessionManager):
@@ -72,22 +93,23 @@ class ClusterSessionManager(SessionManager):
         backend, config, model_notice: as :class:`SessionManager`.
         root: the shared :class:`MemoryRoot`.
         replica: what stats report about this replica (``replica``, ``node``, ``pid``, ...).
-        save_interval_s: seconds between saves of a changing session. [0.2, 3600]
+
+    A changing session is saved every ``config.save_interval_s`` (None: only when it closes; the
+    epoch is still checked every :data:`EPOCH_CHECK_S`).
     """
 
     def __init__(self, backend, config: ManagerConfig | None = None, *, root: MemoryRoot, replica: dict[str, Any],
-                 save_interval_s: float = 10.0, model_notice: str | None = None) -> None:
-        check_number("save_interval_s", save_interval_s, low=0.2, high=3600.0, low_inclusive=True, error=ClusterConfigError)
+                 model_notice: str | None = None) -> None:
         super().__init__(backend, config, model_notice=model_notice)
         self.root = root
         self.replica = dict(replica)
-        self.save_interval_s = float(save_interval_s)
         self._keys_lock = threading.Lock()
         self._key_locks: dict[str, threading.RLock] = {}
         self._by_key: dict[str, Keyed] = {}
         self._by_sid: dict[str, Keyed] = {}
         self._openers: dict[str, Any] = {}
-        self._cluster_counters = {"taken_over": 0, "restored": 0, "saves": 0, "save_errors": 0, "stale_refused": 0}
+        self._cluster_counters = {"taken_over": 0, "restored": 0, "saves": 0, "save_errors": 0, "stale_refused": 0,
+                                  "sources_resumed": 0, "removed": 0}
         self._saver_stop = threading.Event()
         self._saver = threading.Thread(target=self._save_loop, name="livesight-cluster-saver", daemon=True)
         self._saver.start()
@@ -140,7 +162,18 @@ class ClusterSessionManager(SessionManager):
                     raise
                 with self._keys_lock:
                     self._cluster_counters["restored"] += 1
+                self._continue_clock(sid)
+                keyed.resume = _read_source(directory)
             return sid
+
+    def _continue_clock(self, sid: str) -> None:
+        """A reopened session's pulled sources continue its saved stream time (as after any earlier
+        frame), so a restarted or new source never goes back to moments the memory already holds."""
+        stream_time = float(super().stats(sid).get("stream_time_s") or 0.0)
+        entry = self._entry(sid)
+        with entry.lock:
+            if stream_time > 0 and (entry.last_pts is None or entry.last_pts < stream_time):
+                entry.last_pts = stream_time
 
     def _save_persisted(self, entry) -> None:
         # keyed sessions are saved by the cluster's own loop, committed under their epoch (save_keyed)
@@ -208,9 +241,14 @@ class ClusterSessionManager(SessionManager):
             if signature is None or (not force and signature == keyed.signature):
                 return False
             session = self.get(sid)
+            source = self._running_source(keyed)
+
+            def save() -> None:
+                session.save()
+                _write_source(keyed.claim.local_dir, source)
 
             def work() -> None:
-                self.root.commit(keyed.claim, session.save)
+                self.root.commit(keyed.claim, save)
 
             if self.scheduler.in_worker():
                 work()
@@ -223,6 +261,72 @@ class ClusterSessionManager(SessionManager):
             with self._keys_lock:
                 self._cluster_counters["saves"] += 1
             return True
+
+    # ---- server-pulled sources ----------------------------------------------------------------------
+    def set_source(self, sid: str, spec: str, *, fps: float | None = 1.0, realtime: bool = True,
+                   allow_files: bool | None = None) -> Any:
+        """As :meth:`SessionManager.set_source`; a keyed session records the source with its memory, so
+        the next owner restarts it after a move when it is a live network source (module docstring)."""
+        info = super().set_source(sid, spec, fps=fps, realtime=realtime, allow_files=allow_files)
+        keyed = self._by_sid.get(sid)
+        if keyed is not None:
+            keyed.resume = None  # the client chose a source itself: a recorded one is not restarted
+            keyed.source = {"spec": spec.strip(), "fps": fps, "realtime": bool(realtime),
+                            "kind": _source_kind(info)}
+            keyed.signature = None  # the next save records it
+        return info
+
+    def stop_source(self, sid: str) -> bool:
+        """As :meth:`SessionManager.stop_source`; a stopped source is not restarted after a move."""
+        keyed = self._by_sid.get(sid)
+        if keyed is not None:
+            keyed.source = keyed.resume = None
+            keyed.signature = None
+        return super().stop_source(sid)
+
+    def _running_source(self, keyed: Keyed) -> dict | None:
+        """The recorded source while it still runs (one that ended or failed is not restarted)."""
+        if keyed.source is None:
+            return None
+        progress = self.source_progress(keyed.sid)
+        if progress is None or progress.get("finished") or progress.get("error"):
+            return None
+        return keyed.source
+
+    def subscribe(self, sid: str, callback) -> Any:
+        """As :meth:`SessionManager.subscribe`; the first subscriber of a reopened session (its client,
+        connected again) also starts the restart of the source the previous owner recorded."""
+        unsubscribe = super().subscribe(sid, callback)
+        keyed = self._by_sid.get(sid)
+        if keyed is not None and keyed.resume is not None:
+            record, keyed.resume = keyed.resume, None
+            # opening a source can take source_open_timeout_s: never on the caller's (event loop) thread
+            threading.Thread(target=self._resume_source, args=(keyed, record), daemon=True,
+                             name=f"livesight-resume-{keyed.key}").start()
+        return unsubscribe
+
+    def _resume_source(self, keyed: Keyed, record: dict) -> None:
+        from streaming.schemes import redact
+
+        entry = self._entry(keyed.sid)
+        name = redact(record["spec"])
+        if record["kind"] != "live":
+            self._emit(entry, {"type": "input_source.ended", "source": name, "reason": "session moved", "frames": 0,
+                               "pts": entry.last_pts, "message": NOT_RESUMED[record["kind"]]})
+            return
+        try:
+            info = self.set_source(keyed.sid, record["spec"], fps=record["fps"], realtime=record["realtime"])
+        except UnknownSession:
+            return  # closed meanwhile
+        except Exception as exc:  # noqa: BLE001 - refused by this replica's policy, unreachable, ...: the client hears why
+            logger.warning("session %s: source %s not restarted after the move: %s", keyed.key, name, exc)
+            self._emit(entry, {"type": "input_source.error", "source": name, "resumed": True, "error": {
+                "code": getattr(exc, "code", None) or "source_error", "source_error": type(exc).__name__,
+                "message": f"the session's source was not restarted after it moved to this replica: {exc}"}})
+            return
+        self._count("sources_resumed")
+        logger.info("session %s: source %s restarted after the move", keyed.key, name)
+        self._emit(entry, {"type": "input_source.started", "source": _asdict(info), "resumed": True})
 
     def _save_quietly(self, keyed: Keyed, *, force: bool = False) -> None:
         try:
@@ -239,13 +343,20 @@ class ClusterSessionManager(SessionManager):
                 self._cluster_counters["save_errors"] += 1
             logger.exception("saving session %s (%s) failed", keyed.key, keyed.sid)
 
+    @property
+    def save_interval_s(self) -> float | None:
+        """Seconds between saves of a changing session: the manager's one ``save_interval_s``."""
+        return self.config.save_interval_s
+
     def _save_loop(self) -> None:
-        while not self._saver_stop.wait(self.save_interval_s):
+        interval = self.config.save_interval_s
+        while not self._saver_stop.wait(interval if interval is not None else EPOCH_CHECK_S):
             with self._keys_lock:
                 keyed_all = list(self._by_sid.values())
             for keyed in keyed_all:
                 try:
-                    self._save_quietly(keyed)
+                    if interval is not None:
+                        self._save_quietly(keyed)
                     self.root.check(keyed.claim)  # an unchanged session learns of a take-over too
                 except StaleEpoch:  # another replica owns it now: this copy must stop
                     self._count("stale_refused")
@@ -266,20 +377,29 @@ class ClusterSessionManager(SessionManager):
         self._openers.pop(keyed.sid, None)
         self.root.release(keyed.claim)
 
-    def close_session(self, sid: str, *, reason: str = "closed", save: bool = True) -> None:
+    def close_session(self, sid: str, *, reason: str = "closed", save: bool = True, remove: bool = False) -> None:
         """As :meth:`SessionManager.close_session`; a keyed session is saved to the root first, committed
-        under its epoch (unless another replica took it over), so a reconnect anywhere finds it."""
+        under its epoch (unless another replica took it over), so a reconnect anywhere finds it.
+
+        With ``remove`` (implies no save) a keyed session's memory is deleted from the root instead, unless
+        another replica took it over: for sessions nobody can reconnect to, such as a closed page tab's."""
         keyed = self._by_sid.get(sid)
         if keyed is None:
-            return super().close_session(sid, reason=reason, save=save)
+            return super().close_session(sid, reason=reason, save=save and not remove)
         with keyed.lock:
             try:
-                if save:
+                if save and not remove:
                     self._save_quietly(keyed, force=True)
             except StaleEpoch:
                 self._count("stale_refused")
                 reason = "moved to another replica"
             super().close_session(sid, reason=reason, save=False)  # never an uncommitted save of a keyed session
+            if remove:
+                try:
+                    if self.root.remove(keyed.claim):
+                        self._count("removed")
+                except StorageError as exc:  # a leftover memory costs space only
+                    logger.warning("session %s: %s", keyed.key, exc)
             self._forget(keyed)
 
     def shutdown(self, timeout: float = 10.0) -> None:
@@ -311,3 +431,50 @@ class ClusterSessionManager(SessionManager):
         with self._keys_lock:
             out["cluster"] = {**self.replica, "keys": sorted(self._by_key), **self._cluster_counters}
         return out
+
+
+def _source_kind(info: Any) -> str:
+    """``"live"`` (a network stream without an end: restarted after a move), ``"file"`` (a file, or a
+    URL whose container has a duration, a recording: not replayed) or ``"device"`` (a webcam: another
+    device on another machine). ``info.live`` alone cannot tell: a file played in real time is live."""
+    kind = getattr(info, "kind", None)
+    if kind == "webcam":
+        return "device"
+    if kind == "url" and not getattr(info, "duration_s", None):
+        return "live"
+    return "file"
+
+
+def _write_source(directory: Path, source: dict | None) -> None:
+    """Record the running source beside the session's memory (no file: none runs)."""
+    from memory.store import atomic_write
+
+    path = Path(directory) / SOURCE_FILE
+    if source is None:
+        path.unlink(missing_ok=True)
+    else:
+        atomic_write(path, json.dumps({"format": "livesight-source", "version": 1, **source}).encode())
+
+
+def _read_source(directory: Path) -> dict | None:
+    """The source the previous owner recorded (None: none, or an unreadable record, logged)."""
+    path = Path(directory) / SOURCE_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        record = {"spec": str(data["spec"]), "fps": data.get("fps"), "realtime": bool(data.get("realtime", True)),
+                  "kind": str(data["kind"])}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        logger.warning("%s is unreadable (%s): the session's source is not restarted", path, exc)
+        return None
+    if record["kind"] not in ("live", "file", "device"):
+        logger.warning("%s names an unknown source kind %r: not restarted", path, record["kind"])
+        return None
+    return record
+
+
+def _asdict(info: Any) -> dict:
+    import dataclasses
+
+    return dataclasses.asdict(info) if dataclasses.is_dataclass(info) else dict(info)

@@ -20,6 +20,7 @@ from app.serving.cluster.adapter import StarletteConnection
 from app.serving.cluster.config import ClusterConfig
 from app.serving.cluster.errors import ClusterError
 from app.serving.cluster.manager import ClusterSessionManager, prepared_session
+from app.serving.cluster.page_ops import PageSessions
 from app.serving.cluster.storage import MemoryRoot, check_key
 from app.serving.errors import ManagerError, SessionLimit
 from app.serving.protocol import dumps, error_event
@@ -48,7 +49,8 @@ def session_key(headers: Any, query: str, header: str) -> str | None:
 
 
 class ReplicaEngine:
-    """A replica's model, manager and websocket handler.
+    """A replica's model, manager, websocket handler and page sessions (``pages``:
+    :class:`~app.serving.cluster.page_ops.PageSessions`).
 
     Args:
         cluster: the deployment's settings. opts: the serve options
@@ -80,7 +82,9 @@ class ReplicaEngine:
         self.root = MemoryRoot(cluster.memory_root, cache_dir=cluster.cache_dir, fetch_threads=cluster.fetch_threads)
         self.replica = {**replica, "model": self.backend.spec.name, "max_sessions": manager_config.max_sessions}
         self.manager = ClusterSessionManager(self.backend, manager_config, root=self.root, replica=self.replica,
-                                             save_interval_s=cluster.save_interval_s, model_notice=notice)
+                                             model_notice=notice)
+        # the page's sessions on this replica, by key (the page deployment calls them through a handle)
+        self.pages = PageSessions(self.manager)
         # The handler of the websocket API, also listening on a loopback port of this node (with the
         # same token): the ingress hands it every connection through serve_connection.
         self.server = WebSocketServer(self.manager, ServerConfig(
@@ -181,6 +185,7 @@ class ReplicaEngine:
         """Save and close every session and free the model (the process ends next: the handler's
         loopback port goes with it)."""
         try:
+            self.pages.close_all()
             self.manager.shutdown()
         finally:
             self.backend.close()

@@ -5,16 +5,22 @@ Layout under the root (a POSIX path every replica mounts, or an fsspec URL such 
     sessions/<key>/epochs/000000000003     one empty-ish file per take-over, created exclusively
     sessions/<key>/e000000000003/           the memory of epoch 3: a saved session directory
         chunks/000000000042.kvc             (memory.bank: immutable, checksummed chunk files)
-        summaries.npy, index.faiss, session.json
+        summaries.npy, index.faiss          (memory.bank)
+        dialog.safetensors                  the dialog's KV (app.engine.dialog_store)
+        source.json                         the server-pulled source while it runs (cluster manager)
+        session.json                        clock, positions, watch rules (app.engine.persistence)
         manifest.json                       the commit point, written (uploaded) last
 
 **Epochs.** Each take-over of a session (a new connection, a replica that died, a reconnect routed
 elsewhere) claims the next epoch by creating ``epochs/<n>`` exclusively (``O_CREAT | O_EXCL`` on a
-POSIX file system; ``open(mode="xb")`` on fsspec, a conditional PUT on object stores that support
-it). An owner writes only its own ``e<n>`` directory, and before every save (and again before the
-manifest, the commit point) it checks that ``n`` is still the newest epoch: an older owner (a zombie
-replica that lost its session) is refused with :class:`StaleEpoch` and, writing only its own
-directory, cannot corrupt the memory its successor reads.
+POSIX file system; ``open(mode="xb")`` on fsspec: on S3, s3fs sends a conditional PUT with
+``If-None-Match: *``, which S3 refuses with 412 when the key exists, so exactly one of two claimers
+wins; a root whose back end does not refuse is itself refused when it is opened, see
+``MemoryRoot._check_exclusive_create``). An owner writes only its own ``e<n>`` directory, and
+before every save (and again before the manifest, the commit point) it checks that ``n`` is
+still the newest epoch: an older owner (a zombie replica that lost its session) is refused with
+:class:`StaleEpoch` and, writing only its own directory, cannot corrupt the memory its successor
+reads.
 
 **Take-over.** The new owner starts ``e<n>`` from the newest committed epoch before it: on POSIX the
 chunk files are hard-linked (they never change) and the small files copied; on fsspec the files are
@@ -35,10 +41,12 @@ import shutil
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from app.engine.dialog_store import DIALOG_FILE
 from app.serving.cluster.errors import BadSessionKey, StaleEpoch, StorageError
 
 logger = logging.getLogger(__name__)
@@ -47,8 +55,11 @@ MANIFEST = "manifest.json"
 SESSION_FILE = "session.json"
 CHUNK_DIR = "chunks"
 EPOCH_DIR = "epochs"
-#: Small files of a saved memory other than the manifest, uploaded before it.
-SMALL_FILES = ("summaries.npy", "index.faiss", SESSION_FILE)
+#: The running server-pulled source of a keyed session (written by the cluster's session manager).
+SOURCE_FILE = "source.json"
+#: Small files of a saved memory other than the manifest, uploaded before it (``session.json`` last:
+#: it names the dialog file's checksum).
+SMALL_FILES = ("summaries.npy", "index.faiss", DIALOG_FILE, SOURCE_FILE, SESSION_FILE)
 #: A session key: what a client's ``x-session-id`` (or ``?session=``) may be.
 KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 #: Claims tried in a row when other owners claim the same session at the same moment.
@@ -80,7 +91,8 @@ class Claim:
         key: the session key. epoch: this owner's epoch. local_dir: the directory the session's
         bank works in (under the root itself on POSIX; a local copy for URLs). restored_from: the
         epoch whose memory this one started from (None: a new session). uploaded: chunk files
-        already uploaded in this epoch (URLs only).
+        already uploaded in this epoch (URLs only). small: ``(size, mtime_ns)`` of each small file as
+        last uploaded in this epoch (URLs only: an unchanged dialog file is not uploaded again).
     """
 
     key: str
@@ -88,6 +100,7 @@ class Claim:
     local_dir: Path
     restored_from: int | None = None
     uploaded: set[str] = field(default_factory=set)
+    small: dict[str, tuple[int, int]] = field(default_factory=dict)
     saves: int = 0
     last_save: float | None = None
 
@@ -132,6 +145,7 @@ class MemoryRoot:
             self._base = self._base.rstrip("/")
             cache = cache_dir or os.path.join(tempfile.gettempdir(), "livesight-cluster-cache")
             self.cache = Path(cache)
+            self._check_exclusive_create()
         else:
             self._base = os.path.abspath(os.path.expanduser(root))
             try:
@@ -158,14 +172,47 @@ class MemoryRoot:
         try:
             if self._fs is None:
                 return sorted(os.listdir(path))
+            # another replica may have written here since: never answer from fsspec's listing cache
+            self._fs.invalidate_cache(path)
             return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self._fs.ls(path, detail=False))
         except FileNotFoundError:
             return []
         except OSError as exc:
             raise StorageError(f"cannot list {path}: {exc}") from None
 
+    def _check_exclusive_create(self) -> None:
+        """Refuse a URL root whose back end does not refuse a second exclusive create of one key.
+
+        Epoch claims are only exclusive when ``open(mode="xb")`` fails on an existing key: s3fs sends
+        ``If-None-Match: *``, which AWS S3 (and S3-compatible stores that implement conditional
+        writes) refuse with 412; a store that ignores the header would silently let two replicas
+        claim the same epoch. Probed once per root (two creates of one probe key, then removed).
+
+        Raises:
+            StorageError: the back end overwrote the probe, or the probe failed.
+        """
+        probe = f"{self._base}/{EPOCH_DIR}-probe/{uuid.uuid4().hex}"
+        try:
+            if not self._create_exclusive(probe, b"first"):
+                raise StorageError(f"memory root {self.root}: a new probe key {probe} already exists")
+            exclusive = not self._create_exclusive(probe, b"second")
+        finally:
+            try:
+                self._fs.rm_file(probe)
+            except OSError:  # a leftover probe costs a few bytes only
+                logger.warning("could not remove the probe %s", probe)
+        if not exclusive:
+            raise StorageError(
+                f"memory root {self.root}: its storage does not refuse creating a key that exists "
+                "(open(mode='xb'), a conditional PUT with If-None-Match), so two replicas could claim one session "
+                "at once; use a store with conditional writes (AWS S3, or an S3-compatible store that implements "
+                "If-None-Match) or a shared POSIX directory")
+
     def _exists(self, path: str) -> bool:
-        return os.path.exists(path) if self._fs is None else bool(self._fs.exists(path))
+        if self._fs is None:
+            return os.path.exists(path)
+        self._fs.invalidate_cache(path)
+        return bool(self._fs.exists(path))
 
     def _create_exclusive(self, path: str, data: bytes) -> bool:
         """Create ``path`` holding ``data`` unless it exists; True when this call created it."""
@@ -303,8 +350,16 @@ class MemoryRoot:
             for fut in [pool.submit(one, rel) for rel in todo]:
                 claim.uploaded.add(fut.result())
         for name in SMALL_FILES:
-            if (local / name).exists():
+            try:
+                st = (local / name).stat()
+            except FileNotFoundError:
+                # gone since this epoch uploaded it (a source stopped); only this owner writes e<n>
+                if claim.small.pop(name, None) is not None:
+                    self._fs.rm_file(f"{dest}/{name}")
+                continue
+            if claim.small.get(name) != (st.st_size, st.st_mtime_ns):
                 self._fs.put_file(str(local / name), f"{dest}/{name}")
+                claim.small[name] = (st.st_size, st.st_mtime_ns)
         self.check(claim)  # the last moment to refuse: nothing this epoch wrote is visible before the manifest
         self._fs.pipe_file(f"{dest}/{MANIFEST}", manifest_bytes)
 
@@ -353,6 +408,31 @@ class MemoryRoot:
         """Drop the local copy of a URL root's session (the root keeps the committed memory)."""
         if self._fs is not None:
             shutil.rmtree(claim.local_dir, ignore_errors=True)
+
+    def remove(self, claim: Claim) -> bool:
+        """Delete ``claim``'s session from the root, every epoch and memory of it, when ``claim`` still
+        owns it (a session nobody will ask for again, such as a closed page tab's); False when another
+        owner took it over since (then nothing is removed). Drops the local copy too.
+
+        Raises:
+            StorageError: the root fails.
+        """
+        try:
+            self.check(claim)
+        except StaleEpoch:
+            return False
+        path = self._session(claim.key)
+        try:
+            if self._fs is None:
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                self._fs.rm(path, recursive=True)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise StorageError(f"cannot remove session {claim.key!r} from {self.root}: {exc}") from None
+        self.release(claim)
+        return True
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
