@@ -147,6 +147,7 @@ class Session:
         self._time_anchor = None  # the stream clock on the temporal position axis (backends that have one)
         self._position_warned = False
         self._on_screen: Frame | None = None  # vision off: the latest frame, cited by what is heard or noted
+        self._input_source: str | None = None  # the input frames come from now (set_input_source)
         self._on_screen_thumb: bytes | None = None
         self.created = time.time()
         self.last_active = self.created
@@ -180,9 +181,6 @@ class Session:
             self._bank.append(chunk)
             self._retriever.added(chunk)
             self._counters["chunks"] += 1
-
-    #: The input frames come from now (see :meth:`set_input_source`); None until told.
-    _input_source: str | None = None
 
     def set_input_source(self, label: str | None) -> None:
         """Name the input the next frames come from (``webcam``, ``file bikes.mp4``, ``rtsp://cam/live``:

@@ -89,6 +89,7 @@ class TaskInfo:
             (what it waited behind; its own session's earlier tasks are in ``own_before_s``).
         own_before_s: worker seconds of its own session's earlier tasks that ran while it was queued.
         started: ``time.monotonic()`` when it started.
+        long: it was submitted as known-long work (charged in full from its start).
     """
 
     key: Hashable

@@ -9,6 +9,7 @@ import pytest
 
 from streaming.frame import Frame
 from tests.serving.conftest import backend, bikes_path  # noqa: F401 - the serving tests' fixtures, shared
+from tests.ui.conftest import chromium_path, page_env  # noqa: F401 - the page tests' fixtures, shared
 
 
 @pytest.fixture(scope="session")

@@ -126,21 +126,6 @@ def local_cluster(backend, tmp_path_factory, page_env):
             m.shutdown()
 
 
-@pytest.fixture(scope="module")
-def page_env(tmp_path_factory):
-    from tests.ui.conftest import GRADIO_ENV
-
-    saved = {k: os.environ.get(k) for k in (*GRADIO_ENV, "GRADIO_TEMP_DIR")}
-    os.environ.update(GRADIO_ENV)
-    os.environ["GRADIO_TEMP_DIR"] = str(tmp_path_factory.mktemp("gradio-uploads"))
-    yield
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-
-
 def test_page_sessions_live_on_their_owner_and_move_with_their_memory(local_cluster, synthetic_media):
     url, router, managers = local_cluster["url"], local_cluster["router"], local_cluster["managers"]
     client = client_for(url)
@@ -368,20 +353,13 @@ def test_ray_ports_listen_on_loopback_or_refuse_calls_without_the_token(ray_page
 
 
 @pytest.mark.browser
-def test_a_browser_tab_streams_its_webcam_to_the_owner_and_gets_answers(ray_page, tmp_path):
+def test_a_browser_tab_streams_its_webcam_to_the_owner_and_gets_answers(ray_page, chromium_path, tmp_path):
     """Headless Chromium on the page under Ray: the fake webcam streams, the frames land on the tab's
     owner (read back through the websocket ingress's ``GET /session`` with the tab's key in the session
     header, which the router sends to the same owner), and the chat answers with evidence thumbnails."""
     import urllib.request
 
-    from tests.ui.browser import CHROMIUM, CHROMIUM_ARGS, chromium_problem, under_make, write_y4m_clip
-
-    problem = chromium_problem(try_install=True)
-    if problem:
-        if under_make():
-            pytest.fail(f"the browser test needs Chromium: {problem}")
-        pytest.skip(problem)
-    from playwright.sync_api import sync_playwright
+    from tests.ui.browser import open_tab, write_y4m_clip
 
     clip = write_y4m_clip(tmp_path / "camera.y4m")
     base = ray_page["url"].removesuffix("page/")
@@ -391,32 +369,22 @@ def test_a_browser_tab_streams_its_webcam_to_the_owner_and_gets_answers(ray_page
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read())
 
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                     args=[*CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={clip}"])
-        try:
-            tab = browser.new_page(viewport={"width": 1440, "height": 1000})
-            tab.goto(ray_page["url"], wait_until="domcontentloaded")
-            header = tab.locator("#ls-header code", has_text="page-")
-            header.wait_for(timeout=60_000)
-            key = header.inner_text().strip()
-            tab.get_by_role("button", name="Click to Access Webcam").click()
-            tab.wait_for_function(
-                "() => { const v = document.querySelector('[data-testid=webcam-video]'); return v && v.readyState >= 2; }",
-                timeout=30_000)
-            tab.get_by_role("button", name="capture photo").click()
-            stats = wait_until(lambda: (s := owner_stats(key))["ingest"]["frames_processed"] >= 4 and s, 90,
-                               "4 webcam frames processed on the owner")
-            assert stats["cluster"]["key"] == key and stats["cluster"]["replica"]
-            question = tab.locator("#ls-question textarea")
-            question.fill("What moved across the scene?")
-            question.press("Enter")
-            bot = tab.locator("[data-testid=bot]").first
-            bot.locator("img.ls-thumb").first.wait_for(timeout=120_000)
-            assert bot.inner_text().split("Evidence")[0].strip()
-            assert owner_stats(key)["answers"] == 1
-        finally:
-            browser.close()
+    with open_tab(chromium_path, ray_page["url"], camera=clip, session_prefix="page-", timeout_ms=60_000) as (tab, key):
+        tab.get_by_role("button", name="Click to Access Webcam").click()
+        tab.wait_for_function(
+            "() => { const v = document.querySelector('[data-testid=webcam-video]'); return v && v.readyState >= 2; }",
+            timeout=30_000)
+        tab.get_by_role("button", name="capture photo").click()
+        stats = wait_until(lambda: (s := owner_stats(key))["ingest"]["frames_processed"] >= 4 and s, 90,
+                           "4 webcam frames processed on the owner")
+        assert stats["cluster"]["key"] == key and stats["cluster"]["replica"]
+        question = tab.locator("#ls-question textarea")
+        question.fill("What moved across the scene?")
+        question.press("Enter")
+        bot = tab.locator("[data-testid=bot]").first
+        bot.locator("img.ls-thumb").first.wait_for(timeout=120_000)
+        assert bot.inner_text().split("Evidence")[0].strip()
+        assert owner_stats(key)["answers"] == 1
 
 
 def test_a_page_session_whose_replica_dies_is_taken_over_with_its_memory(ray_page, synthetic_media):

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from streaming.frame import Frame
+from tests.model.retrieval_material import FAMILIES
 
 
 @pytest.fixture(scope="session")
@@ -38,3 +39,13 @@ def step_length(backend) -> int:
 @pytest.fixture
 def frames():
     return random_frames
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family_backend(request):
+    """Each tiny backend family in turn (module scope: one load per family and module)."""
+    from app.engine.backends.registry import load_backend
+
+    b = load_backend(request.param, dtype="float32")
+    yield b
+    b.close()

@@ -5,48 +5,22 @@ chunks in RAM or on disk, after a memory is reopened, and after retention forgot
 from __future__ import annotations
 
 import logging
-import time
 
-import numpy as np
 import pytest
 
 from app.engine.config import ConfigError, SessionConfig
 from app.engine.retrieval import Retriever, fuse, select
 from app.engine.session import Session
 from memory import ChunkMeta
-from streaming.frame import Frame
-
-FAMILIES = ["tiny-smolvlm", "tiny-qwen2_5_vl", "tiny-llava-ov"]
-FILLERS = ["The hallway is quiet.", "A visitor left the lobby.", "The lights in the corridor were dimmed.",
-           "The tea trolley passed by.", "The phone at the desk rang once.", "Someone mopped the floor."]
-NEEDLE = "Nurse Okafor hung a new saline drip for the patient in bed 7."
-QUESTION = "Whose IV fluids were replaced?"
-SPEECH = "The kitchen is out of salmon, so tonight's special is chicken."
-SPEECH_Q = "Which fish can diners no longer order?"
-
-
-@pytest.fixture(scope="module", params=FAMILIES)
-def family_backend(request):
-    from app.engine.backends.registry import load_backend
-
-    b = load_backend(request.param, dtype="float32")
-    yield b
-    b.close()
-
-
-def _frame(i: int, pts: float, seed: int) -> Frame:
-    rng = np.random.default_rng(seed)
-    return Frame(i, pts, time.time(), rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
-
-
-def _memory(evidence) -> list:
-    return [e for e in evidence if e.source == "memory"]
-
-
-def _fill(s: Session, start: float, n: int) -> float:
-    for i in range(n):
-        s.ingest_text(start + i, FILLERS[i % len(FILLERS)] + f" ({i})")
-    return start + n
+from tests.model.retrieval_material import (
+    NEEDLE,
+    QUESTION,
+    SPEECH,
+    SPEECH_Q,
+)
+from tests.model.retrieval_material import fill as _fill
+from tests.model.retrieval_material import memory_evidence as _memory
+from tests.model.retrieval_material import random_frame as _frame
 
 
 def test_fusion_finds_a_paraphrased_needle_that_the_in_model_path_misses(tiny_backend):

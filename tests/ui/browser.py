@@ -94,10 +94,12 @@ def chromium_problem(try_install: bool = True) -> str | None:
 
 
 @contextlib.contextmanager
-def open_tab(chromium_path: str, url: str, *, camera: Path, microphone: Path | None = None):
+def open_tab(chromium_path: str, url: str, *, camera: Path, microphone: Path | None = None,
+             session_prefix: str = "sess_", timeout_ms: int = 30_000):
     """A headless Chromium tab on the page at ``url``, its fake camera (and microphone) fed from files.
 
-    Waits until the page load created the tab's own session (shown in the header).
+    Waits until the page load created the tab's own session: its id (starting ``session_prefix``;
+    ``page-`` under ``serve --ray``) shown in the header.
 
     Yields:
         ``(tab, session_id)``: the Playwright page and the session id its header shows.
@@ -112,8 +114,8 @@ def open_tab(chromium_path: str, url: str, *, camera: Path, microphone: Path | N
         try:
             tab = browser.new_page(viewport={"width": 1440, "height": 1000})
             tab.goto(url, wait_until="domcontentloaded")
-            header = tab.locator("#ls-header code", has_text="sess_")
-            header.wait_for(timeout=30_000)
+            header = tab.locator("#ls-header code", has_text=session_prefix)
+            header.wait_for(timeout=timeout_ms)
             yield tab, header.inner_text().strip()
         finally:
             browser.close()
